@@ -1,0 +1,165 @@
+"""Every SGLang symbol we touch, checked against the pinned version.
+
+Each entry names a module-level or class-level object as ``"module:qualname"``
+and, for callables, the signature we were written against. ``tests/unit/
+test_compat.py`` imports each one and compares signatures, and a syntax-tree
+test fails when code outside ``thunderagent_sglang/engine/`` (and this file)
+imports ``sglang``, or names a hook target not listed here. An SGLang upgrade
+therefore fails in this one place.
+
+Import this module cheaply: it resolves nothing until asked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+
+from thunderagent_sglang import PINNED_SGLANG_VERSION
+
+
+@dataclasses.dataclass(frozen=True)
+class Symbol:
+    path: str  # "module:qualname", or "module" for a module
+    why: str  # what we use it for
+    signature: str | None = None  # str(inspect.signature(obj)); None = not checked
+
+    @property
+    def module(self) -> str:
+        return self.path.split(":", 1)[0]
+
+    @property
+    def qualname(self) -> str | None:
+        return self.path.split(":", 1)[1] if ":" in self.path else None
+
+    @property
+    def dotted(self) -> str:
+        """The dotted form HookRegistry takes as a target."""
+        return self.path.replace(":", ".")
+
+
+# --- launcher -------------------------------------------------------------
+PREPARE_SERVER_ARGS = Symbol(
+    "sglang.srt.server_args:prepare_server_args",
+    "parse SGLang's own flags exactly as sglang.launch_server does",
+    "(argv: 'list[str]') -> 'ServerArgs'",
+)
+SERVER_ARGS_ADD_CLI_ARGS = Symbol(
+    "sglang.srt.server_args:ServerArgs.add_cli_args",
+    "SGLang's flags in our --help",
+    "(parser: 'argparse.ArgumentParser')",
+)
+RUN_SERVER = Symbol(
+    "sglang.launch_server:run_server",
+    "start the server exactly as sglang.launch_server does",
+    "(server_args)",
+)
+LOAD_PLUGINS = Symbol(
+    "sglang.srt.plugins:load_plugins",
+    "load plugins in the launcher process, as sglang.launch_server does",
+    "()",
+)
+KILL_PROCESS_TREE = Symbol(
+    "sglang.srt.utils:kill_process_tree",
+    "stop the server's subprocesses when the launcher exits",
+    "(parent_pid, include_parent: 'bool' = True, skip_pid: 'int' = None, "
+    "wait_timeout: 'Optional[float]' = 60)",
+)
+
+# --- process roles (register() names the process it runs in) ---------------
+RUN_SCHEDULER_PROCESS = Symbol(
+    "sglang.srt.managers.scheduler:run_scheduler_process",
+    "calls load_plugins() in the scheduler subprocess; its frame names the role",
+)
+RUN_DETOKENIZER_PROCESS = Symbol(
+    "sglang.srt.managers.detokenizer_manager:run_detokenizer_process",
+    "calls load_plugins() in the detokenizer subprocess; its frame names the role",
+)
+RUN_DP_CONTROLLER_PROCESS = Symbol(
+    "sglang.srt.managers.data_parallel_controller:run_data_parallel_controller_process",
+    "calls load_plugins() in the data-parallel controller; its frame names the role",
+)
+
+# --- CPU platform support --------------------------------------------------
+HICACHE_ALLOC_MEMORY_FUNCS = Symbol(
+    "sglang.srt.mem_cache.pool_host.common:ALLOC_MEMORY_FUNCS",
+    "host-tier allocator by device type; the default pins memory through CUDA",
+)
+HICACHE_MHA_HOST_MODULE = Symbol(
+    "sglang.srt.mem_cache.pool_host.mha",
+    "its global transfer_kv_direct is bound only on CUDA/ROCm/XPU; we bind a "
+    "pure-torch one on CPU",
+)
+HICACHE_MHA_HOST_POOL = Symbol(
+    "sglang.srt.mem_cache.pool_host.mha:MHATokenToKVPoolHost",
+    "the host KV pool whose 'direct' io backend calls transfer_kv_direct",
+)
+
+# --- debugging -------------------------------------------------------------
+CHECK_ALL_POOLS = Symbol(
+    "sglang.srt.managers.scheduler_components.invariant_checker:"
+    "SchedulerInvariantChecker._check_all_pools",
+    "SGLang's idle KV-leak check; THUNDERAGENT_DEBUG_MEMCHECK=1 logs its result",
+    "(self, ps: 'PoolStats', uncached: 'int' = 0) -> 'Tuple[bool, List[str]]'",
+)
+HOOK_REGISTRY = Symbol(
+    "sglang.srt.plugins.hook_registry:HookRegistry.register",
+    "how every hook of ours is installed",
+)
+HOOK_TYPE = Symbol(
+    "sglang.srt.plugins.hook_registry:HookType",
+    "BEFORE/AFTER/AROUND/REPLACE",
+)
+
+SYMBOLS: tuple[Symbol, ...] = tuple(
+    v for v in list(globals().values()) if isinstance(v, Symbol)
+)
+
+# Symbols given to SGLang's HookRegistry as targets; engine.hooks refuses others.
+HOOK_TARGETS: tuple[Symbol, ...] = (CHECK_ALL_POOLS,)
+
+
+def import_module(symbol: Symbol):
+    return importlib.import_module(symbol.module)
+
+
+def resolve(symbol: Symbol):
+    """The live object a symbol names."""
+    obj = import_module(symbol)
+    for part in (symbol.qualname or "").split(".") if symbol.qualname else ():
+        obj = getattr(obj, part)
+    return obj
+
+
+def problem(symbol: Symbol) -> str | None:
+    """Why ``symbol`` does not match the installed SGLang, or None."""
+    try:
+        obj = resolve(symbol)
+    except (ImportError, AttributeError) as exc:
+        return f"{symbol.path}: missing ({exc})"
+    if symbol.signature is None:
+        return None
+    try:
+        actual = str(inspect.signature(obj))
+    except (TypeError, ValueError) as exc:
+        return f"{symbol.path}: no signature ({exc})"
+    if actual != symbol.signature:
+        return f"{symbol.path}: signature is {actual}, expected {symbol.signature}"
+    return None
+
+
+def problems() -> list[str]:
+    """Every mismatch against the installed SGLang (imports all listed modules)."""
+    return [p for p in (problem(s) for s in SYMBOLS) if p is not None]
+
+
+if __name__ == "__main__":  # python -m thunderagent_sglang.compat
+    found = problems()
+    for line in found:
+        print(line)
+    print(
+        f"{len(SYMBOLS)} symbols checked against SGLang {PINNED_SGLANG_VERSION}: "
+        f"{len(found)} problem(s)"
+    )
+    raise SystemExit(1 if found else 0)

@@ -1,0 +1,1 @@
+"""SGLang glue: the only package (with ``compat.py``) allowed to import ``sglang``."""

@@ -1,0 +1,72 @@
+"""What ``plugin.register()`` does in each SGLang process.
+
+Platform support (the sgl_kernel stand-in, HiCache on a CPU) is always on;
+program-aware features are off under ``THUNDERAGENT_DISABLE=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from thunderagent_sglang import __version__, compat, config
+from thunderagent_sglang.engine import cpu_platform, debug_memcheck
+from thunderagent_sglang.engine.logs import get_logger
+
+# SGLang calls load_plugins() from these functions in its subprocesses.
+_ROLE_BY_FUNCTION = {
+    compat.RUN_SCHEDULER_PROCESS: "scheduler",
+    compat.RUN_DETOKENIZER_PROCESS: "detokenizer",
+    compat.RUN_DP_CONTROLLER_PROCESS: "data-parallel controller",
+}
+
+
+def process_role() -> str:
+    """Which SGLang process we are in, from the frame that loads plugins."""
+    frames = {}
+    frame = sys._getframe(1)
+    while frame is not None:
+        frames[(frame.f_globals.get("__name__"), frame.f_code.co_name)] = True
+        frame = frame.f_back
+    for symbol, role in _ROLE_BY_FUNCTION.items():
+        if (symbol.module, symbol.qualname) in frames:
+            return role
+    return "main"
+
+
+def setup_process() -> None:
+    log = get_logger()
+    role = process_role()
+    platform = _setup_platform(role)
+    try:
+        disabled = config.program_features_disabled()
+    except config.ConfigError as exc:
+        log.error("ThunderAgent: %s; running as plain SGLang", exc)
+        disabled = True
+    if os.environ.get(debug_memcheck.ENV) == "1" and role == "scheduler":
+        debug_memcheck.install()
+    features = (
+        f"off ({config.DISABLE_ENV}=1, plain SGLang)"
+        if disabled
+        else "on (none built yet beyond platform support)"
+    )
+    log.info(
+        "ThunderAgent-SGLang %s plugin active in %s process (pid %d): "
+        "program-aware features %s; platform support: %s",
+        __version__,
+        role,
+        os.getpid(),
+        features,
+        platform,
+    )
+
+
+def _setup_platform(role: str) -> str:
+    if os.environ.get("SGLANG_USE_CPU_ENGINE") != "1":
+        return "none needed (not the CPU engine)"
+    kernel = cpu_platform.ensure_sgl_kernel()
+    parts = [f"sgl_kernel {kernel}"]
+    if role == "scheduler":
+        cpu_platform.enable_hicache_on_cpu()
+        parts.append("HiCache host tier on CPU")
+    return ", ".join(parts)

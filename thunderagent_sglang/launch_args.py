@@ -1,0 +1,107 @@
+"""How the launcher turns a command line into SGLang's: pure, no SGLang import.
+
+``split_args`` separates our ``--thunderagent-*`` flags from SGLang's;
+``plan_launch`` adds the CPU engine and demo-model defaults, never overriding
+a flag the user passed, and says what it added so the launcher can log it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from thunderagent_sglang import config
+
+# A bounded KV pool on a CPU: on CPU --mem-fraction-static is a fraction of
+# system RAM (0.05 gave 2 M tokens), far more than a CPU can use.
+CPU_MAX_TOTAL_TOKENS = 65536
+CPU_ENGINE_ENV = "SGLANG_USE_CPU_ENGINE"
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchPlan:
+    argv: list[str]  # for sglang's prepare_server_args
+    env: dict[str, str]  # to set before SGLang is imported
+    notes: list[str]  # what was chosen on the user's behalf, for the log
+
+
+def our_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    config.add_cli_group(parser)
+    return parser
+
+
+def split_args(argv: list[str]) -> tuple[config.ThunderAgentConfig, list[str]]:
+    """Our settings, and the rest of the command line for SGLang.
+
+    An unknown ``--thunderagent-*`` flag is an argparse error naming it.
+    """
+    parser = our_parser()
+    ns, rest = parser.parse_known_args(argv)
+    unknown = [a for a in rest if a.split("=", 1)[0].startswith(config.FLAG_PREFIX)]
+    if unknown:
+        parser.prog = "python -m thunderagent_sglang.launch_server"
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return config.from_namespace(ns), rest
+
+
+def has_flag(argv: list[str], *names: str) -> bool:
+    """Whether the user passed any of ``names`` (``--x v`` or ``--x=v``)."""
+    return any(a.split("=", 1)[0] in names for a in argv if a.startswith("--"))
+
+
+def plan_launch(
+    argv: list[str],
+    *,
+    gpu_available: bool,
+    demo_model_dir: str | None,
+    environ: dict[str, str],
+) -> LaunchPlan:
+    """SGLang's argv and environment for this machine.
+
+    ``demo_model_dir`` is used only when the user gave no model (and no
+    ``--config`` file, which may name one).
+    """
+    argv = list(argv)
+    env: dict[str, str] = {}
+    notes: list[str] = []
+    device = flag_value(argv, "--device")
+    if device == "cpu" or (device is None and not gpu_available):
+        _plan_cpu(argv, env, notes, environ)
+    if demo_model_dir is not None and needs_demo_model(argv):
+        argv += ["--model-path", demo_model_dir]
+        notes.append(f"--model-path {demo_model_dir} (embedded demo model)")
+        if not has_flag(argv, "--dtype"):
+            argv += ["--dtype", "float32"]
+            notes.append("--dtype float32 (the demo model's dtype)")
+    return LaunchPlan(argv=argv, env=env, notes=notes)
+
+
+def flag_value(argv: list[str], name: str) -> str | None:
+    """The value the user gave to ``name``, the last one winning, else None."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def needs_demo_model(argv: list[str]) -> bool:
+    return not has_flag(argv, "--model-path", "--model", "--config")
+
+
+def _plan_cpu(argv, env, notes, environ) -> None:
+    if environ.get(CPU_ENGINE_ENV) is None:
+        env[CPU_ENGINE_ENV] = "1"
+        notes.append(f"{CPU_ENGINE_ENV}=1")
+    if not has_flag(argv, "--device"):
+        argv += ["--device", "cpu"]
+        notes.append("--device cpu")
+    if not has_flag(argv, "--sleep-on-idle"):
+        argv.append("--sleep-on-idle")
+        notes.append("--sleep-on-idle (an idle scheduler would spin a core)")
+    if not has_flag(argv, "--max-total-tokens", "--mem-fraction-static"):
+        argv += ["--max-total-tokens", str(CPU_MAX_TOTAL_TOKENS)]
+        notes.append(f"--max-total-tokens {CPU_MAX_TOTAL_TOKENS} (bounded KV pool)")
