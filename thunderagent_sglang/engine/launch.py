@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from thunderagent_sglang import config, launch_args
+from thunderagent_sglang import config, features, launch_args
 from thunderagent_sglang.engine.logs import get_logger
 
 PROG = "python -m thunderagent_sglang.launch_server"
@@ -27,6 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     error = _check_environment()
     if error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    refused = [] if config.program_features_disabled() else features.refusals(rest)
+    if refused:
+        for message in refused:
+            print(f"error: {message}", file=sys.stderr)
         return 2
     plan = _plan(cfg, rest)
     os.environ.update(plan.env)

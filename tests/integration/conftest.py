@@ -1,0 +1,38 @@
+"""One shared server per configuration, started once per test session."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.server import Server
+
+# A small pool so that a handful of prompts floods the device KV pool.
+HICACHE_ARGS = [
+    "--enable-hierarchical-cache", "--hicache-io-backend", "direct",
+    "--hicache-mem-layout", "layer_first", "--max-total-tokens", "1024",
+    "--context-length", "1024", "--enable-cache-report",
+    "--page-size", "16", "--chunked-prefill-size", "64",
+]
+
+
+def _server(request, tmp_path_factory, name, args, env):
+    server = Server(name, args, env, tmp_path_factory.mktemp(name))
+    request.addfinalizer(server.stop)
+    return server.wait_ready()
+
+
+@pytest.fixture(scope="session")
+def default_server(request, tmp_path_factory):
+    """Our launcher with no flags: CPU engine and demo model chosen by itself."""
+    return _server(request, tmp_path_factory, "default", [], {})
+
+
+@pytest.fixture(scope="session")
+def plain_server(request, tmp_path_factory):
+    """The same installation as plain SGLang (THUNDERAGENT_DISABLE=1)."""
+    return _server(request, tmp_path_factory, "plain", [], {"THUNDERAGENT_DISABLE": "1"})
+
+
+@pytest.fixture(scope="session")
+def hicache_server(request, tmp_path_factory):
+    return _server(request, tmp_path_factory, "hicache", HICACHE_ARGS, {})

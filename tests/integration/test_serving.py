@@ -1,0 +1,86 @@
+"""The launcher with no flags serves the demo model on a CPU through every API."""
+
+from __future__ import annotations
+
+import re
+import openai
+import pytest
+import requests
+
+pytestmark = pytest.mark.server
+
+GREEDY = {"temperature": 0, "max_tokens": 8}
+
+
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+
+
+def test_generate_returns_the_requested_number_of_tokens(default_server):
+    reply = requests.post(f"{default_server.url}/generate", json={
+        "text": "The agent ran the tests and",
+        "sampling_params": {"max_new_tokens": 8, "temperature": 0, "ignore_eos": True},
+    }, timeout=120).json()
+    assert reply["meta_info"]["completion_tokens"] == 8
+    assert reply["meta_info"]["finish_reason"]["type"] == "length"
+    assert isinstance(reply["text"], str) and reply["text"]
+
+
+def test_chat_completion_answers_with_usage(default_server):
+    reply = client(default_server).chat.completions.create(
+        model="demo", messages=[{"role": "user", "content": "List the files."}], **GREEDY)
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage.completion_tokens == 8
+    assert reply.usage.prompt_tokens > 0
+    assert reply.choices[0].message.content
+
+
+def test_streaming_chat_equals_non_streaming_chat(default_server):
+    messages = [{"role": "user", "content": "Run pytest and report."}]
+    whole = client(default_server).chat.completions.create(
+        model="demo", messages=messages, **GREEDY).choices[0].message.content
+    stream = client(default_server).chat.completions.create(
+        model="demo", messages=messages, stream=True, **GREEDY)
+    pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert len([p for p in pieces if p]) > 1  # it really streamed
+    assert "".join(pieces) == whole
+
+
+def test_completions_answer(default_server):
+    reply = client(default_server).completions.create(
+        model="demo", prompt="def main():", **GREEDY)
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage.completion_tokens == 8
+    assert reply.choices[0].text
+
+
+def test_plugin_runs_in_the_scheduler_subprocess(default_server):
+    lines = re.findall(r"plugin active in (\w[\w -]*) process \(pid (\d+)\)", default_server.log())
+    roles = {role: int(pid) for role, pid in lines}
+    assert set(roles) == {"main", "scheduler", "detokenizer"}
+    assert roles["main"] == default_server.proc.pid
+    assert roles["scheduler"] in default_server.descendants()
+    assert roles["scheduler"] != default_server.proc.pid
+
+
+def test_launcher_logs_what_it_chose_for_a_cpu(default_server):
+    log = default_server.log()
+    for choice in ("SGLANG_USE_CPU_ENGINE=1", "--device cpu", "--sleep-on-idle",
+                   "--max-total-tokens 65536", "--dtype float32"):
+        assert f"ThunderAgent launcher: using {choice}" in log
+    assert re.search(r"using --model-path \S+demo-models/llama-\w+ \(embedded demo model\)", log)
+    assert "program-aware features on" in log
+
+
+def test_no_kv_slot_leaks_once_idle(default_server):
+    url = f"{default_server.url}/generate"
+    before = len(default_server.idle_checks())
+    for i in range(4):
+        requests.post(url, json={"text": f"leak check {i} " * 20,
+                                 "sampling_params": {"max_new_tokens": 4}}, timeout=120)
+    last = default_server.last_idle_check_after(before)
+    assert last["leak"] == "False"
+    assert last["protected"] == 0 and last["session_held"] == 0 and last["uncached"] == 0
+    assert last["available"] + last["evictable"] == last["total"] == 65536
+    assert last["evictable"] > 0  # the prefixes of the finished requests stay cached
+    assert "memory leak detected" not in default_server.log()
