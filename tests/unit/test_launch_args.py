@@ -1,0 +1,90 @@
+"""The launcher's argument handling: our flags split off, CPU and demo defaults added."""
+
+from __future__ import annotations
+
+import pytest
+
+from thunderagent_sglang import config, launch_args
+from thunderagent_sglang.launch_args import plan_launch, split_args
+
+DEMO = "/cache/demo-models/llama-abc"
+
+
+def test_split_args_takes_our_flags_and_leaves_sglang_flags_in_order():
+    cfg, rest = split_args(["--port", "30001", "--thunderagent-demo-model", "qwen3",
+                            "--thunderagent-cache-dir=/tmp/x", "--page-size", "16"])
+    assert cfg == config.ThunderAgentConfig(cache_dir="/tmp/x", demo_model="qwen3")
+    assert rest == ["--port", "30001", "--page-size", "16"]
+
+
+def test_unknown_thunderagent_flag_is_an_argparse_error_naming_it(capsys):
+    with pytest.raises(SystemExit) as exc:
+        split_args(["--thunderagent-schedular", "thunder", "--port", "1"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --thunderagent-schedular" in capsys.readouterr().err
+
+
+def test_abbreviated_thunderagent_flag_is_not_guessed(capsys):
+    with pytest.raises(SystemExit):
+        split_args(["--thunderagent-demo", "llama"])
+    assert "--thunderagent-demo" in capsys.readouterr().err
+
+
+def test_bad_demo_model_choice_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        split_args(["--thunderagent-demo-model", "gpt2"])
+    assert "invalid choice: 'gpt2'" in capsys.readouterr().err
+
+
+def test_cpu_without_flags_gets_the_cpu_engine_and_the_demo_model():
+    plan = plan_launch([], gpu_available=False, demo_model_dir=DEMO, environ={})
+    assert plan.argv == ["--device", "cpu", "--sleep-on-idle", "--max-total-tokens", "65536",
+                         "--model-path", DEMO, "--dtype", "float32"]
+    assert plan.env == {"SGLANG_USE_CPU_ENGINE": "1"}
+    assert len(plan.notes) == 6
+
+
+def test_flags_the_user_passes_win_on_cpu():
+    argv = ["--model-path", "/m", "--device=cpu", "--max-total-tokens", "4096",
+            "--sleep-on-idle"]
+    plan = plan_launch(argv, gpu_available=False, demo_model_dir=None,
+                       environ={"SGLANG_USE_CPU_ENGINE": "1"})
+    assert plan.argv == argv
+    assert plan.env == {}
+    assert plan.notes == []
+
+
+def test_mem_fraction_static_counts_as_sizing_the_pool():
+    plan = plan_launch(["--model", "/m", "--mem-fraction-static", "0.05"],
+                       gpu_available=False, demo_model_dir=None, environ={})
+    assert "--max-total-tokens" not in plan.argv
+
+
+def test_gpu_machine_keeps_sglang_gpu_defaults():
+    plan = plan_launch(["--model-path", "/m"], gpu_available=True, demo_model_dir=None,
+                       environ={})
+    assert plan.argv == ["--model-path", "/m"]
+    assert plan.env == {}
+
+
+def test_explicit_cpu_device_on_a_gpu_machine_still_selects_the_cpu_engine():
+    plan = plan_launch(["--device", "cpu"], gpu_available=True, demo_model_dir=DEMO, environ={})
+    assert plan.env == {"SGLANG_USE_CPU_ENGINE": "1"}
+    assert plan.argv[:2] == ["--device", "cpu"]
+
+
+def test_user_dtype_wins_for_the_demo_model():
+    plan = plan_launch(["--dtype", "bfloat16"], gpu_available=True, demo_model_dir=DEMO,
+                       environ={})
+    assert plan.argv == ["--dtype", "bfloat16", "--model-path", DEMO]
+
+
+@pytest.mark.parametrize("argv", [["--model", "m"], ["--model-path=m"], ["--config", "c.yaml"]])
+def test_no_demo_model_when_a_model_or_config_is_given(argv):
+    assert not launch_args.needs_demo_model(argv)
+
+
+def test_flag_value_takes_the_last_occurrence_in_either_form():
+    argv = ["--dp-size", "2", "--dp-size=4"]
+    assert launch_args.flag_value(argv, "--dp-size") == "4"
+    assert launch_args.flag_value(argv, "--tp-size") is None
