@@ -38,11 +38,7 @@ def setup_process() -> None:
     log = get_logger()
     role = process_role()
     platform = _setup_platform(role)
-    try:
-        disabled = config.program_features_disabled()
-    except config.ConfigError as exc:
-        log.error("ThunderAgent: %s; running as plain SGLang", exc)
-        disabled = True
+    disabled = _features_disabled(log)
     if os.environ.get(debug_memcheck.ENV) == "1" and role == "scheduler":
         debug_memcheck.install()
     features = (
@@ -59,6 +55,18 @@ def setup_process() -> None:
         features,
         platform,
     )
+
+
+def _features_disabled(log) -> bool:
+    """The disable switch; a wrong switch value or SGLang version also disables."""
+    from thunderagent_sglang.patches import PatchError, check_sglang_version
+
+    try:
+        check_sglang_version()
+        return config.program_features_disabled()
+    except (config.ConfigError, PatchError) as exc:
+        log.error("ThunderAgent: %s; running as plain SGLang", exc)
+        return True
 
 
 def _setup_platform(role: str) -> str:
