@@ -112,12 +112,89 @@ HOOK_TYPE = Symbol(
     "BEFORE/AFTER/AROUND/REPLACE",
 )
 
+# --- programs: identity plumbing, lifecycle hooks, control IPC --------------
+HTTP_APP = Symbol(
+    "sglang.srt.entrypoints.http_server:app",
+    "the FastAPI app: our identity middleware and /programs routes are added to it",
+)
+HTTP_GLOBAL_STATE = Symbol(
+    "sglang.srt.entrypoints.http_server:get_global_state",
+    "reaches the TokenizerManager from our routes",
+    "() -> sglang.srt.entrypoints.http_server._GlobalState",
+)
+TOKENIZER_GENERATE_REQUEST = Symbol(
+    "sglang.srt.managers.tokenizer_manager:TokenizerManager.generate_request",
+    "every /generate and OpenAI call passes here with its GenerateReqInput and "
+    "HTTP request: the program id goes into sampling_params.custom_params",
+    "(self, obj: 'Union[GenerateReqInput, EmbeddingReqInput]', "
+    "request: 'Optional[fastapi.Request]' = None)",
+)
+TOKENIZER_INIT_COMMUNICATORS = Symbol(
+    "sglang.srt.managers.tokenizer_control_mixin:TokenizerControlMixin.init_communicators",
+    "where the TokenizerManager builds its control communicators; we add ours",
+    "(self: 'TokenizerManager')",
+)
+FAN_OUT_COMMUNICATOR = Symbol(
+    "sglang.srt.managers.communicator:FanOutCommunicator",
+    "request/response to every scheduler over SGLang's IPC",
+)
+IO_BASE_REQ = Symbol(
+    "sglang.srt.managers.io_struct:BaseReq",
+    "base of our IPC message types",
+)
+IO_HOOK_CUSTOM_TYPES = Symbol(
+    "sglang.srt.managers.io_struct:hook_custom_types",
+    "lets SGLang's msgpack IPC decode our message types",
+    "(*new_types: 'Type')",
+)
+TYPE_BASED_DISPATCHER = Symbol(
+    "sglang.utils:TypeBasedDispatcher",
+    "the dispatch tables we extend with our message types",
+)
+SCHEDULER_INIT_REQUEST_DISPATCHER = Symbol(
+    "sglang.srt.managers.scheduler:Scheduler.init_request_dispatcher",
+    "where the scheduler builds its dispatch table; we add our control requests",
+    "(self)",
+)
+SCHEDULER_HANDLE_GENERATE_REQUEST = Symbol(
+    "sglang.srt.managers.scheduler:Scheduler.handle_generate_request",
+    "a request arrives in the scheduler: its program becomes reasoning",
+    "(self, recv_req: sglang.srt.managers.io_struct.TokenizedGenerateReqInput, *, "
+    "mm_input_error: Optional[str] = None)",
+)
+SCHEDULER_SEND_ABORT_OUTPUT = Symbol(
+    "sglang.srt.managers.scheduler:Scheduler.send_abort_output",
+    "a request ends outside the output stream (aborted while queued)",
+    "(self, abort_req: sglang.srt.managers.io_struct.AbortReq, "
+    "req: sglang.srt.managers.schedule_batch.Req) -> None",
+)
+SCHEDULER_PROCESS_INPUT_REQUESTS = Symbol(
+    "sglang.srt.managers.scheduler:Scheduler.process_input_requests",
+    "runs once per scheduler loop iteration: our periodic tick (idle expiry)",
+    "(self, recv_reqs: List)",
+)
+OUTPUT_STREAMER_STREAM_OUTPUT = Symbol(
+    "sglang.srt.managers.scheduler_components.output_streamer:"
+    "SchedulerOutputStreamer.stream_output",
+    "every request's final output passes here: its program may become acting",
+    "(self, reqs: 'List[Req]', return_logprob: 'bool', skip_req: 'Optional[Req]' = None)",
+)
+
 SYMBOLS: tuple[Symbol, ...] = tuple(
     v for v in list(globals().values()) if isinstance(v, Symbol)
 )
 
 # Symbols given to SGLang's HookRegistry as targets; engine.hooks refuses others.
-HOOK_TARGETS: tuple[Symbol, ...] = (CHECK_ALL_POOLS,)
+HOOK_TARGETS: tuple[Symbol, ...] = (
+    CHECK_ALL_POOLS,
+    TOKENIZER_GENERATE_REQUEST,
+    TOKENIZER_INIT_COMMUNICATORS,
+    SCHEDULER_INIT_REQUEST_DISPATCHER,
+    SCHEDULER_HANDLE_GENERATE_REQUEST,
+    SCHEDULER_SEND_ABORT_OUTPUT,
+    SCHEDULER_PROCESS_INPUT_REQUESTS,
+    OUTPUT_STREAMER_STREAM_OUTPUT,
+)
 
 
 def import_module(symbol: Symbol):

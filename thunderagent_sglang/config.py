@@ -12,6 +12,8 @@ import json
 import os
 from pathlib import Path
 
+from thunderagent_sglang.program.identity import DEFAULT_ID_SOURCES, parse_id_sources
+
 CONFIG_ENV = "THUNDERAGENT_CONFIG"
 DISABLE_ENV = "THUNDERAGENT_DISABLE"
 FLAG_PREFIX = "--thunderagent-"
@@ -25,10 +27,21 @@ class ConfigError(ValueError):
     """A setting the user gave is invalid; the message says which and what to do."""
 
 
+# A program that neither calls nor runs a reported tool for this long is ended.
+# Above the longest tool gaps seen in agent traces (test runs and research tools
+# of 240-600 s) with margin; capacity is not held meanwhile, since acting
+# programs' KV decays. Paused time and reported tool time do not count.
+DEFAULT_IDLE_EXPIRY_S = 900.0
+DEFAULT_MAX_TERMINATED = 10000
+
+
 @dataclasses.dataclass(frozen=True)
 class ThunderAgentConfig:
     cache_dir: str | None = None  # where the demo model is built; None = default
     demo_model: str = "llama"  # architecture of the embedded demo model
+    id_sources: tuple[str, ...] = DEFAULT_ID_SOURCES
+    idle_expiry_s: float = DEFAULT_IDLE_EXPIRY_S
+    max_terminated: int = DEFAULT_MAX_TERMINATED
 
     def to_env(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -43,7 +56,10 @@ class ThunderAgentConfig:
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{CONFIG_ENV} is not valid JSON: {exc}") from None
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        values = {k: v for k, v in values.items() if k in known}
+        if "id_sources" in values:
+            values["id_sources"] = tuple(values["id_sources"])
+        return cls(**values)
 
 
 def program_features_disabled(environ: dict[str, str] | None = None) -> bool:
@@ -79,11 +95,70 @@ def add_cli_group(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         help="Architecture of the demo model served when no --model-path is "
         "given (default: llama).",
     )
+    group.add_argument(
+        "--thunderagent-id-sources",
+        metavar="LIST",
+        type=_id_sources,
+        default=DEFAULT_ID_SOURCES,
+        help="Where a request's program id is read from, first found wins: "
+        "comma-separated header:NAME / body:FIELD or short names (default: "
+        + ",".join(DEFAULT_ID_SOURCES) + ").",
+    )
+    group.add_argument(
+        "--thunderagent-idle-expiry",
+        metavar="SECONDS",
+        type=_positive_float,
+        default=DEFAULT_IDLE_EXPIRY_S,
+        help="End a program that has made no call for this long; paused time and "
+        "tool time reported through POST /programs/{id}/tool do not count "
+        f"(default: {DEFAULT_IDLE_EXPIRY_S:g}).",
+    )
+    group.add_argument(
+        "--thunderagent-max-terminated",
+        metavar="N",
+        type=_positive_int,
+        default=DEFAULT_MAX_TERMINATED,
+        help="How many ended programs' records GET /programs keeps, oldest dropped "
+        f"first (default: {DEFAULT_MAX_TERMINATED}).",
+    )
     return group
+
+
+def _id_sources(text: str) -> tuple[str, ...]:
+    try:
+        return parse_id_sources(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
 
 
 def from_namespace(ns: argparse.Namespace) -> ThunderAgentConfig:
     cache_dir = ns.thunderagent_cache_dir
     if cache_dir is not None:
         cache_dir = str(Path(cache_dir).expanduser().resolve())
-    return ThunderAgentConfig(cache_dir=cache_dir, demo_model=ns.thunderagent_demo_model)
+    return ThunderAgentConfig(
+        cache_dir=cache_dir,
+        demo_model=ns.thunderagent_demo_model,
+        id_sources=tuple(ns.thunderagent_id_sources),
+        idle_expiry_s=ns.thunderagent_idle_expiry,
+        max_terminated=ns.thunderagent_max_terminated,
+    )

@@ -28,12 +28,16 @@ def test_entry_point_is_installed_for_sglang_plugins():
     assert ep.value == "thunderagent_sglang.plugin:register"
 
 
-def test_register_twice_logs_one_line_and_imports_no_sglang():
+def test_register_twice_logs_one_line_naming_the_process():
     result = run_register()
     lines = [l for l in result.stderr.splitlines() if "plugin active" in l]
-    assert len(lines) == 1
-    assert f"plugin active in main process (pid " in lines[0]
+    assert len(lines) == 1, result.stderr
+    assert "plugin active in main process (pid " in lines[0]
     assert "program-aware features on" in lines[0]
+
+
+def test_plain_sglang_register_imports_no_sglang_at_all():
+    result = run_register(THUNDERAGENT_DISABLE="1")
     assert "sglang imported: False" in result.stdout
 
 

@@ -41,11 +41,9 @@ def setup_process() -> None:
     disabled = _features_disabled(log)
     if os.environ.get(debug_memcheck.ENV) == "1" and role == "scheduler":
         debug_memcheck.install()
-    features = (
-        f"off ({config.DISABLE_ENV}=1, plain SGLang)"
-        if disabled
-        else "on (none built yet beyond platform support)"
-    )
+    if not disabled:
+        _install_program_features(role, config.ThunderAgentConfig.from_env())
+    features = f"off ({config.DISABLE_ENV}=1, plain SGLang)" if disabled else "on"
     log.info(
         "ThunderAgent-SGLang %s plugin active in %s process (pid %d): "
         "program-aware features %s; platform support: %s",
@@ -55,6 +53,17 @@ def setup_process() -> None:
         features,
         platform,
     )
+
+
+def _install_program_features(role: str, cfg: config.ThunderAgentConfig) -> None:
+    if role == "main":
+        from thunderagent_sglang.engine import program_http
+
+        program_http.install(cfg)
+    elif role == "scheduler":
+        from thunderagent_sglang.engine import program_scheduler
+
+        program_scheduler.install(cfg)
 
 
 def _features_disabled(log) -> bool:

@@ -1,0 +1,196 @@
+"""HTTP-process side of programs: identity on every request, the /programs routes.
+
+An ASGI middleware reads the program id (headers and JSON body, by the
+configured precedence) of every /generate and OpenAI call, answers 400 for an
+invalid one, and stamps ``X-Program-Id`` on the response. A hook on
+``TokenizerManager.generate_request`` carries the id to the scheduler inside
+``sampling_params.custom_params`` (the prefix-cache namespace is untouched).
+"""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, ORJSONResponse
+from pydantic import BaseModel
+from sglang.srt.entrypoints.http_server import app, get_global_state
+from sglang.srt.managers.communicator import FanOutCommunicator
+from sglang.utils import TypeBasedDispatcher
+
+from thunderagent_sglang import compat, config
+from thunderagent_sglang.engine import hooks, program_ipc
+from thunderagent_sglang.engine.program_ipc import ProgramControlOutput, ProgramControlReq
+from thunderagent_sglang.program.identity import (
+    Identity,
+    InvalidFinalMarker,
+    InvalidProgramId,
+    extract_identity,
+)
+
+TAGGED_PATHS = frozenset({"/generate", "/v1/chat/completions", "/v1/completions"})
+STATE_KEY = "thunderagent_identity"
+
+
+class IdentityMiddleware:
+    """Pure ASGI (keeps streaming and client-disconnect events intact)."""
+
+    def __init__(self, app, id_sources: tuple[str, ...]):
+        self.app = app
+        self.id_sources = id_sources
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in TAGGED_PATHS:
+            return await self.app(scope, receive, send)
+        body, receive = await _buffer_body(receive)
+        try:
+            identity = extract_identity(_headers(scope), _json_object(body), self.id_sources)
+        except (InvalidProgramId, InvalidFinalMarker) as exc:
+            response = JSONResponse(status_code=400, content=_error(exc))
+            return await response(scope, receive, send)
+        scope.setdefault("state", {})[STATE_KEY] = identity
+        await self.app(scope, receive, _stamping(send, identity))
+
+
+def _headers(scope) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+async def _buffer_body(receive):
+    chunks, more = [], True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = b"".join(chunks)
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return body, replay
+
+
+def _json_object(body: bytes):
+    try:
+        value = json.loads(body) if body else None
+    except ValueError:
+        return None  # SGLang answers malformed JSON itself
+    return value if isinstance(value, dict) else None
+
+
+def _error(exc: ValueError) -> dict:
+    return {"error": {"message": str(exc), "type": "invalid_request_error",
+                      "param": getattr(exc, "source", None), "code": 400}}
+
+
+def _stamping(send, identity: Identity):
+    if identity.program_id is None:
+        return send
+
+    async def stamped(message):
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            headers.append((b"x-program-id", identity.program_id.encode("utf-8")))
+            headers.append((b"x-program-id-source", identity.source.encode("latin-1")))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return stamped
+
+
+def _tag_request(original, tokenizer_manager, obj, request=None):
+    identity = _identity_of(request)
+    if identity is not None and identity.program_id is not None:
+        _put_identity(obj, identity)
+    return original(tokenizer_manager, obj, request)
+
+
+def _identity_of(request) -> Identity | None:
+    state = getattr(request, "scope", {}).get("state") if request is not None else None
+    return state.get(STATE_KEY) if isinstance(state, dict) else None
+
+
+def _put_identity(obj, identity: Identity) -> None:
+    keys = {program_ipc.ID_KEY: identity.program_id, program_ipc.FINAL_KEY: identity.final}
+    if identity.parent_id is not None:
+        keys[program_ipc.PARENT_KEY] = identity.parent_id
+    params = obj.sampling_params
+    for sampling in params if isinstance(params, list) else [params]:
+        if sampling is not None:
+            sampling["custom_params"] = {**(sampling.get("custom_params") or {}), **keys}
+    if params is None:
+        obj.sampling_params = {"custom_params": keys}
+
+
+def _add_communicator(result, tokenizer_manager):
+    comm = FanOutCommunicator(tokenizer_manager._dispatch_to_scheduler, 1, "queueing")
+    tokenizer_manager.thunderagent_communicator = comm
+    tokenizer_manager._result_dispatcher += TypeBasedDispatcher(
+        [(ProgramControlOutput, comm.handle_recv)])
+
+
+async def control(op: str, program_id: str | None = None, **payload) -> ORJSONResponse:
+    """Send one control request to the scheduler and answer with its reply."""
+    manager = get_global_state().tokenizer_manager
+    manager.auto_create_handle_loop()
+    (out,) = await manager.thunderagent_communicator(
+        ProgramControlReq(op=op, program_id=program_id, payload=json.dumps(payload)))
+    return ORJSONResponse(status_code=out.status, content=json.loads(out.body))
+
+
+class ReleaseBody(BaseModel):
+    program_id: str
+
+
+class ToolBody(BaseModel):
+    event: str
+    expected_s: float | None = None
+
+
+async def list_programs():
+    return await control("list")
+
+
+async def get_program(program_id: str):
+    return await control("get", program_id)
+
+
+async def release_program(body: ReleaseBody):
+    return await control("release", body.program_id)
+
+
+async def tool_event(program_id: str, body: ToolBody):
+    return await control("tool", program_id, event=body.event, expected_s=body.expected_s)
+
+
+async def pause_program(program_id: str):
+    return await control("pause", program_id)
+
+
+async def resume_program(program_id: str):
+    return await control("resume", program_id)
+
+
+def install(cfg: config.ThunderAgentConfig) -> None:
+    program_ipc.register_types()
+    hooks.install(compat.TOKENIZER_GENERATE_REQUEST, _tag_request, "around")
+    hooks.install(compat.TOKENIZER_INIT_COMMUNICATORS, _add_communicator, "after")
+    app.add_middleware(IdentityMiddleware, id_sources=cfg.id_sources)
+    routes = [
+        ("/programs", list_programs, ["GET"]),
+        ("/programs/release", release_program, ["POST"]),
+        ("/programs/{program_id}", get_program, ["GET"]),
+        ("/profiles/{program_id}", get_program, ["GET"]),
+        ("/programs/{program_id}/tool", tool_event, ["POST"]),
+        ("/programs/{program_id}/pause", pause_program, ["POST"]),
+        ("/programs/{program_id}/resume", resume_program, ["POST"]),
+    ]
+    for path, endpoint, methods in routes:
+        app.add_api_route(path, endpoint, methods=methods)

@@ -1,0 +1,145 @@
+"""Scheduler-process side of programs: the one program table and the hooks that feed it.
+
+A tagged request's arrival makes its program reasoning; its final output (or an
+abort while queued) may make it acting; the control requests of the HTTP
+process read and change the table; a tick ends idle programs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from functools import partial
+
+from sglang.utils import TypeBasedDispatcher
+
+from thunderagent_sglang import compat, config
+from thunderagent_sglang.engine import hooks, program_ipc
+from thunderagent_sglang.engine.logs import get_logger
+from thunderagent_sglang.engine.program_ipc import ProgramControlReq, reply
+from thunderagent_sglang.program.record import UnknownProgram
+from thunderagent_sglang.program.table import ProgramTable
+
+TICK_S = 1.0
+_state: dict = {"table": None, "last_tick": 0.0}
+
+
+def table() -> ProgramTable:
+    return _state["table"]
+
+
+def install(cfg: config.ThunderAgentConfig) -> None:
+    _state["table"] = ProgramTable(idle_expiry_s=cfg.idle_expiry_s, max_terminated=cfg.max_terminated)
+    program_ipc.register_types()
+    hooks.install(compat.SCHEDULER_INIT_REQUEST_DISPATCHER, _add_control_dispatch, "after")
+    hooks.install(compat.SCHEDULER_HANDLE_GENERATE_REQUEST, _on_arrival, "before")
+    hooks.install(compat.OUTPUT_STREAMER_STREAM_OUTPUT, _on_stream_output, "after")
+    hooks.install(compat.SCHEDULER_SEND_ABORT_OUTPUT, _on_abort_output, "after")
+    hooks.install(compat.SCHEDULER_PROCESS_INPUT_REQUESTS, _on_loop, "after")
+
+
+def _add_control_dispatch(result, scheduler):
+    scheduler._request_dispatcher += TypeBasedDispatcher([(ProgramControlReq, handle_control)])
+
+
+def take_identity(sampling_params) -> tuple[str, str | None, bool] | None:
+    """Remove our keys from custom_params; (program id, parent id, final) or None."""
+    params = getattr(sampling_params, "custom_params", None)
+    if not isinstance(params, dict) or program_ipc.ID_KEY not in params:
+        return None
+    program_id = params.pop(program_ipc.ID_KEY)
+    parent_id = params.pop(program_ipc.PARENT_KEY, None)
+    final = bool(params.pop(program_ipc.FINAL_KEY, False))
+    if not params:
+        sampling_params.custom_params = None
+    return program_id, parent_id, final
+
+
+def _on_arrival(scheduler, recv_req, **kwargs):
+    identity = take_identity(recv_req.sampling_params)
+    if identity is not None:
+        program_id, parent_id, final = identity
+        try:
+            table().on_arrival(program_id, recv_req.rid, parent_id=parent_id, final=final)
+        except ValueError as exc:  # a duplicate rid: SGLang answers it; we do not track it
+            get_logger().warning("ThunderAgent: request %s not tracked: %s", recv_req.rid, exc)
+    return None
+
+
+def _on_stream_output(result, streamer, reqs, return_logprob, skip_req=None):
+    for req in reqs:
+        if req is not skip_req and req.finished():
+            _finish(req)
+
+
+def _on_abort_output(result, scheduler, abort_req, req):
+    _finish(req)
+
+
+def _finish(req) -> None:
+    program = table().on_finish(
+        req.rid,
+        prompt_tokens=len(req.origin_input_ids),
+        cached_tokens=req.cached_tokens or 0,
+        output_tokens=len(req.output_ids),
+    )
+    if program is not None and program.release_cause is not None:
+        get_logger().info("ThunderAgent: program %s ended (%s)", program.program_id, program.release_cause)
+
+
+def _on_loop(result, scheduler, recv_reqs):
+    now = time.monotonic()
+    if now - _state["last_tick"] < TICK_S:
+        return
+    _state["last_tick"] = now
+    for program in table().expire_idle():
+        get_logger().info("ThunderAgent: program %s ended (idle)", program.program_id)
+
+
+def handle_control(req: ProgramControlReq):
+    """Answer one control request from the HTTP process (runs in the scheduler loop)."""
+    handler = _OPS.get(req.op)
+    if handler is None:
+        return reply(400, {"error": f"unknown program operation {req.op!r}"})
+    try:
+        return handler(table(), req.program_id, json.loads(req.payload))
+    except UnknownProgram as exc:
+        return reply(404, {"error": str(exc)})
+    except ValueError as exc:
+        return reply(400, {"error": str(exc)})
+
+
+def _list(t, program_id, payload):
+    return reply(200, {"programs": [t.record(p) for p in t.programs()]})
+
+
+def _get(t, program_id, payload):
+    return reply(200, t.record(t.get(program_id)))
+
+
+def _release(t, program_id, payload):
+    program = t.release(program_id)
+    return reply(200, {**t.record(program), "released": program.release_cause is not None})
+
+
+def _tool(t, program_id, payload):
+    return reply(200, t.record(t.tool_event(program_id, payload.get("event"), payload.get("expected_s"))))
+
+
+def _status_change(method, t, program_id, payload):
+    return reply(200, t.record(getattr(t, method)(program_id)))
+
+
+def _stats(t, program_id, payload):
+    return reply(200, {"counters": t.counters, "live": t.live_count_by()})
+
+
+_OPS = {
+    "list": _list,
+    "get": _get,
+    "release": _release,
+    "tool": _tool,
+    "pause": partial(_status_change, "pause"),
+    "resume": partial(_status_change, "resume"),
+    "stats": _stats,
+}

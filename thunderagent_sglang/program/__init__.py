@@ -1,0 +1,1 @@
+"""Pure Python: programs, their identity and lifecycle (no SGLang import)."""

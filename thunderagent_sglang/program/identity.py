@@ -1,0 +1,175 @@
+"""Which program a request belongs to: its id, parent and final marker (pure Python).
+
+Reads the marks agents already send (landscape.md, "How clients mark a program today"):
+headers and JSON body fields, in a configurable precedence. Bad input raises, never passes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_ID_SOURCES: tuple[str, ...] = (
+    "header:x-program-id",
+    "body:program_id",
+    "body:job_id",
+    "header:x-dynamo-session-id",
+    "header:x-claude-code-session-id",
+    "header:session-id",
+    "header:x-session-id",
+)
+PARENT_HEADERS = ("x-dynamo-parent-session-id", "x-parent-session-id", "x-claude-code-parent-agent-id")
+FINAL_HEADERS = ("x-program-final", "x-dynamo-session-final")
+FINAL_BODY_FIELD = "is_last_step"
+MAX_ID_LENGTH = 256
+
+_SGLANG_SESSION_FIELD = "session_id"  # SGLang's own sessions: never a program id
+_SHORT_ALIASES = {src.split(":", 1)[1]: src for src in DEFAULT_ID_SOURCES}
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")  # an HTTP token, lower case
+_BODY_FIELD = re.compile(r"^[^\s:,]+$")
+
+
+class InvalidProgramId(ValueError):
+    """A program or parent id that is present but not a string of 1-256 printable characters."""
+
+    def __init__(self, source: str, message: str):
+        super().__init__(message)
+        self.source = source  # e.g. "header X-Program-Id", "body field 'program_id'"
+
+
+class InvalidFinalMarker(ValueError):
+    """A final marker (X-Program-Final, X-Dynamo-Session-Final, is_last_step) with a bad value."""
+
+    def __init__(self, source: str, message: str):
+        super().__init__(message)
+        self.source = source
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The program a request belongs to; program_id None means untagged."""
+
+    program_id: str | None
+    source: str | None  # the source that gave the id, e.g. "header:x-program-id"
+    parent_id: str | None
+    final: bool  # this call is the program's last
+    conflicts: tuple[str, ...] = ()  # lower-precedence sources that carried a different id
+
+
+def _label(source: str) -> str:
+    kind, _, name = source.partition(":")
+    if kind == "header":
+        return "header " + "-".join(part.capitalize() for part in name.split("-"))
+    return f"body field '{name}'"
+
+
+def _check_id(source: str, value: Any) -> str:
+    if isinstance(value, str):
+        if not value:
+            problem = "got an empty string"
+        elif len(value) > MAX_ID_LENGTH:
+            problem = f"got {len(value)} characters"
+        elif not value.isprintable():
+            problem = "got a non-printable (control) character"
+        else:
+            return value
+    else:
+        problem = f"got {type(value).__name__}"
+    label = _label(source)
+    raise InvalidProgramId(label, f"{label} must be a string of 1-{MAX_ID_LENGTH} printable characters, {problem}")
+
+
+def _lower_keys(headers: Mapping[Any, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in headers.items():
+        key = key.decode("latin-1") if isinstance(key, bytes) else str(key)
+        out[key.lower()] = value.decode("latin-1") if isinstance(value, bytes) else value
+    return out
+
+
+def _lookup(source: str, headers: dict[str, Any], body: Mapping[str, Any]) -> Any:
+    kind, _, name = source.partition(":")
+    if kind == "header":
+        return headers.get(name.lower())
+    if kind == "body" and name != _SGLANG_SESSION_FIELD:
+        return body.get(name)  # JSON null reads as absent
+    if kind == "body":
+        raise ValueError(f"id source {source!r}: body 'session_id' is SGLang's own field, not a program id")
+    raise ValueError(f"id source {source!r} must be 'header:NAME' or 'body:FIELD'")
+
+
+def _final(headers: dict[str, Any], body: Mapping[str, Any]) -> bool:
+    final = False
+    for name in FINAL_HEADERS:
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        value = raw.strip().lower() if isinstance(raw, str) else raw
+        if value not in ("1", "true", "0", "false"):
+            label = _label("header:" + name)
+            raise InvalidFinalMarker(label, f"{label} must be 1, true, 0 or false, got {raw!r}")
+        final = final or value in ("1", "true")
+    raw = body.get(FINAL_BODY_FIELD)
+    if raw is not None and not isinstance(raw, bool):
+        label = _label("body:" + FINAL_BODY_FIELD)
+        raise InvalidFinalMarker(label, f"{label} must be true or false, got {type(raw).__name__}")
+    return final or raw is True
+
+
+def extract_identity(
+    headers: Mapping[str, str], body: Mapping[str, Any] | None, sources: tuple[str, ...] = DEFAULT_ID_SOURCES
+) -> Identity:
+    """Read a request's program identity; raise InvalidProgramId/InvalidFinalMarker on bad marks.
+
+    The first present source in ``sources`` wins; every present source is validated, and lower
+    ones carrying a different id are listed in ``conflicts``. Header names match case-insensitively.
+    """
+    hdrs = _lower_keys(headers)
+    body = body if isinstance(body, Mapping) else {}
+    found = [(src, _check_id(src, v)) for src in sources if (v := _lookup(src, hdrs, body)) is not None]
+    parents = [_check_id("header:" + h, hdrs[h]) for h in PARENT_HEADERS if hdrs.get(h) is not None]
+    final = _final(hdrs, body)
+    parent = parents[0] if parents else None
+    if not found:
+        return Identity(None, None, parent, final, ())
+    (source, program_id), rest = found[0], found[1:]
+    conflicts = tuple(src for src, value in rest if value != program_id)
+    return Identity(program_id, source, parent, final, conflicts)
+
+
+def _parse_source(item: str) -> str:
+    kind, colon, name = (part.strip() for part in item.partition(":"))
+    if not colon:
+        alias = item.lower()
+        if alias == _SGLANG_SESSION_FIELD:
+            return "body:" + alias  # rejected by the caller with the clear message
+        if alias not in _SHORT_ALIASES:
+            known = ", ".join(_SHORT_ALIASES)
+            raise ValueError(f"unknown id source {item!r}: use header:NAME, body:FIELD or one of {known}")
+        return _SHORT_ALIASES[alias]
+    if kind.lower() == "header" and _HEADER_NAME.match(name.lower()):
+        return "header:" + name.lower()
+    if kind.lower() == "body" and _BODY_FIELD.match(name):
+        return "body:" + name
+    raise ValueError(f"id source {item!r} must be 'header:NAME' or 'body:FIELD'")
+
+
+def parse_id_sources(text: str) -> tuple[str, ...]:
+    """Parse --thunderagent-id-sources: comma-separated 'header:NAME', 'body:FIELD' or short aliases.
+
+    Short aliases are the default sources' names without their prefix ("x-program-id",
+    "program_id", "job_id", "session-id", ...). Raises ValueError on an empty list, an unknown
+    alias, a malformed entry, a duplicate, or 'body:session_id' (SGLang's own field).
+    """
+    out: list[str] = []
+    for source in (_parse_source(part.strip()) for part in text.split(",") if part.strip()):
+        if source == "body:" + _SGLANG_SESSION_FIELD:
+            raise ValueError("id source 'body:session_id' is SGLang's own session field, never a program id")
+        if source in out:
+            raise ValueError(f"id source {source!r} is listed twice")
+        out.append(source)
+    if not out:
+        raise ValueError("--thunderagent-id-sources needs at least one source, e.g. 'x-program-id,program_id'")
+    return tuple(out)

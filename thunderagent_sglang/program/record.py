@@ -1,0 +1,135 @@
+"""A program's state and its JSON record (pure Python, no SGLang import).
+
+The table (``table.py``) owns and changes these objects; everything here only describes them.
+Times are on the table's clock (monotonic by default) and never appear in the record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Phase(str, Enum):
+    """Reasoning while a request of the program is in the engine, acting (tool time) otherwise."""
+
+    REASONING = "reasoning"
+    ACTING = "acting"
+
+
+class Status(str, Enum):
+    """Active or paused while live; terminated is final for an incarnation."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    TERMINATED = "terminated"
+
+
+class UnknownProgram(KeyError):
+    """No program (live, or for ``get`` also kept terminated) has this id."""
+
+    def __init__(self, program_id: str):
+        super().__init__(program_id)
+        self.program_id = program_id
+
+    def __str__(self) -> str:
+        return f"unknown program id {self.program_id!r}"
+
+
+RELEASE_CAUSES = ("explicit", "final", "idle")
+
+RECORD_KEYS = (
+    "program_id", "incarnation", "parent_id", "status", "phase", "context_tokens", "steps",
+    "prefill_tokens_computed", "prefill_tokens_cached", "decode_tokens", "seconds_reasoning",
+    "seconds_acting", "seconds_paused", "in_flight", "tool_running", "release_cause",
+)
+
+
+@dataclass(slots=True, eq=False)
+class Program:
+    """One incarnation of a program id. Mutated only by the ProgramTable.
+
+    Invariants: phase is REASONING iff in_flight is non-empty; a terminated program has nothing
+    in flight and a release_cause; seconds_* are settled up to ``settled_at`` (the last phase or
+    status transition); ``idle_since`` is meaningful only while the program is idle (active,
+    acting, no tool running).
+    """
+
+    program_id: str
+    incarnation: int
+    parent_id: str | None
+    created_at: float
+    status: Status = Status.ACTIVE
+    phase: Phase = Phase.ACTING
+    in_flight: set[str] = field(default_factory=set)
+    steps: int = 0
+    context_tokens: int = 0
+    prefill_tokens_computed: int = 0
+    prefill_tokens_cached: int = 0
+    decode_tokens: int = 0
+    seconds_reasoning: float = 0.0
+    seconds_acting: float = 0.0
+    seconds_paused: float = 0.0
+    phase_since: float = 0.0
+    status_since: float = 0.0
+    settled_at: float = 0.0
+    idle_since: float = 0.0
+    release_requested: bool = False
+    requested_cause: str | None = None  # "explicit" | "final" while release_requested
+    release_cause: str | None = None  # "explicit" | "final" | "idle" once terminated
+    terminated_at: float | None = None
+    tool_running: bool = False
+    tool_expected_s: float | None = None
+    tool_since: float | None = None  # when the running tool hint started
+
+    def __post_init__(self) -> None:
+        self.phase_since = self.status_since = self.settled_at = self.idle_since = self.created_at
+
+    @property
+    def live(self) -> bool:
+        return self.status is not Status.TERMINATED
+
+    @property
+    def idle(self) -> bool:
+        """Counts toward idle expiry: active, acting and no tool running."""
+        return self.status is Status.ACTIVE and self.phase is Phase.ACTING and not self.tool_running
+
+    def unsettled_seconds(self, now: float) -> tuple[float, float, float]:
+        """(reasoning, acting, paused) seconds accrued since ``settled_at``, not yet added."""
+        dt = max(0.0, now - self.settled_at)
+        if self.status is Status.PAUSED:
+            return 0.0, 0.0, dt
+        if self.status is Status.ACTIVE:
+            return (dt, 0.0, 0.0) if self.phase is Phase.REASONING else (0.0, dt, 0.0)
+        return 0.0, 0.0, 0.0
+
+    def settle(self, now: float) -> None:
+        """Add the time since the last settlement to the bucket of the current phase/status."""
+        reasoning, acting, paused = self.unsettled_seconds(now)
+        self.seconds_reasoning += reasoning
+        self.seconds_acting += acting
+        self.seconds_paused += paused
+        self.settled_at = max(self.settled_at, now)
+
+
+def program_record(p: Program, now: float) -> dict:
+    """The JSON record of ``p`` (keys RECORD_KEYS), times settled up to ``now``, no clock values."""
+    reasoning, acting, paused = p.unsettled_seconds(now)
+    return {
+        "program_id": p.program_id,
+        "incarnation": p.incarnation,
+        "parent_id": p.parent_id,
+        "status": p.status.value,
+        "phase": p.phase.value,
+        "context_tokens": p.context_tokens,
+        "steps": p.steps,
+        "prefill_tokens_computed": p.prefill_tokens_computed,
+        "prefill_tokens_cached": p.prefill_tokens_cached,
+        "decode_tokens": p.decode_tokens,
+        "seconds_reasoning": round(p.seconds_reasoning + reasoning, 3),
+        "seconds_acting": round(p.seconds_acting + acting, 3),
+        "seconds_paused": round(p.seconds_paused + paused, 3),
+        "in_flight": len(p.in_flight),
+        "tool_running": p.tool_running,
+        "release_cause": p.release_cause,
+    }

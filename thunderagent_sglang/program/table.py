@@ -1,0 +1,282 @@
+"""The program table: every tagged program's phase, status and accounting (pure Python).
+
+One table per SGLang scheduler process. The scheduler hooks call ``on_arrival`` / ``on_finish``
+for tagged requests (untagged ones never reach it); the HTTP endpoints reach ``release``,
+``tool_event``, ``pause``, ``resume``, ``get``, ``programs`` and ``record`` through IPC.
+Nothing here reads a clock except the injected one, so tests drive time exactly.
+
+Memory is bounded: live programs are kept until they terminate, at most ``max_terminated``
+terminated records are kept (oldest terminated evicted first), and a request id is forgotten
+when its request finishes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from thunderagent_sglang.program.record import (
+    RECORD_KEYS,
+    RELEASE_CAUSES,
+    Phase,
+    Program,
+    Status,
+    UnknownProgram,
+    program_record,
+)
+
+__all__ = ["Phase", "Program", "ProgramTable", "RECORD_KEYS", "Status", "UnknownProgram"]
+
+TOOL_EVENTS = ("start", "end")
+
+
+class ProgramTable:
+    """Programs by id, their request ids, and kept terminated records.
+
+    Invariants (hold between calls):
+      * each id has at most one live (active or paused) program, its latest incarnation;
+      * a live program is REASONING iff it has a request in flight; the rid index holds exactly
+        the rids in flight of live programs;
+      * terminated programs have nothing in flight and are kept at most ``max_terminated``;
+      * ``_idle`` holds exactly the live idle programs, ordered by ``idle_since``.
+    """
+
+    def __init__(self, *, idle_expiry_s: float, max_terminated: int = 10000,
+                 clock: Callable[[], float] = time.monotonic):
+        if not (isinstance(idle_expiry_s, (int, float)) and idle_expiry_s > 0):  # NaN fails too
+            raise ValueError("idle_expiry_s must be a positive number of seconds (inf disables), "
+                             f"got {idle_expiry_s!r}")
+        if not (isinstance(max_terminated, int) and max_terminated >= 0):
+            raise ValueError(f"max_terminated must be a non-negative int, got {max_terminated!r}")
+        self.idle_expiry_s = float(idle_expiry_s)
+        self.max_terminated = max_terminated
+        self.clock = clock
+        self._live: dict[str, Program] = {}  # creation order
+        self._terminated: OrderedDict[tuple[str, int], Program] = OrderedDict()  # termination order
+        self._latest_terminated: dict[str, tuple[str, int]] = {}
+        self._by_rid: dict[str, Program] = {}
+        self._idle: OrderedDict[str, Program] = OrderedDict()
+        self._status_counts = {Status.ACTIVE: 0, Status.PAUSED: 0}
+        self._phase_counts = {Phase.REASONING: 0, Phase.ACTING: 0}
+        self.counters: dict = {
+            "releases": {cause: 0 for cause in RELEASE_CAUSES},
+            "programs_created": 0,
+            "requests_arrived": 0,
+            "requests_finished": 0,
+            "pauses": 0,
+            "resumes": 0,
+            "tool_events": 0,
+            "records_evicted": 0,
+        }
+
+    # ---- scheduler hooks -------------------------------------------------------------------
+
+    def on_arrival(self, program_id: str, rid: str, *, parent_id: str | None = None,
+                   final: bool = False) -> Program:
+        """A tagged request ``rid`` of ``program_id`` entered the engine.
+
+        Creates the program (incarnation+1 if the latest one terminated). Afterwards the program
+        is REASONING with ``rid`` in flight; its status is unchanged (a paused program stays
+        paused). ``final`` requests release (cause "final") once its in-flight calls finish.
+        ValueError if ``rid`` is already in flight.
+        """
+        if rid in self._by_rid:
+            owner = self._by_rid[rid].program_id
+            raise ValueError(f"request id {rid!r} is already in flight (program {owner!r})")
+        now = self.clock()
+        p = self._live.get(program_id)
+        if p is None:
+            p = self._create(program_id, parent_id, now)
+        elif p.parent_id is None and parent_id is not None:
+            p.parent_id = parent_id
+        p.in_flight.add(rid)
+        self._by_rid[rid] = p
+        self.counters["requests_arrived"] += 1
+        self._set_phase(p, Phase.REASONING, now)
+        if final and not p.release_requested:
+            p.release_requested, p.requested_cause = True, "final"
+        self._touch_idle(p, now)
+        return p
+
+    def on_finish(self, rid: str, *, prompt_tokens: int, cached_tokens: int,
+                  output_tokens: int) -> Program | None:
+        """Request ``rid`` left the engine; None if the table does not know it (untagged).
+
+        Accounts the call (steps, prefill computed/cached, decode, context = prompt + output).
+        When it was the last in flight the program turns ACTING (tool time starts now) and, if
+        a release was requested, terminates with the requested cause.
+        """
+        p = self._by_rid.pop(rid, None)
+        if p is None:
+            return None
+        now = self.clock()
+        p.in_flight.discard(rid)
+        self.counters["requests_finished"] += 1
+        p.steps += 1
+        p.prefill_tokens_cached += cached_tokens
+        p.prefill_tokens_computed += prompt_tokens - cached_tokens
+        p.decode_tokens += output_tokens
+        p.context_tokens = prompt_tokens + output_tokens
+        if not p.in_flight:
+            self._set_phase(p, Phase.ACTING, now)
+            if p.release_requested:
+                self._terminate(p, p.requested_cause or "explicit", now)
+                return p
+        self._touch_idle(p, now)
+        return p
+
+    # ---- control (HTTP endpoints through IPC) ----------------------------------------------
+
+    def release(self, program_id: str) -> Program:
+        """End a live program: at once if nothing is in flight (cause "explicit"), otherwise
+        mark it and terminate when its last in-flight request finishes (an earlier "final"
+        marker keeps its cause). UnknownProgram for an unknown or terminated id."""
+        p = self._require_live(program_id)
+        now = self.clock()
+        if not p.release_requested:
+            p.release_requested, p.requested_cause = True, "explicit"
+        if not p.in_flight:
+            self._terminate(p, p.requested_cause or "explicit", now)
+        return p
+
+    def tool_event(self, program_id: str, event: str, expected_s: float | None = None) -> Program:
+        """A tool phase hint: "start" (tool_running, expected_s kept) or "end" (tool stopped,
+        idle time restarts). ValueError for another event; UnknownProgram for a non-live id."""
+        if event not in TOOL_EVENTS:
+            raise ValueError(f"tool event must be 'start' or 'end', got {event!r}")
+        p = self._require_live(program_id)
+        now = self.clock()
+        self.counters["tool_events"] += 1
+        if event == "start":
+            if not p.tool_running:
+                p.tool_since = now
+            p.tool_running, p.tool_expected_s = True, expected_s
+        else:
+            p.tool_running, p.tool_expected_s, p.tool_since = False, None, None
+        self._touch_idle(p, now)
+        return p
+
+    def pause(self, program_id: str) -> Program:
+        """Mark a live program paused (state only; no-op if already paused). Paused time is
+        neither reasoning nor acting time and does not count toward idle expiry."""
+        p = self._require_live(program_id)
+        if p.status is Status.ACTIVE:
+            now = self.clock()
+            self._set_status(p, Status.PAUSED, now)
+            self.counters["pauses"] += 1
+            self._touch_idle(p, now)
+        return p
+
+    def resume(self, program_id: str) -> Program:
+        """Mark a paused program active (state only; no-op if already active); idle time
+        restarts. UnknownProgram for a non-live id."""
+        p = self._require_live(program_id)
+        if p.status is Status.PAUSED:
+            now = self.clock()
+            self._set_status(p, Status.ACTIVE, now)
+            self.counters["resumes"] += 1
+            self._touch_idle(p, now)
+        return p
+
+    def expire_idle(self) -> list[Program]:
+        """Terminate (cause "idle") and return, oldest idle first, the programs idle for more
+        than ``idle_expiry_s``. Reasoning, paused and tool-running programs never expire.
+        Cost: O(expired + 1)."""
+        now = self.clock()
+        expired = []
+        while self._idle:
+            p = next(iter(self._idle.values()))
+            if not now - p.idle_since > self.idle_expiry_s:
+                break
+            self._terminate(p, "idle", now)
+            expired.append(p)
+        return expired
+
+    # ---- reading -------------------------------------------------------------------------
+
+    def get(self, program_id: str) -> Program:
+        """The latest incarnation of ``program_id``, live or kept terminated; UnknownProgram."""
+        p = self._live.get(program_id)
+        if p is not None:
+            return p
+        key = self._latest_terminated.get(program_id)
+        if key is None:
+            raise UnknownProgram(program_id)
+        return self._terminated[key]
+
+    def programs(self) -> list[Program]:
+        """Live programs (creation order), then kept terminated ones (termination order)."""
+        return [*self._live.values(), *self._terminated.values()]
+
+    def record(self, program: Program) -> dict:
+        """The JSON record of ``program`` (keys RECORD_KEYS), times settled up to now."""
+        return program_record(program, self.clock())
+
+    def live_count_by(self) -> dict:
+        """Live program counts by status and by phase."""
+        return {
+            "status": {s.value: n for s, n in self._status_counts.items()},
+            "phase": {ph.value: n for ph, n in self._phase_counts.items()},
+        }
+
+    def __len__(self) -> int:
+        """Number of live programs."""
+        return len(self._live)
+
+    # ---- internals -----------------------------------------------------------------------
+
+    def _require_live(self, program_id: str) -> Program:
+        p = self._live.get(program_id)
+        if p is None:
+            raise UnknownProgram(program_id)
+        return p
+
+    def _create(self, program_id: str, parent_id: str | None, now: float) -> Program:
+        key = self._latest_terminated.get(program_id)
+        incarnation = key[1] + 1 if key is not None else 1
+        p = Program(program_id=program_id, incarnation=incarnation, parent_id=parent_id, created_at=now)
+        self._live[program_id] = p
+        self._status_counts[p.status] += 1
+        self._phase_counts[p.phase] += 1
+        self.counters["programs_created"] += 1
+        return p
+
+    def _set_phase(self, p: Program, phase: Phase, now: float) -> None:
+        if p.phase is phase:
+            return
+        p.settle(now)
+        self._phase_counts[p.phase] -= 1
+        self._phase_counts[phase] += 1
+        p.phase, p.phase_since = phase, now
+
+    def _set_status(self, p: Program, status: Status, now: float) -> None:
+        p.settle(now)
+        self._status_counts[p.status] -= 1
+        if status is not Status.TERMINATED:
+            self._status_counts[status] += 1
+        p.status, p.status_since = status, now
+
+    def _touch_idle(self, p: Program, now: float) -> None:
+        """Restart the program's idle period at ``now`` and keep ``_idle`` exact and ordered."""
+        p.idle_since = now
+        self._idle.pop(p.program_id, None)
+        if p.idle:
+            self._idle[p.program_id] = p
+
+    def _terminate(self, p: Program, cause: str, now: float) -> None:
+        self._phase_counts[p.phase] -= 1
+        self._set_status(p, Status.TERMINATED, now)
+        p.release_cause, p.terminated_at = cause, now
+        p.tool_running, p.tool_expected_s, p.tool_since = False, None, None
+        self._idle.pop(p.program_id, None)
+        del self._live[p.program_id]
+        self.counters["releases"][cause] += 1
+        key = (p.program_id, p.incarnation)
+        self._terminated[key] = p
+        self._latest_terminated[p.program_id] = key
+        while len(self._terminated) > self.max_terminated:
+            old_key, _ = self._terminated.popitem(last=False)
+            if self._latest_terminated.get(old_key[0]) == old_key:
+                del self._latest_terminated[old_key[0]]
+            self.counters["records_evicted"] += 1
