@@ -15,8 +15,8 @@ PROMPTS = [
 ]
 
 
-def greedy_ids(server, prompt: str) -> list[int]:
-    reply = requests.post(f"{server.url}/generate", json={
+def greedy_ids(server, prompt: str, headers=None) -> list[int]:
+    reply = requests.post(f"{server.url}/generate", headers=headers, json={
         "text": prompt,
         "sampling_params": {"max_new_tokens": 24, "temperature": 0, "ignore_eos": True},
         "return_logprob": False,
@@ -43,6 +43,12 @@ def test_greedy_generate_matches_plain_sglang_token_for_token(default_server, pl
     ours = greedy_ids(default_server, prompt)
     assert len(ours) == 24
     assert ours == greedy_ids(plain_server, prompt)
+
+
+def test_program_tagged_calls_match_plain_sglang_token_for_token(default_server, plain_server):
+    for i, prompt in enumerate(PROMPTS):
+        tagged = greedy_ids(default_server, prompt, headers={"X-Program-Id": f"equal-{i}"})
+        assert tagged == greedy_ids(plain_server, prompt)
 
 
 def test_greedy_chat_matches_plain_sglang(default_server, plain_server):

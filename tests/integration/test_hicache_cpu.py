@@ -7,8 +7,11 @@ import random
 import pytest
 import requests
 
+from tests.integration.conftest import API_KEY
+
 pytestmark = pytest.mark.server
 
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 PROMPT_TOKENS = 300  # the device pool holds 1024 tokens: four more prompts flood it
 
 
@@ -16,7 +19,7 @@ def generate(server, ids: list[int]) -> dict:
     return requests.post(f"{server.url}/generate", json={
         "input_ids": ids,
         "sampling_params": {"max_new_tokens": 8, "temperature": 0, "ignore_eos": True},
-    }, timeout=120).json()
+    }, headers=AUTH, timeout=120).json()
 
 
 def test_flooded_prefix_comes_back_from_host_memory_with_identical_output(hicache_server):
@@ -33,7 +36,7 @@ def test_flooded_prefix_comes_back_from_host_memory_with_identical_output(hicach
 
 
 def test_server_runs_with_the_requested_page_size_and_chunking(hicache_server):
-    info = requests.get(f"{hicache_server.url}/get_server_info", timeout=30).json()
+    info = requests.get(f"{hicache_server.url}/get_server_info", headers=AUTH, timeout=30).json()
     assert info["page_size"] == 16
     assert info["chunked_prefill_size"] == 64
     assert info["enable_hierarchical_cache"] is True

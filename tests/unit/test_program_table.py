@@ -457,3 +457,15 @@ def test_counters_and_live_counts(table, clock):
     assert c["releases"] == {"explicit": 2, "final": 0, "idle": 1}
     assert (c["programs_created"], c["requests_arrived"], c["requests_finished"]) == (3, 3, 3)
     assert (c["pauses"], c["resumes"]) == (1, 1)
+
+
+def test_next_arrival_clears_a_tool_hint_whose_end_was_lost(table, clock):
+    table.on_arrival("p", "r1")
+    finish(table, "r1")
+    table.tool_event("p", "start", expected_s=5.0)
+    assert table.get("p").tool_running
+    table.on_arrival("p", "r2")  # the tool is done: the agent calls the LLM again
+    finish(table, "r2")
+    assert not table.get("p").tool_running
+    clock.advance(61)
+    assert [p.program_id for p in table.expire_idle()] == ["p"]

@@ -89,15 +89,19 @@ def _finish(req) -> None:
 
 def _on_loop(result, scheduler, recv_reqs):
     now = time.monotonic()
-    if now - _state["last_tick"] < TICK_S:
-        return
-    _state["last_tick"] = now
+    if now - _state["last_tick"] >= TICK_S:
+        _state["last_tick"] = now
+        _expire_idle()
+
+
+def _expire_idle() -> None:
     for program in table().expire_idle():
         get_logger().info("ThunderAgent: program %s ended (idle)", program.program_id)
 
 
 def handle_control(req: ProgramControlReq):
     """Answer one control request from the HTTP process (runs in the scheduler loop)."""
+    _expire_idle()  # an idle scheduler may not have ticked for a while
     handler = _OPS.get(req.op)
     if handler is None:
         return reply(400, {"error": f"unknown program operation {req.op!r}"})

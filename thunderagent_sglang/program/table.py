@@ -78,7 +78,7 @@ class ProgramTable:
 
         Creates the program (incarnation+1 if the latest one terminated). Afterwards the program
         is REASONING with ``rid`` in flight; its status is unchanged (a paused program stays
-        paused). ``final`` requests release (cause "final") once its in-flight calls finish.
+        paused) and no tool running. ``final`` requests release (cause "final") once its in-flight calls finish.
         ValueError if ``rid`` is already in flight.
         """
         if rid in self._by_rid:
@@ -93,6 +93,9 @@ class ProgramTable:
         p.in_flight.add(rid)
         self._by_rid[rid] = p
         self.counters["requests_arrived"] += 1
+        # The next LLM call means its tool is done, even if no "end" hint came:
+        # a lost hint must not keep the program from ever expiring.
+        p.tool_running, p.tool_since = False, None
         self._set_phase(p, Phase.REASONING, now)
         if final and not p.release_requested:
             p.release_requested, p.requested_cause = True, "final"

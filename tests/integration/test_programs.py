@@ -1,0 +1,221 @@
+"""Program identity on every request path, the lifecycle in the scheduler, the /programs API."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import openai
+import pytest
+import requests
+
+from tests.integration.conftest import API_KEY
+
+pytestmark = pytest.mark.server
+
+
+def new_id() -> str:
+    return f"prog-{uuid.uuid4().hex[:8]}"
+
+
+def chat(server, headers=None, extra_body=None, max_tokens=4, **kwargs):
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    return client.chat.completions.with_raw_response.create(
+        model="demo", messages=[{"role": "user", "content": "List the files."}],
+        max_tokens=max_tokens, temperature=0, extra_headers=headers, extra_body=extra_body,
+        **kwargs)
+
+
+def record(server, program_id, **kwargs):
+    return requests.get(f"{server.url}/programs/{program_id}", timeout=30, **kwargs)
+
+
+def test_header_tagged_chat_call_is_accounted_to_its_program(default_server):
+    pid = new_id()
+    raw = chat(default_server, headers={"X-Program-Id": pid})
+    usage = raw.parse().usage
+    assert raw.headers["x-program-id"] == pid
+    assert raw.headers["x-program-id-source"] == "header:x-program-id"
+    rec = record(default_server, pid).json()
+    assert rec["status"] == "active" and rec["phase"] == "acting" and rec["steps"] == 1
+    assert rec["incarnation"] == 1 and rec["in_flight"] == 0
+    assert rec["context_tokens"] == usage.prompt_tokens + usage.completion_tokens
+    assert rec["prefill_tokens_computed"] + rec["prefill_tokens_cached"] == usage.prompt_tokens
+    assert rec["decode_tokens"] == usage.completion_tokens == 4
+
+
+def test_second_call_of_a_program_hits_the_cache_for_its_first_prompt(default_server):
+    pid = new_id()
+    messages = [{"role": "user", "content": f"{pid}: run the test suite please"}]
+    client = openai.OpenAI(base_url=f"{default_server.url}/v1", api_key="unused")
+    first = client.chat.completions.create(model="demo", messages=messages, max_tokens=4,
+                                           extra_headers={"X-Program-Id": pid})
+    messages += [{"role": "assistant", "content": first.choices[0].message.content},
+                 {"role": "user", "content": "tool output: 2 passed"}]
+    client.chat.completions.create(model="demo", messages=messages, max_tokens=4,
+                                   extra_headers={"X-Program-Id": pid})
+    rec = record(default_server, pid).json()
+    assert rec["steps"] == 2
+    assert rec["prefill_tokens_cached"] >= first.usage.prompt_tokens - 1
+
+
+@pytest.mark.parametrize("field", ["program_id", "job_id"])
+def test_body_id_on_openai_completions_is_read(default_server, field):
+    pid = new_id()
+    client = openai.OpenAI(base_url=f"{default_server.url}/v1", api_key="unused")
+    raw = client.completions.with_raw_response.create(
+        model="demo", prompt="def main():", max_tokens=3, extra_body={field: pid})
+    assert raw.headers["x-program-id-source"] == f"body:{field}"
+    assert record(default_server, pid).json()["steps"] == 1
+
+
+def test_native_generate_with_body_program_id(default_server):
+    pid = new_id()
+    reply = requests.post(f"{default_server.url}/generate", json={
+        "text": "ls -la", "program_id": pid, "sampling_params": {"max_new_tokens": 3}},
+        timeout=60)
+    assert reply.headers["x-program-id"] == pid
+    assert record(default_server, pid).json()["decode_tokens"] == 3
+
+
+def test_streaming_call_is_tagged_and_accounted(default_server):
+    pid = new_id()
+    client = openai.OpenAI(base_url=f"{default_server.url}/v1", api_key="unused")
+    with client.chat.completions.with_streaming_response.create(
+            model="demo", messages=[{"role": "user", "content": "hi"}], max_tokens=5,
+            stream=True, extra_headers={"X-Program-Id": pid}) as response:
+        assert response.headers["x-program-id"] == pid
+        chunks = [c for c in response.parse() if c.choices]
+    assert len(chunks) >= 5
+    rec = record(default_server, pid).json()
+    assert rec["decode_tokens"] == 5 and rec["phase"] == "acting"
+
+
+def test_header_wins_over_a_different_body_id_and_the_response_says_so(default_server):
+    header_id, body_id = new_id(), new_id()
+    raw = chat(default_server, headers={"X-Program-Id": header_id},
+               extra_body={"program_id": body_id})
+    assert raw.headers["x-program-id"] == header_id
+    assert record(default_server, header_id).status_code == 200
+    assert record(default_server, body_id).status_code == 404
+
+
+def test_sglang_session_id_is_not_a_program_id(default_server):
+    session = new_id()
+    requests.post(f"{default_server.url}/generate", json={
+        "text": "x", "session_id": session, "sampling_params": {"max_new_tokens": 1}}, timeout=60)
+    assert record(default_server, session).status_code == 404
+
+
+@pytest.mark.parametrize("bad,kind", [("", "an empty string"), ("x" * 257, "257 characters"),
+                                      (7, "int"), (["a"], "list")])
+def test_invalid_body_id_is_400_naming_the_field(default_server, bad, kind):
+    reply = requests.post(f"{default_server.url}/v1/chat/completions", json={
+        "model": "demo", "messages": [{"role": "user", "content": "x"}], "program_id": bad},
+        timeout=60)
+    assert reply.status_code == 400
+    error = reply.json()["error"]
+    assert error["param"] == "body field 'program_id'" and kind in error["message"]
+
+
+def test_invalid_header_id_is_400_and_the_server_keeps_serving(default_server):
+    reply = requests.post(f"{default_server.url}/generate", headers={"X-Program-Id": "a\tb"},
+                          json={"text": "x", "sampling_params": {"max_new_tokens": 1}}, timeout=60)
+    assert reply.status_code == 400
+    assert reply.json()["error"]["param"] == "header X-Program-Id"
+    assert requests.get(f"{default_server.url}/health_generate", timeout=60).status_code == 200
+
+
+def test_untagged_calls_create_no_program(default_server):
+    before = requests.get(f"{default_server.url}/programs", timeout=30).json()["programs"]
+    chat(default_server)
+    after = requests.get(f"{default_server.url}/programs", timeout=30).json()["programs"]
+    assert len(after) == len(before)
+
+
+def test_release_ends_the_program_and_the_id_starts_a_new_incarnation(default_server):
+    pid = new_id()
+    chat(default_server, headers={"X-Program-Id": pid})
+    released = requests.post(f"{default_server.url}/programs/release",
+                             json={"program_id": pid}, timeout=30).json()
+    assert released["status"] == "terminated" and released["release_cause"] == "explicit"
+    again = requests.post(f"{default_server.url}/programs/release",
+                          json={"program_id": pid}, timeout=30)
+    assert again.status_code == 404
+    chat(default_server, headers={"X-Program-Id": pid})
+    rec = record(default_server, pid).json()
+    assert rec["incarnation"] == 2 and rec["status"] == "active" and rec["steps"] == 1
+
+
+def test_release_of_an_unknown_id_is_404_json(default_server):
+    reply = requests.post(f"{default_server.url}/programs/release",
+                          json={"program_id": "never-seen"}, timeout=30)
+    assert reply.status_code == 404
+    assert reply.json() == {"error": "unknown program id 'never-seen'"}
+
+
+def test_final_marker_ends_the_program_after_its_call(default_server):
+    pid = new_id()
+    chat(default_server, headers={"X-Program-Id": pid, "X-Program-Final": "1"})
+    rec = record(default_server, pid).json()
+    assert rec["status"] == "terminated" and rec["release_cause"] == "final"
+    assert rec["steps"] == 1
+
+
+def test_concurrent_calls_of_one_program_are_counted_once_each(default_server):
+    pid = new_id()
+    threads = [threading.Thread(target=chat, args=(default_server,),
+                                kwargs={"headers": {"X-Program-Id": pid}, "max_tokens": 16})
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rec = record(default_server, pid).json()
+    assert rec["steps"] == 3 and rec["in_flight"] == 0 and rec["phase"] == "acting"
+    assert rec["decode_tokens"] == 48
+
+
+def test_tool_hints_and_operator_pause_resume(default_server):
+    pid = new_id()
+    chat(default_server, headers={"X-Program-Id": pid})
+    url = f"{default_server.url}/programs/{pid}"
+    assert requests.post(f"{url}/tool", json={"event": "start", "expected_s": 3},
+                         timeout=30).json()["tool_running"] is True
+    assert requests.post(f"{url}/tool", json={"event": "end"}, timeout=30).json()["tool_running"] is False
+    bad = requests.post(f"{url}/tool", json={"event": "halfway"}, timeout=30)
+    assert bad.status_code == 400 and "halfway" in bad.json()["error"]
+    assert requests.post(f"{url}/pause", timeout=30).json()["status"] == "paused"
+    assert requests.post(f"{url}/resume", timeout=30).json()["status"] == "active"
+    missing = requests.post(f"{default_server.url}/programs/nobody/pause", timeout=30)
+    assert missing.status_code == 404
+
+
+def test_profiles_alias_returns_the_same_record(default_server):
+    pid = new_id()
+    chat(default_server, headers={"X-Program-Id": pid})
+    profile = requests.get(f"{default_server.url}/profiles/{pid}", timeout=30).json()
+    assert profile["program_id"] == pid and profile["steps"] == 1
+
+
+def test_program_endpoints_need_the_api_key_when_one_is_set(hicache_server):
+    url = f"{hicache_server.url}/programs"
+    assert requests.get(url, timeout=30).status_code == 401
+    assert requests.get(url, headers={"Authorization": "Bearer wrong"}, timeout=30).status_code == 401
+    ok = requests.get(url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
+    assert ok.status_code == 200 and "programs" in ok.json()
+
+
+def test_idle_program_expires_and_a_tool_hint_keeps_it_alive(hicache_server):
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    idle, busy = new_id(), new_id()
+    for pid in (idle, busy):
+        requests.post(f"{hicache_server.url}/generate", headers={**auth, "X-Program-Id": pid},
+                      json={"text": "x", "sampling_params": {"max_new_tokens": 1}}, timeout=60)
+    requests.post(f"{hicache_server.url}/programs/{busy}/tool", headers=auth,
+                  json={"event": "start"}, timeout=30)
+    time.sleep(4.5)  # idle expiry is 2 s; the idle scheduler expires on the next look
+    idle_rec = record(hicache_server, idle, headers=auth).json()
+    assert idle_rec["status"] == "terminated" and idle_rec["release_cause"] == "idle"
+    assert record(hicache_server, busy, headers=auth).json()["status"] == "active"
