@@ -10,7 +10,7 @@ API_KEY = "test-secret-key"
 # A small pool so that a handful of prompts floods the device KV pool; an API
 # key, and a short idle expiry for the program tests that need them.
 HICACHE_ARGS = [
-    "--api-key", API_KEY, "--thunderagent-idle-expiry", "2",
+    "--api-key", API_KEY, "--thunderagent-idle-expiry", "2", "--enable-metrics",
     "--enable-hierarchical-cache", "--hicache-io-backend", "direct",
     "--hicache-mem-layout", "layer_first", "--max-total-tokens", "1024",
     "--context-length", "1024", "--enable-cache-report",

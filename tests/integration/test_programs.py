@@ -219,3 +219,31 @@ def test_idle_program_expires_and_a_tool_hint_keeps_it_alive(hicache_server):
     idle_rec = record(hicache_server, idle, headers=auth).json()
     assert idle_rec["status"] == "terminated" and idle_rec["release_cause"] == "idle"
     assert record(hicache_server, busy, headers=auth).json()["status"] == "active"
+
+
+def metric(server, name: str, **headers) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"{server.url}/metrics", headers=headers, timeout=30).text
+    values = {(s.name, tuple(sorted(s.labels.items()))): s.value
+              for f in text_string_to_metric_families(text) for s in f.samples}
+    return values[name] if isinstance(name, tuple) else values[(name, ())]
+
+
+def test_metrics_count_tagged_calls_and_releases(default_server):
+    computed = ("thunderagent_prefill_tokens_total", (("kind", "computed"),))
+    explicit = ("thunderagent_program_releases_total", (("cause", "explicit"),))
+    before = metric(default_server, computed), metric(default_server, explicit)
+    pid = new_id()
+    usage = chat(default_server, headers={"X-Program-Id": pid}).parse().usage
+    requests.post(f"{default_server.url}/programs/release", json={"program_id": pid}, timeout=30)
+    rec = record(default_server, pid).json()
+    assert metric(default_server, computed) == before[0] + rec["prefill_tokens_computed"]
+    assert rec["prefill_tokens_computed"] + rec["prefill_tokens_cached"] == usage.prompt_tokens
+    assert metric(default_server, explicit) == before[1] + 1
+
+
+def test_metrics_keep_sglangs_own_series_beside_ours(hicache_server):
+    text = requests.get(f"{hicache_server.url}/metrics", timeout=30).text
+    assert "sglang:" in text  # --enable-metrics: SGLang's series answer first
+    assert "thunderagent_programs{status=\"active\"}" in text

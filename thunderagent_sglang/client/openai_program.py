@@ -114,7 +114,6 @@ class _ProgramBase:
     def __init__(self, client: Any, program_id: str | None = None, *, parent_id: str | None = None):
         self.program_id: str = new_program_id() if program_id is None else check_program_id(program_id)
         self.parent_id: str | None = None if parent_id is None else check_program_id(parent_id, "parent_id")
-        self._original_client = client
         self.client = client.with_options(default_headers=program_headers(self.program_id, self.parent_id))
         self.released = False
 

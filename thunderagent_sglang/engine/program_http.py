@@ -20,6 +20,7 @@ from sglang.utils import TypeBasedDispatcher
 
 from thunderagent_sglang import compat, config
 from thunderagent_sglang.engine import hooks, program_ipc
+from thunderagent_sglang.engine.metrics_http import MetricsMiddleware
 from thunderagent_sglang.engine.program_ipc import ProgramControlOutput, ProgramControlReq
 from thunderagent_sglang.program.identity import (
     Identity,
@@ -136,13 +137,22 @@ def _add_communicator(result, tokenizer_manager):
         [(ProgramControlOutput, comm.handle_recv)])
 
 
-async def control(op: str, program_id: str | None = None, **payload) -> ORJSONResponse:
-    """Send one control request to the scheduler and answer with its reply."""
+async def ask_scheduler(op: str, program_id: str | None = None, **payload) -> tuple[int, str]:
+    """Send one control request to the scheduler: (HTTP status, JSON body)."""
     manager = get_global_state().tokenizer_manager
     manager.auto_create_handle_loop()
     (out,) = await manager.thunderagent_communicator(
         ProgramControlReq(op=op, program_id=program_id, payload=json.dumps(payload)))
-    return ORJSONResponse(status_code=out.status, content=json.loads(out.body))
+    return out.status, out.body
+
+
+async def control(op: str, program_id: str | None = None, **payload) -> ORJSONResponse:
+    status, body = await ask_scheduler(op, program_id, **payload)
+    return ORJSONResponse(status_code=status, content=json.loads(body))
+
+
+async def _fetch_stats() -> tuple[int, str]:
+    return await ask_scheduler("stats")
 
 
 class ReleaseBody(BaseModel):
@@ -183,6 +193,7 @@ def install(cfg: config.ThunderAgentConfig) -> None:
     hooks.install(compat.TOKENIZER_GENERATE_REQUEST, _tag_request, "around")
     hooks.install(compat.TOKENIZER_INIT_COMMUNICATORS, _add_communicator, "after")
     app.add_middleware(IdentityMiddleware, id_sources=cfg.id_sources)
+    app.add_middleware(MetricsMiddleware, fetch_stats=_fetch_stats)
     routes = [
         ("/programs", list_programs, ["GET"]),
         ("/programs/release", release_program, ["POST"]),

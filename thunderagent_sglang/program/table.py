@@ -68,6 +68,9 @@ class ProgramTable:
             "resumes": 0,
             "tool_events": 0,
             "records_evicted": 0,
+            "prefill_tokens_computed": 0,
+            "prefill_tokens_cached": 0,
+            "decode_tokens": 0,
         }
 
     # ---- scheduler hooks -------------------------------------------------------------------
@@ -121,6 +124,9 @@ class ProgramTable:
         p.prefill_tokens_computed += prompt_tokens - cached_tokens
         p.decode_tokens += output_tokens
         p.context_tokens = prompt_tokens + output_tokens
+        self.counters["prefill_tokens_cached"] += cached_tokens
+        self.counters["prefill_tokens_computed"] += prompt_tokens - cached_tokens
+        self.counters["decode_tokens"] += output_tokens
         if not p.in_flight:
             self._set_phase(p, Phase.ACTING, now)
             if p.release_requested:

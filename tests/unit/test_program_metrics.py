@@ -1,0 +1,46 @@
+"""The thunderagent_ Prometheus series rendered from the scheduler's stats."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from thunderagent_sglang.program.metrics import render
+from thunderagent_sglang.program.table import ProgramTable
+
+STATS = {
+    "counters": {"releases": {"explicit": 1, "final": 0, "idle": 2},
+                 "prefill_tokens_computed": 10, "prefill_tokens_cached": 5,
+                 "requests_arrived": 4, "requests_finished": 3, "pauses": 1, "resumes": 0,
+                 "decode_tokens": 7, "programs_created": 2},
+    "live": {"status": {"active": 1, "paused": 0}, "phase": {"reasoning": 0, "acting": 1}},
+}
+
+
+def samples(text: bytes) -> dict:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text.decode())
+            for s in family.samples}
+
+
+def test_every_figure_becomes_one_sample():
+    got = samples(render(STATS))
+    assert got[("thunderagent_programs", (("status", "active"),))] == 1
+    assert got[("thunderagent_programs_by_phase", (("phase", "acting"),))] == 1
+    assert got[("thunderagent_program_releases_total", (("cause", "idle"),))] == 2
+    assert got[("thunderagent_prefill_tokens_total", (("kind", "computed"),))] == 10
+    assert got[("thunderagent_prefill_tokens_total", (("kind", "cached"),))] == 5
+    assert got[("thunderagent_requests_total", (("event", "arrived"),))] == 4
+    assert got[("thunderagent_pauses_total", ())] == 1
+    assert got[("thunderagent_decode_tokens_total", ())] == 7
+    assert got[("thunderagent_program_incarnations_total", ())] == 2
+    assert all(name.startswith("thunderagent_") for name, _ in got)
+
+
+def test_a_real_tables_stats_render():
+    table = ProgramTable(idle_expiry_s=60)
+    table.on_arrival("p", "r1")
+    table.on_finish("r1", prompt_tokens=30, cached_tokens=20, output_tokens=4)
+    got = samples(render({"counters": table.counters, "live": table.live_count_by()}))
+    assert got[("thunderagent_prefill_tokens_total", (("kind", "computed"),))] == 10
+    assert got[("thunderagent_prefill_tokens_total", (("kind", "cached"),))] == 20
+    assert got[("thunderagent_programs_by_phase", (("phase", "acting"),))] == 1

@@ -1,0 +1,1 @@
+"""Pure Python policy: accounting, thrash check, eviction keys (no SGLang import)."""

@@ -1,0 +1,52 @@
+"""Prometheus text for the program table's figures (``thunderagent_`` series).
+
+Pure: takes the scheduler's ``stats`` reply (``{"counters": ..., "live": ...}``)
+and renders it with prometheus_client; no SGLang import.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+
+class _StatsCollector:
+    def __init__(self, stats: dict):
+        self.stats = stats
+
+    def collect(self):
+        counters, live = self.stats["counters"], self.stats["live"]
+        yield _labelled(GaugeMetricFamily, "thunderagent_programs",
+                        "Live programs by status.", "status", live["status"])
+        yield _labelled(GaugeMetricFamily, "thunderagent_programs_by_phase",
+                        "Live programs by phase.", "phase", live["phase"])
+        yield _labelled(CounterMetricFamily, "thunderagent_program_releases",
+                        "Programs ended, by cause.", "cause", counters["releases"])
+        yield _labelled(CounterMetricFamily, "thunderagent_prefill_tokens",
+                        "Prompt tokens of tagged calls, computed or served from cache.", "kind",
+                        {"computed": counters["prefill_tokens_computed"],
+                         "cached": counters["prefill_tokens_cached"]})
+        yield _labelled(CounterMetricFamily, "thunderagent_requests",
+                        "Tagged LLM calls that arrived in / finished in the engine.", "event",
+                        {"arrived": counters["requests_arrived"],
+                         "finished": counters["requests_finished"]})
+        for name, key, help_text in (
+                ("pauses", "pauses", "Program pauses."),
+                ("resumes", "resumes", "Program resumes."),
+                ("decode_tokens", "decode_tokens", "Output tokens of tagged calls."),
+                ("program_incarnations", "programs_created", "Programs (incarnations) started.")):
+            yield CounterMetricFamily(f"thunderagent_{name}", help_text, value=counters[key])
+
+
+def _labelled(family, name: str, help_text: str, label: str, values: dict):
+    metric = family(name, help_text, labels=[label])
+    for key, value in values.items():
+        metric.add_metric([key], value)
+    return metric
+
+
+def render(stats: dict) -> bytes:
+    """The Prometheus text exposition of ``stats``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_StatsCollector(stats))
+    return generate_latest(registry)
