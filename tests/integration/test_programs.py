@@ -247,3 +247,39 @@ def test_metrics_keep_sglangs_own_series_beside_ours(hicache_server):
     text = requests.get(f"{hicache_server.url}/metrics", timeout=30).text
     assert "sglang:" in text  # --enable-metrics: SGLang's series answer first
     assert "thunderagent_programs{status=\"active\"}" in text
+
+
+def generate_ids(server, pid, ids, max_new_tokens=4):
+    reply = requests.post(f"{server.url}/generate", headers={"X-Program-Id": pid}, json={
+        "input_ids": ids,
+        "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0, "ignore_eos": True},
+    }, timeout=60).json()
+    return reply["output_ids"], reply["meta_info"]["cached_tokens"]
+
+
+def test_recompute_after_eviction_is_counted_as_missed_evicted(default_server):
+    pid = new_id()
+    first = [1000 + i for i in range(50)]
+    out, _ = generate_ids(default_server, pid, first)
+    assert requests.post(f"{default_server.url}/flush_cache", timeout=60).status_code == 200
+    second = first + out + list(range(300, 320))
+    _, cached = generate_ids(default_server, pid, second)
+    rec = record(default_server, pid).json()
+    assert cached == 0
+    # All 53 tokens of its previous sequence that had KV (50 prompt + 3 of 4 outputs) were lost.
+    assert (rec["missed_evicted_tokens"], rec["missed_changed_tokens"]) == (53, 0)
+
+
+def test_recompute_of_a_changed_prefix_is_counted_as_missed_changed(default_server):
+    pid = new_id()
+    first = [1200 + i for i in range(60)]
+    out, _ = generate_ids(default_server, pid, first)
+    second = first + out + list(range(400, 410))  # 74 tokens, extends the first call
+    out2, cached2 = generate_ids(default_server, pid, second)
+    assert cached2 == 63 and record(default_server, pid).json()["missed_evicted_tokens"] == 0
+    third = second[:10] + [7] + second[11:] + out2 + [5, 6]  # the client rewrote token 10
+    _, cached3 = generate_ids(default_server, pid, third)
+    rec = record(default_server, pid).json()
+    assert cached3 == 10
+    # Positions 10..76 of the previous sequence (74 prompt + 3 outputs with KV) had to be recomputed.
+    assert (rec["missed_evicted_tokens"], rec["missed_changed_tokens"]) == (0, 67)

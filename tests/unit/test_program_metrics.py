@@ -11,7 +11,8 @@ STATS = {
     "counters": {"releases": {"explicit": 1, "final": 0, "idle": 2},
                  "prefill_tokens_computed": 10, "prefill_tokens_cached": 5,
                  "requests_arrived": 4, "requests_finished": 3, "pauses": 1, "resumes": 0,
-                 "decode_tokens": 7, "programs_created": 2},
+                 "decode_tokens": 7, "programs_created": 2,
+                 "missed_evicted_tokens": 3, "missed_changed_tokens": 1},
     "live": {"status": {"active": 1, "paused": 0}, "phase": {"reasoning": 0, "acting": 1}},
 }
 
@@ -30,6 +31,8 @@ def test_every_figure_becomes_one_sample():
     assert got[("thunderagent_prefill_tokens_total", (("kind", "computed"),))] == 10
     assert got[("thunderagent_prefill_tokens_total", (("kind", "cached"),))] == 5
     assert got[("thunderagent_requests_total", (("event", "arrived"),))] == 4
+    assert got[("thunderagent_missed_tokens_total", (("cause", "evicted"),))] == 3
+    assert got[("thunderagent_missed_tokens_total", (("cause", "changed"),))] == 1
     assert got[("thunderagent_pauses_total", ())] == 1
     assert got[("thunderagent_decode_tokens_total", ())] == 7
     assert got[("thunderagent_program_incarnations_total", ())] == 2

@@ -160,12 +160,14 @@ def test_record_keys_exactly(table, clock):
     assert tuple(rec) == RECORD_KEYS
     assert set(rec) == {
         "program_id", "incarnation", "parent_id", "status", "phase", "context_tokens", "steps",
-        "prefill_tokens_computed", "prefill_tokens_cached", "decode_tokens", "seconds_reasoning",
+        "prefill_tokens_computed", "prefill_tokens_cached", "missed_evicted_tokens",
+        "missed_changed_tokens", "decode_tokens", "seconds_reasoning",
         "seconds_acting", "seconds_paused", "in_flight", "tool_running", "release_cause"}
     assert rec == {
         "program_id": "a", "incarnation": 1, "parent_id": "p", "status": "active",
         "phase": "acting", "context_tokens": 13, "steps": 1, "prefill_tokens_computed": 6,
-        "prefill_tokens_cached": 4, "decode_tokens": 3, "seconds_reasoning": 1.0,
+        "prefill_tokens_cached": 4, "missed_evicted_tokens": 0, "missed_changed_tokens": 0,
+        "decode_tokens": 3, "seconds_reasoning": 1.0,
         "seconds_acting": 2.0, "seconds_paused": 0.0, "in_flight": 0, "tool_running": True,
         "release_cause": None}
     assert type(rec["status"]) is str and type(rec["phase"]) is str
@@ -469,3 +471,16 @@ def test_next_arrival_clears_a_tool_hint_whose_end_was_lost(table, clock):
     assert not table.get("p").tool_running
     clock.advance(61)
     assert [p.program_id for p in table.expire_idle()] == ["p"]
+
+
+def test_misses_add_up_per_program_and_in_the_counters(table):
+    table.on_arrival("a", "r1")
+    assert table.program_for("r1").program_id == "a"
+    table.on_finish("r1", prompt_tokens=50, cached_tokens=0, output_tokens=2, missed=(0, 0))
+    table.on_arrival("a", "r2")
+    table.on_finish("r2", prompt_tokens=80, cached_tokens=10, output_tokens=2, missed=(30, 11))
+    rec = table.record(table.get("a"))
+    assert (rec["missed_evicted_tokens"], rec["missed_changed_tokens"]) == (30, 11)
+    assert table.counters["missed_evicted_tokens"] == 30
+    assert table.counters["missed_changed_tokens"] == 11
+    assert table.program_for("r2") is None

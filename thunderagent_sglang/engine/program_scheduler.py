@@ -17,11 +17,12 @@ from thunderagent_sglang import compat, config
 from thunderagent_sglang.engine import hooks, program_ipc
 from thunderagent_sglang.engine.logs import get_logger
 from thunderagent_sglang.engine.program_ipc import ProgramControlReq, reply
+from thunderagent_sglang.program import misses
 from thunderagent_sglang.program.record import UnknownProgram
 from thunderagent_sglang.program.table import ProgramTable
 
 TICK_S = 1.0
-_state: dict = {"table": None, "last_tick": 0.0}
+_state: dict = {"table": None, "last_tick": 0.0, "page_size": 1}
 
 
 def table() -> ProgramTable:
@@ -39,6 +40,7 @@ def install(cfg: config.ThunderAgentConfig) -> None:
 
 
 def _add_control_dispatch(result, scheduler):
+    _state["page_size"] = getattr(scheduler, "page_size", None) or 1
     scheduler._request_dispatcher += TypeBasedDispatcher([(ProgramControlReq, handle_control)])
 
 
@@ -77,11 +79,19 @@ def _on_abort_output(result, scheduler, abort_req, req):
 
 
 def _finish(req) -> None:
+    program = table().program_for(req.rid)
+    if program is None:
+        return
+    prompt = misses.as_tokens(req.origin_input_ids)
+    cached = req.cached_tokens or 0
+    missed = misses.classify(program.last_sequence, prompt, cached, _state["page_size"])
+    program.last_sequence = misses.kv_sequence(req.origin_input_ids, req.output_ids)
     program = table().on_finish(
         req.rid,
-        prompt_tokens=len(req.origin_input_ids),
-        cached_tokens=req.cached_tokens or 0,
+        prompt_tokens=len(prompt),
+        cached_tokens=cached,
         output_tokens=len(req.output_ids),
+        missed=missed,
     )
     if program is not None and program.release_cause is not None:
         get_logger().info("ThunderAgent: program %s ended (%s)", program.program_id, program.release_cause)

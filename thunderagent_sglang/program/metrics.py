@@ -26,6 +26,10 @@ class _StatsCollector:
                         "Prompt tokens of tagged calls, computed or served from cache.", "kind",
                         {"computed": counters["prefill_tokens_computed"],
                          "cached": counters["prefill_tokens_cached"]})
+        yield _labelled(CounterMetricFamily, "thunderagent_missed_tokens",
+                        "Recomputed prompt tokens of tagged calls, by cause.", "cause",
+                        {"evicted": counters["missed_evicted_tokens"],
+                         "changed": counters["missed_changed_tokens"]})
         yield _labelled(CounterMetricFamily, "thunderagent_requests",
                         "Tagged LLM calls that arrived in / finished in the engine.", "event",
                         {"arrived": counters["requests_arrived"],

@@ -6,6 +6,8 @@ Times are on the table's clock (monotonic by default) and never appear in the re
 
 from __future__ import annotations
 
+from typing import Any
+
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -40,7 +42,8 @@ RELEASE_CAUSES = ("explicit", "final", "idle")
 
 RECORD_KEYS = (
     "program_id", "incarnation", "parent_id", "status", "phase", "context_tokens", "steps",
-    "prefill_tokens_computed", "prefill_tokens_cached", "decode_tokens", "seconds_reasoning",
+    "prefill_tokens_computed", "prefill_tokens_cached", "missed_evicted_tokens",
+    "missed_changed_tokens", "decode_tokens", "seconds_reasoning",
     "seconds_acting", "seconds_paused", "in_flight", "tool_running", "release_cause",
 )
 
@@ -66,7 +69,10 @@ class Program:
     context_tokens: int = 0
     prefill_tokens_computed: int = 0
     prefill_tokens_cached: int = 0
+    missed_evicted_tokens: int = 0  # own previous tokens recomputed: their KV was evicted
+    missed_changed_tokens: int = 0  # recomputed because the client changed its earlier prefix
     decode_tokens: int = 0
+    last_sequence: Any = None  # tokens with KV of its latest finished call (scheduler glue sets it)
     seconds_reasoning: float = 0.0
     seconds_acting: float = 0.0
     seconds_paused: float = 0.0
@@ -125,6 +131,8 @@ def program_record(p: Program, now: float) -> dict:
         "steps": p.steps,
         "prefill_tokens_computed": p.prefill_tokens_computed,
         "prefill_tokens_cached": p.prefill_tokens_cached,
+        "missed_evicted_tokens": p.missed_evicted_tokens,
+        "missed_changed_tokens": p.missed_changed_tokens,
         "decode_tokens": p.decode_tokens,
         "seconds_reasoning": round(p.seconds_reasoning + reasoning, 3),
         "seconds_acting": round(p.seconds_acting + acting, 3),

@@ -71,6 +71,8 @@ class ProgramTable:
             "prefill_tokens_computed": 0,
             "prefill_tokens_cached": 0,
             "decode_tokens": 0,
+            "missed_evicted_tokens": 0,
+            "missed_changed_tokens": 0,
         }
 
     # ---- scheduler hooks -------------------------------------------------------------------
@@ -105,8 +107,12 @@ class ProgramTable:
         self._touch_idle(p, now)
         return p
 
+    def program_for(self, rid: str) -> Program | None:
+        """The program of in-flight request ``rid``, or None (untagged)."""
+        return self._by_rid.get(rid)
+
     def on_finish(self, rid: str, *, prompt_tokens: int, cached_tokens: int,
-                  output_tokens: int) -> Program | None:
+                  output_tokens: int, missed: tuple[int, int] = (0, 0)) -> Program | None:
         """Request ``rid`` left the engine; None if the table does not know it (untagged).
 
         Accounts the call (steps, prefill computed/cached, decode, context = prompt + output).
@@ -127,6 +133,10 @@ class ProgramTable:
         self.counters["prefill_tokens_cached"] += cached_tokens
         self.counters["prefill_tokens_computed"] += prompt_tokens - cached_tokens
         self.counters["decode_tokens"] += output_tokens
+        p.missed_evicted_tokens += missed[0]
+        p.missed_changed_tokens += missed[1]
+        self.counters["missed_evicted_tokens"] += missed[0]
+        self.counters["missed_changed_tokens"] += missed[1]
         if not p.in_flight:
             self._set_phase(p, Phase.ACTING, now)
             if p.release_requested:
