@@ -42,6 +42,7 @@ class ThunderAgentConfig:
     id_sources: tuple[str, ...] = DEFAULT_ID_SOURCES
     idle_expiry_s: float = DEFAULT_IDLE_EXPIRY_S
     max_terminated: int = DEFAULT_MAX_TERMINATED
+    link_untagged: bool = False
 
     def to_env(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -121,6 +122,13 @@ def add_cli_group(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         help="How many ended programs' records GET /programs keeps, oldest dropped "
         f"first (default: {DEFAULT_MAX_TERMINATED}).",
     )
+    group.add_argument(
+        "--thunderagent-link-untagged",
+        action="store_true",
+        help="Give a call without a program id to the live program whose last sequence "
+        "(prompt and output) its prompt continues, so unmodified agents are programs too "
+        "(default: off; untagged calls keep plain SGLang behaviour).",
+    )
     return group
 
 
@@ -161,4 +169,5 @@ def from_namespace(ns: argparse.Namespace) -> ThunderAgentConfig:
         id_sources=tuple(ns.thunderagent_id_sources),
         idle_expiry_s=ns.thunderagent_idle_expiry,
         max_terminated=ns.thunderagent_max_terminated,
+        link_untagged=ns.thunderagent_link_untagged,
     )

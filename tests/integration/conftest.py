@@ -11,6 +11,7 @@ API_KEY = "test-secret-key"
 # key, and a short idle expiry for the program tests that need them.
 HICACHE_ARGS = [
     "--api-key", API_KEY, "--thunderagent-idle-expiry", "2", "--enable-metrics",
+    "--thunderagent-link-untagged",
     "--enable-hierarchical-cache", "--hicache-io-backend", "direct",
     "--hicache-mem-layout", "layer_first", "--max-total-tokens", "1024",
     "--context-length", "1024", "--enable-cache-report",

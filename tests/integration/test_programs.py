@@ -283,3 +283,27 @@ def test_recompute_of_a_changed_prefix_is_counted_as_missed_changed(default_serv
     assert cached3 == 10
     # Positions 10..76 of the previous sequence (74 prompt + 3 outputs with KV) had to be recomputed.
     assert (rec["missed_evicted_tokens"], rec["missed_changed_tokens"]) == (0, 67)
+
+
+def test_untagged_call_continuing_a_programs_sequence_is_linked_to_it(hicache_server):
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    pid = new_id()
+
+    def call(ids, headers):
+        return requests.post(f"{hicache_server.url}/generate", headers={**auth, **headers}, json={
+            "input_ids": ids,
+            "sampling_params": {"max_new_tokens": 3, "temperature": 0, "ignore_eos": True},
+        }, timeout=60).json()["output_ids"]
+
+    def count_programs():
+        return len(requests.get(f"{hicache_server.url}/programs", headers=auth,
+                                timeout=30).json()["programs"])
+
+    before = count_programs()
+    first = [1500 + i for i in range(40)]
+    out = call(first, {"X-Program-Id": pid})
+    call(first + out + [11, 12, 13], {})          # continues the program: linked
+    call([1900 + i for i in range(40)], {})       # continues nobody: stays untagged
+    rec = record(hicache_server, pid, headers=auth).json()
+    assert rec["steps"] == 2 and rec["decode_tokens"] == 6
+    assert count_programs() == before + 1  # the unrelated untagged call made no program

@@ -64,6 +64,7 @@ def _install_program_features(role: str, cfg: config.ThunderAgentConfig) -> None
         from thunderagent_sglang.engine import program_scheduler
 
         program_scheduler.install(cfg)
+        from thunderagent_sglang.engine import program_cache; program_cache.maybe_install_from_env()  # TEMP-PROGRAM-CACHE
 
 
 def _features_disabled(log) -> bool:

@@ -18,11 +18,12 @@ from thunderagent_sglang.engine import hooks, program_ipc
 from thunderagent_sglang.engine.logs import get_logger
 from thunderagent_sglang.engine.program_ipc import ProgramControlReq, reply
 from thunderagent_sglang.program import misses
+from thunderagent_sglang.program.linking import PrefixLinker
 from thunderagent_sglang.program.record import UnknownProgram
 from thunderagent_sglang.program.table import ProgramTable
 
 TICK_S = 1.0
-_state: dict = {"table": None, "last_tick": 0.0, "page_size": 1}
+_state: dict = {"table": None, "last_tick": 0.0, "page_size": 1, "linker": None}
 
 
 def table() -> ProgramTable:
@@ -31,6 +32,7 @@ def table() -> ProgramTable:
 
 def install(cfg: config.ThunderAgentConfig) -> None:
     _state["table"] = ProgramTable(idle_expiry_s=cfg.idle_expiry_s, max_terminated=cfg.max_terminated)
+    _state["linker"] = PrefixLinker() if cfg.link_untagged else None
     program_ipc.register_types()
     hooks.install(compat.SCHEDULER_INIT_REQUEST_DISPATCHER, _add_control_dispatch, "after")
     hooks.install(compat.SCHEDULER_HANDLE_GENERATE_REQUEST, _on_arrival, "before")
@@ -58,7 +60,7 @@ def take_identity(sampling_params) -> tuple[str, str | None, bool] | None:
 
 
 def _on_arrival(scheduler, recv_req, **kwargs):
-    identity = take_identity(recv_req.sampling_params)
+    identity = take_identity(recv_req.sampling_params) or _linked_identity(recv_req)
     if identity is not None:
         program_id, parent_id, final = identity
         try:
@@ -66,6 +68,25 @@ def _on_arrival(scheduler, recv_req, **kwargs):
         except ValueError as exc:  # a duplicate rid: SGLang answers it; we do not track it
             get_logger().warning("ThunderAgent: request %s not tracked: %s", recv_req.rid, exc)
     return None
+
+
+def _linked_identity(recv_req) -> tuple[str, None, bool] | None:
+    linker = _state["linker"]
+    if linker is None or not recv_req.input_ids:
+        return None
+    program_id = linker.find(recv_req.input_ids)
+    return None if program_id is None else (program_id, None, False)
+
+
+def _remember(program) -> None:
+    """Keep (or drop, once ended) the sequence an untagged call may continue."""
+    linker = _state["linker"]
+    if linker is None or program is None:
+        return
+    if program.live and program.last_sequence is not None:
+        linker.remember(program.program_id, program.last_full_sequence)
+    elif not program.live:
+        linker.forget(program.program_id)
 
 
 def _on_stream_output(result, streamer, reqs, return_logprob, skip_req=None):
@@ -86,6 +107,8 @@ def _finish(req) -> None:
     cached = req.cached_tokens or 0
     missed = misses.classify(program.last_sequence, prompt, cached, _state["page_size"])
     program.last_sequence = misses.kv_sequence(req.origin_input_ids, req.output_ids)
+    if _state["linker"] is not None:
+        program.last_full_sequence = list(req.origin_input_ids) + list(req.output_ids)
     program = table().on_finish(
         req.rid,
         prompt_tokens=len(prompt),
@@ -93,6 +116,7 @@ def _finish(req) -> None:
         output_tokens=len(req.output_ids),
         missed=missed,
     )
+    _remember(program)
     if program is not None and program.release_cause is not None:
         get_logger().info("ThunderAgent: program %s ended (%s)", program.program_id, program.release_cause)
 
@@ -106,6 +130,7 @@ def _on_loop(result, scheduler, recv_reqs):
 
 def _expire_idle() -> None:
     for program in table().expire_idle():
+        _remember(program)
         get_logger().info("ThunderAgent: program %s ended (idle)", program.program_id)
 
 
@@ -133,6 +158,7 @@ def _get(t, program_id, payload):
 
 def _release(t, program_id, payload):
     program = t.release(program_id)
+    _remember(program)
     return reply(200, {**t.record(program), "released": program.release_cause is not None})
 
 

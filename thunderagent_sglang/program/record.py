@@ -73,6 +73,7 @@ class Program:
     missed_changed_tokens: int = 0  # recomputed because the client changed its earlier prefix
     decode_tokens: int = 0
     last_sequence: Any = None  # tokens with KV of its latest finished call (scheduler glue sets it)
+    last_full_sequence: Any = None  # prompt + output of that call (for linking untagged calls)
     seconds_reasoning: float = 0.0
     seconds_acting: float = 0.0
     seconds_paused: float = 0.0

@@ -1,0 +1,78 @@
+"""Our radix-cache backend ``thunderagent``: SGLang's unified radix cache on the Python tree core.
+
+Registered with SGLang's radix-cache registry and selected with
+``--radix-cache-backend thunderagent``. It builds ``ProgramRadixCache``, a
+``UnifiedRadixCache`` (the class that hosts HiCache) whose tree core is the
+pure-Python one, chosen for this instance only: the Python core is the one
+whose node life cycle and eviction ranking Python code can follow. No
+behaviour differs from SGLang's yet; ``docs/design/program-cache.md`` is the
+plan for program tags, residency counters and program-ordered eviction.
+
+Only the scheduler process builds a tree cache, so ``install()`` must run
+there (from ``register()``), before the scheduler starts.
+"""
+
+from __future__ import annotations
+
+import os
+
+from sglang.srt.mem_cache.registry import (
+    create_unified_radix_cache,
+    default_radix_cache_factory,
+    register_radix_cache_backend,
+    registered_radix_cache_backends,
+)
+from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
+
+from thunderagent_sglang.engine.logs import get_logger
+
+BACKEND_NAME = "thunderagent"
+TREE_CORE = "python"
+ENV = "THUNDERAGENT_CACHE_BACKEND"
+# Options whose own cache class SGLang's default selection would build; ours
+# would silently drop them.
+_OWN_CACHE_OPTIONS = ("enable_lmcache", "enable_flexkv", "enable_unified_cache_external_linker")
+
+
+class ProgramRadixCache(UnifiedRadixCache):
+    """SGLang's unified radix cache, named as ours; program awareness comes here."""
+
+
+def install() -> None:
+    """Register the backend under ``BACKEND_NAME``; idempotent."""
+    if BACKEND_NAME not in registered_radix_cache_backends():
+        register_radix_cache_backend(BACKEND_NAME, build_cache)
+
+
+def maybe_install_from_env() -> bool:
+    """``install()`` when ``THUNDERAGENT_CACHE_BACKEND=1``; whether it did."""
+    if os.environ.get(ENV) != "1":
+        return False
+    install()
+    return True
+
+
+def build_cache(ctx):
+    """The registry's factory: a ``ProgramRadixCache`` with HiCache if asked for.
+
+    ``ctx`` is SGLang's ``TreeCacheBuildContext``. A disabled radix cache
+    holds no tree, so SGLang's own selection builds it.
+    """
+    used = [name for name in _OWN_CACHE_OPTIONS if getattr(ctx.server_args, name, False)]
+    if used:
+        flags = ", ".join("--" + name.replace("_", "-") for name in used)
+        raise ValueError(
+            f"--radix-cache-backend {BACKEND_NAME} cannot be combined with {flags}: "
+            f"drop {flags} or the --radix-cache-backend flag"
+        )
+    if ctx.disable_radix_cache:
+        return default_radix_cache_factory(ctx)
+    if ctx.params.tree_core_backend not in (None, TREE_CORE):
+        get_logger().warning(
+            "ThunderAgent: the %s cache backend uses the %s tree core, not %r",
+            BACKEND_NAME, TREE_CORE, ctx.params.tree_core_backend,
+        )
+    # Per instance; SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND stays the default
+    # for any other cache in the process.
+    ctx.params.tree_core_backend = TREE_CORE
+    return create_unified_radix_cache(ctx, cache_class=ProgramRadixCache)
