@@ -7,6 +7,7 @@ process read and change the table; a tick ends idle programs.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from functools import partial
@@ -24,6 +25,20 @@ from thunderagent_sglang.program.table import ProgramTable
 
 TICK_S = 1.0
 _state: dict = {"table": None, "last_tick": 0.0, "page_size": 1, "linker": None}
+
+
+def guarded(hook):
+    """Our bookkeeping must never take serving down: log a failure and go on."""
+
+    @functools.wraps(hook)
+    def safe(*args, **kwargs):
+        try:
+            return hook(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - logged loudly, serving continues
+            get_logger().exception("ThunderAgent: %s failed; program state may be off", hook.__name__)
+            return None
+
+    return safe
 
 
 def table() -> ProgramTable:
@@ -59,6 +74,7 @@ def take_identity(sampling_params) -> tuple[str, str | None, bool] | None:
     return program_id, parent_id, final
 
 
+@guarded
 def _on_arrival(scheduler, recv_req, **kwargs):
     identity = take_identity(recv_req.sampling_params) or _linked_identity(recv_req)
     if identity is not None:
@@ -89,12 +105,14 @@ def _remember(program) -> None:
         linker.forget(program.program_id)
 
 
+@guarded
 def _on_stream_output(result, streamer, reqs, return_logprob, skip_req=None):
     for req in reqs:
         if req is not skip_req and req.finished():
             _finish(req)
 
 
+@guarded
 def _on_abort_output(result, scheduler, abort_req, req):
     _finish(req)
 
@@ -121,6 +139,7 @@ def _finish(req) -> None:
         get_logger().info("ThunderAgent: program %s ended (%s)", program.program_id, program.release_cause)
 
 
+@guarded
 def _on_loop(result, scheduler, recv_reqs):
     now = time.monotonic()
     if now - _state["last_tick"] >= TICK_S:
@@ -136,16 +155,19 @@ def _expire_idle() -> None:
 
 def handle_control(req: ProgramControlReq):
     """Answer one control request from the HTTP process (runs in the scheduler loop)."""
-    _expire_idle()  # an idle scheduler may not have ticked for a while
     handler = _OPS.get(req.op)
     if handler is None:
         return reply(400, {"error": f"unknown program operation {req.op!r}"})
     try:
+        _expire_idle()  # an idle scheduler may not have ticked for a while
         return handler(table(), req.program_id, json.loads(req.payload))
     except UnknownProgram as exc:
         return reply(404, {"error": str(exc)})
     except ValueError as exc:
         return reply(400, {"error": str(exc)})
+    except Exception as exc:  # noqa: BLE001 - answer, never crash the scheduler
+        get_logger().exception("ThunderAgent: program operation %s failed", req.op)
+        return reply(500, {"error": f"program operation {req.op!r} failed: {exc}"})
 
 
 def _list(t, program_id, payload):
