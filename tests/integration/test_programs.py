@@ -307,3 +307,24 @@ def test_untagged_call_continuing_a_programs_sequence_is_linked_to_it(hicache_se
     rec = record(hicache_server, pid, headers=auth).json()
     assert rec["steps"] == 2 and rec["decode_tokens"] == 6
     assert count_programs() == before + 1  # the unrelated untagged call made no program
+
+
+def test_demand_counts_a_shared_prefix_once_and_unique_tokens_per_program(default_server):
+    def demand():
+        return requests.get(f"{default_server.url}/programs", timeout=30).json()["demand_tokens"]
+
+    before = demand()
+    shared = [1700 + i for i in range(64)]  # 4 blocks of 16 tokens
+    a, b = new_id(), new_id()
+    # Each keeps 64 shared + 30 own prompt tokens + 2 outputs with KV = 96 tokens = 6 blocks.
+    generate_ids(default_server, a, shared + [100 + i for i in range(30)], max_new_tokens=3)
+    generate_ids(default_server, b, shared + [200 + i for i in range(30)], max_new_tokens=3)
+    assert demand() == before + 64 + 32 + 32
+    rec_a = record(default_server, a).json()
+    assert rec_a["unique_tokens"] == 32 and rec_a["context_tokens"] == 97
+    requests.post(f"{default_server.url}/programs/{a}/pause", timeout=30)
+    assert demand() == before + 64 + 32  # a paused program is not active demand
+    requests.post(f"{default_server.url}/programs/{a}/resume", timeout=30)
+    requests.post(f"{default_server.url}/programs/release", json={"program_id": b}, timeout=30)
+    assert demand() == before + 64 + 32
+    assert record(default_server, a).json()["unique_tokens"] == 96  # b's context is gone

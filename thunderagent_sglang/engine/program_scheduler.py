@@ -20,11 +20,15 @@ from thunderagent_sglang.engine.logs import get_logger
 from thunderagent_sglang.engine.program_ipc import ProgramControlReq, reply
 from thunderagent_sglang.program import misses
 from thunderagent_sglang.program.linking import PrefixLinker
-from thunderagent_sglang.program.record import UnknownProgram
+from thunderagent_sglang.policy.demand import DemandLedger, block_keys
+from thunderagent_sglang.program.record import Status, UnknownProgram
 from thunderagent_sglang.program.table import ProgramTable
 
 TICK_S = 1.0
-_state: dict = {"table": None, "last_tick": 0.0, "page_size": 1, "linker": None}
+# Demand is counted in blocks of whole pages, or of 16 tokens with page size 1
+# (then two contexts that part inside a block count its common tokens twice).
+MIN_DEMAND_BLOCK = 16
+_state: dict = {"table": None, "last_tick": 0.0, "page_size": 1, "linker": None, "ledger": None}
 
 
 def guarded(hook):
@@ -48,6 +52,7 @@ def table() -> ProgramTable:
 def install(cfg: config.ThunderAgentConfig) -> None:
     _state["table"] = ProgramTable(idle_expiry_s=cfg.idle_expiry_s, max_terminated=cfg.max_terminated)
     _state["linker"] = PrefixLinker() if cfg.link_untagged else None
+    _state["ledger"] = DemandLedger()
     program_ipc.register_types()
     hooks.install(compat.SCHEDULER_INIT_REQUEST_DISPATCHER, _add_control_dispatch, "after")
     hooks.install(compat.SCHEDULER_HANDLE_GENERATE_REQUEST, _on_arrival, "before")
@@ -94,8 +99,22 @@ def _linked_identity(recv_req) -> tuple[str, None, bool] | None:
     return None if program_id is None else (program_id, None, False)
 
 
+def _set_demand(program, sequence) -> None:
+    """The program's latest context in the demand ledger (extended incrementally)."""
+    ledger = _state["ledger"]
+    block = _state["page_size"] if _state["page_size"] > 1 else MIN_DEMAND_BLOCK
+    previous = ledger.chain_of(program.program_id)
+    extends = (previous is not None and program.last_sequence is not None
+               and misses.common_prefix_len(program.last_sequence, sequence) == len(program.last_sequence))
+    chain = block_keys(sequence.tolist(), block, prev=previous if extends else None)
+    ledger.set_context(program.program_id, chain)
+    ledger.set_active(program.program_id, program.status is Status.ACTIVE)
+
+
 def _remember(program) -> None:
-    """Keep (or drop, once ended) the sequence an untagged call may continue."""
+    """Keep (or drop, once ended) what later calls and the accounting need of a program."""
+    if program is not None and not program.live and program.program_id in _state["ledger"]:
+        _state["ledger"].remove(program.program_id)
     linker = _state["linker"]
     if linker is None or program is None:
         return
@@ -124,7 +143,9 @@ def _finish(req) -> None:
     prompt = misses.as_tokens(req.origin_input_ids)
     cached = req.cached_tokens or 0
     missed = misses.classify(program.last_sequence, prompt, cached, _state["page_size"])
-    program.last_sequence = misses.kv_sequence(req.origin_input_ids, req.output_ids)
+    sequence = misses.kv_sequence(req.origin_input_ids, req.output_ids)
+    _set_demand(program, sequence)
+    program.last_sequence = sequence
     if _state["linker"] is not None:
         program.last_full_sequence = list(req.origin_input_ids) + list(req.output_ids)
     program = table().on_finish(
@@ -171,29 +192,42 @@ def handle_control(req: ProgramControlReq):
 
 
 def _list(t, program_id, payload):
-    return reply(200, {"programs": [t.record(p) for p in t.programs()]})
+    return reply(200, {"programs": [_record(t, p) for p in t.programs()],
+                       "demand_tokens": _state["ledger"].demand_tokens()})
 
 
 def _get(t, program_id, payload):
-    return reply(200, t.record(t.get(program_id)))
+    return reply(200, _record(t, t.get(program_id)))
 
 
 def _release(t, program_id, payload):
     program = t.release(program_id)
     _remember(program)
-    return reply(200, {**t.record(program), "released": program.release_cause is not None})
+    return reply(200, {**_record(t, program), "released": program.release_cause is not None})
 
 
 def _tool(t, program_id, payload):
-    return reply(200, t.record(t.tool_event(program_id, payload.get("event"), payload.get("expected_s"))))
+    return reply(200, _record(t, t.tool_event(program_id, payload.get("event"), payload.get("expected_s"))))
 
 
 def _status_change(method, t, program_id, payload):
-    return reply(200, t.record(getattr(t, method)(program_id)))
+    program = getattr(t, method)(program_id)
+    if program_id in _state["ledger"]:
+        _state["ledger"].set_active(program_id, program.status is Status.ACTIVE)
+    return reply(200, _record(t, program))
 
 
 def _stats(t, program_id, payload):
-    return reply(200, {"counters": t.counters, "live": t.live_count_by()})
+    return reply(200, {"counters": t.counters, "live": t.live_count_by(),
+                       "demand_tokens": _state["ledger"].demand_tokens()})
+
+
+def _record(t, program) -> dict:
+    """The table's record plus the ledger's figures."""
+    ledger = _state["ledger"]
+    held = program.live and program.program_id in ledger
+    return {**t.record(program),
+            "unique_tokens": ledger.unique_tokens(program.program_id) if held else 0}
 
 
 _OPS = {

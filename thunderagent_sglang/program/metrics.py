@@ -34,6 +34,10 @@ class _StatsCollector:
                         "Tagged LLM calls that arrived in / finished in the engine.", "event",
                         {"arrived": counters["requests_arrived"],
                          "finished": counters["requests_finished"]})
+        yield GaugeMetricFamily(
+            "thunderagent_demand_tokens",
+            "Tokens in the union of active programs' latest contexts (shared prefixes once).",
+            value=self.stats.get("demand_tokens", 0))
         for name, key, help_text in (
                 ("pauses", "pauses", "Program pauses."),
                 ("resumes", "resumes", "Program resumes."),
