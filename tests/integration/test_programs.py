@@ -328,3 +328,25 @@ def test_demand_counts_a_shared_prefix_once_and_unique_tokens_per_program(defaul
     requests.post(f"{default_server.url}/programs/release", json={"program_id": b}, timeout=30)
     assert demand() == before + 64 + 32
     assert record(default_server, a).json()["unique_tokens"] == 96  # b's context is gone
+
+
+def test_continuum_fields_job_id_and_is_last_step_end_the_program(default_server):
+    pid = new_id()
+    chat(default_server, extra_body={"job_id": pid, "is_last_step": True})
+    rec = record(default_server, pid).json()
+    assert rec["status"] == "terminated" and rec["release_cause"] == "final"
+
+
+def test_parent_id_header_is_recorded(default_server):
+    child, parent = new_id(), new_id()
+    chat(default_server, headers={"x-dynamo-session-id": child,
+                                  "X-Dynamo-Parent-Session-ID": parent})
+    rec = record(default_server, child).json()
+    assert rec["parent_id"] == parent
+
+
+def test_invalid_final_marker_is_400(default_server):
+    reply = requests.post(f"{default_server.url}/generate", json={
+        "text": "x", "program_id": new_id(), "is_last_step": "yes",
+        "sampling_params": {"max_new_tokens": 1}}, timeout=60)
+    assert reply.status_code == 400 and "is_last_step" in reply.json()["error"]["message"]
