@@ -350,3 +350,25 @@ def test_invalid_final_marker_is_400(default_server):
         "text": "x", "program_id": new_id(), "is_last_step": "yes",
         "sampling_params": {"max_new_tokens": 1}}, timeout=60)
     assert reply.status_code == 400 and "is_last_step" in reply.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("header", ["X-Program-Id", "X-Dynamo-Session-ID",
+                                    "x-claude-code-session-id", "session-id", "x-session-id"])
+def test_every_header_id_source_tags_the_call(default_server, header):
+    pid = new_id()
+    raw = chat(default_server, headers={header: pid})
+    assert raw.headers["x-program-id"] == pid
+    assert raw.headers["x-program-id-source"] == f"header:{header.lower()}"
+    assert record(default_server, pid).json()["steps"] == 1
+
+
+def test_streaming_native_generate_is_tagged_and_accounted(default_server):
+    pid = new_id()
+    with requests.post(f"{default_server.url}/generate", headers={"X-Program-Id": pid}, json={
+            "text": "stream me", "stream": True,
+            "sampling_params": {"max_new_tokens": 6, "ignore_eos": True}},
+            stream=True, timeout=60) as reply:
+        assert reply.headers["x-program-id"] == pid
+        events = [line for line in reply.iter_lines() if line.startswith(b"data:")]
+    assert len(events) >= 6
+    assert record(default_server, pid).json()["decode_tokens"] == 6
