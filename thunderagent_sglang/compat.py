@@ -180,6 +180,47 @@ OUTPUT_STREAMER_STREAM_OUTPUT = Symbol(
     "(self, reqs: 'List[Req]', return_logprob: 'bool', skip_req: 'Optional[Req]' = None)",
 )
 
+# --- the program-aware cache backend ------------------------------------------
+REGISTER_RADIX_CACHE_BACKEND = Symbol(
+    "sglang.srt.mem_cache.registry:register_radix_cache_backend",
+    "registers our radix-cache backend 'thunderagent' (--radix-cache-backend)",
+    "(name: 'str', factory: 'RadixCacheFactory') -> 'None'",
+)
+REGISTERED_RADIX_CACHE_BACKENDS = Symbol(
+    "sglang.srt.mem_cache.registry:registered_radix_cache_backends",
+    "install() registers once: a second registration of a name raises",
+    "() -> 'list[str]'",
+)
+CREATE_UNIFIED_RADIX_CACHE = Symbol(
+    "sglang.srt.mem_cache.registry:create_unified_radix_cache",
+    "builds our UnifiedRadixCache subclass with SGLang's components and HiCache wiring",
+    "(ctx: 'TreeCacheBuildContext', *, cache_class: 'type[UnifiedRadixCache] | None' = None)"
+    " -> 'BasePrefixCache'",
+)
+DEFAULT_RADIX_CACHE_FACTORY = Symbol(
+    "sglang.srt.mem_cache.registry:default_radix_cache_factory",
+    "SGLang's own cache when the radix cache is disabled",
+    "(ctx: 'TreeCacheBuildContext') -> 'BasePrefixCache'",
+)
+TREE_CACHE_BUILD_CONTEXT = Symbol(
+    "sglang.srt.mem_cache.registry:TreeCacheBuildContext",
+    "what our factory is given (server_args, params, disable_radix_cache)",
+    "(server_args: 'ServerArgs', params: 'CacheInitParams', is_hybrid_swa: 'bool', "
+    "is_hybrid_ssm: 'bool', enable_hierarchical_cache: 'bool', disable_radix_cache: 'bool', "
+    "tp_worker: 'Any', model_config: 'ModelConfig', tp_size: 'int', tp_rank: 'int', "
+    "tp_group: 'Any', full_tokens_per_layer: 'Optional[int]' = None, is_dsa: 'bool' = False)"
+    " -> None",
+)
+UNIFIED_RADIX_CACHE = Symbol(
+    "sglang.srt.mem_cache.unified_radix_cache:UnifiedRadixCache",
+    "base class of our ProgramRadixCache (the cache class that hosts HiCache)",
+    "(params: 'CacheInitParams')",
+)
+CACHE_INIT_PARAMS_TREE_CORE_BACKEND = Symbol(
+    "sglang.srt.mem_cache.cache_init_params:CacheInitParams.tree_core_backend",
+    "per-instance tree core choice: our cache uses the Python tree core",
+)
+
 SYMBOLS: tuple[Symbol, ...] = tuple(
     v for v in list(globals().values()) if isinstance(v, Symbol)
 )

@@ -16,6 +16,10 @@ from thunderagent_sglang import config
 # system RAM (0.05 gave 2 M tokens), far more than a CPU can use.
 CPU_MAX_TOTAL_TOKENS = 65536
 CPU_ENGINE_ENV = "SGLANG_USE_CPU_ENGINE"
+CACHE_BACKEND = "thunderagent"
+# Options that bring a cache class of their own; ours is then not chosen.
+OWN_CACHE_FLAGS = ("--radix-cache-backend", "--disable-radix-cache", "--enable-lmcache",
+                   "--enable-flexkv", "--enable-unified-cache-external-linker")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,11 +60,13 @@ def plan_launch(
     gpu_available: bool,
     demo_model_dir: str | None,
     environ: dict[str, str],
+    program_features: bool = True,
 ) -> LaunchPlan:
     """SGLang's argv and environment for this machine.
 
     ``demo_model_dir`` is used only when the user gave no model (and no
-    ``--config`` file, which may name one).
+    ``--config`` file, which may name one). With ``program_features`` our radix
+    cache backend is selected unless the user chose a cache of their own.
     """
     argv = list(argv)
     env: dict[str, str] = {}
@@ -68,6 +74,9 @@ def plan_launch(
     device = flag_value(argv, "--device")
     if device == "cpu" or (device is None and not gpu_available):
         _plan_cpu(argv, env, notes, environ)
+    if program_features and not has_flag(argv, *OWN_CACHE_FLAGS):
+        argv += ["--radix-cache-backend", CACHE_BACKEND]
+        notes.append(f"--radix-cache-backend {CACHE_BACKEND} (program-aware radix cache)")
     if demo_model_dir is not None and needs_demo_model(argv):
         argv += ["--model-path", demo_model_dir]
         notes.append(f"--model-path {demo_model_dir} (embedded demo model)")

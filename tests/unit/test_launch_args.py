@@ -39,16 +39,31 @@ def test_bad_demo_model_choice_is_refused(capsys):
 def test_cpu_without_flags_gets_the_cpu_engine_and_the_demo_model():
     plan = plan_launch([], gpu_available=False, demo_model_dir=DEMO, environ={})
     assert plan.argv == ["--device", "cpu", "--sleep-on-idle", "--max-total-tokens", "65536",
+                         "--radix-cache-backend", "thunderagent",
                          "--model-path", DEMO, "--dtype", "float32"]
     assert plan.env == {"SGLANG_USE_CPU_ENGINE": "1"}
-    assert len(plan.notes) == 6
+    assert len(plan.notes) == 7
+
+
+def test_plain_sglang_gets_no_cache_backend_of_ours():
+    plan = plan_launch(["--model", "/m"], gpu_available=True, demo_model_dir=None,
+                       environ={}, program_features=False)
+    assert plan.argv == ["--model", "/m"]
+
+
+@pytest.mark.parametrize("own", [["--radix-cache-backend", "default"], ["--enable-lmcache"],
+                                 ["--disable-radix-cache"]])
+def test_a_cache_the_user_chose_is_kept(own):
+    plan = plan_launch(["--model", "/m", *own], gpu_available=True, demo_model_dir=None,
+                       environ={})
+    assert plan.argv == ["--model", "/m", *own]
 
 
 def test_flags_the_user_passes_win_on_cpu():
     argv = ["--model-path", "/m", "--device=cpu", "--max-total-tokens", "4096",
             "--sleep-on-idle"]
     plan = plan_launch(argv, gpu_available=False, demo_model_dir=None,
-                       environ={"SGLANG_USE_CPU_ENGINE": "1"})
+                       environ={"SGLANG_USE_CPU_ENGINE": "1"}, program_features=False)
     assert plan.argv == argv
     assert plan.env == {}
     assert plan.notes == []
@@ -62,7 +77,7 @@ def test_mem_fraction_static_counts_as_sizing_the_pool():
 
 def test_gpu_machine_keeps_sglang_gpu_defaults():
     plan = plan_launch(["--model-path", "/m"], gpu_available=True, demo_model_dir=None,
-                       environ={})
+                       environ={}, program_features=False)
     assert plan.argv == ["--model-path", "/m"]
     assert plan.env == {}
 
@@ -75,7 +90,7 @@ def test_explicit_cpu_device_on_a_gpu_machine_still_selects_the_cpu_engine():
 
 def test_user_dtype_wins_for_the_demo_model():
     plan = plan_launch(["--dtype", "bfloat16"], gpu_available=True, demo_model_dir=DEMO,
-                       environ={})
+                       environ={}, program_features=False)
     assert plan.argv == ["--dtype", "bfloat16", "--model-path", DEMO]
 
 

@@ -28,12 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     if error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    refused = [] if config.program_features_disabled() else features.refusals(rest)
+    program_features = not config.program_features_disabled()
+    refused = features.refusals(rest) if program_features else []
     if refused:
         for message in refused:
             print(f"error: {message}", file=sys.stderr)
         return 2
-    plan = _plan(cfg, rest)
+    plan = _plan(cfg, rest, program_features)
     os.environ.update(plan.env)
     os.environ[config.CONFIG_ENV] = cfg.to_env()
     log = get_logger()
@@ -68,7 +69,8 @@ def _check_environment() -> str | None:
     return None
 
 
-def _plan(cfg: config.ThunderAgentConfig, rest: list[str]) -> launch_args.LaunchPlan:
+def _plan(cfg: config.ThunderAgentConfig, rest: list[str],
+          program_features: bool) -> launch_args.LaunchPlan:
     demo_dir = None
     if launch_args.needs_demo_model(rest):
         from pathlib import Path
@@ -83,6 +85,7 @@ def _plan(cfg: config.ThunderAgentConfig, rest: list[str]) -> launch_args.Launch
         gpu_available=gpu_available(),
         demo_model_dir=demo_dir,
         environ=dict(os.environ),
+        program_features=program_features,
     )
 
 

@@ -61,10 +61,10 @@ def _install_program_features(role: str, cfg: config.ThunderAgentConfig) -> None
 
         program_http.install(cfg)
     elif role == "scheduler":
-        from thunderagent_sglang.engine import program_scheduler
+        from thunderagent_sglang.engine import program_cache, program_scheduler
 
         program_scheduler.install(cfg)
-        from thunderagent_sglang.engine import program_cache; program_cache.maybe_install_from_env()  # TEMP-PROGRAM-CACHE
+        program_cache.install()
 
 
 def _features_disabled(log) -> bool:

@@ -1,20 +1,19 @@
 """Our radix-cache backend ``thunderagent``: SGLang's unified radix cache on the Python tree core.
 
-Registered with SGLang's radix-cache registry and selected with
-``--radix-cache-backend thunderagent``. It builds ``ProgramRadixCache``, a
+Registered with SGLang's radix-cache registry (in the scheduler process, while
+program-aware features are on) and selected with ``--radix-cache-backend
+thunderagent``, which the launcher adds by default. It builds ``ProgramRadixCache``, a
 ``UnifiedRadixCache`` (the class that hosts HiCache) whose tree core is the
 pure-Python one, chosen for this instance only: the Python core is the one
 whose node life cycle and eviction ranking Python code can follow. No
 behaviour differs from SGLang's yet; ``docs/design/program-cache.md`` is the
 plan for program tags, residency counters and program-ordered eviction.
 
-Only the scheduler process builds a tree cache, so ``install()`` must run
-there (from ``register()``), before the scheduler starts.
+Only the scheduler process builds a tree cache, so ``install()`` runs there
+(from ``register()``), before the scheduler starts.
 """
 
 from __future__ import annotations
-
-import os
 
 from sglang.srt.mem_cache.registry import (
     create_unified_radix_cache,
@@ -28,7 +27,6 @@ from thunderagent_sglang.engine.logs import get_logger
 
 BACKEND_NAME = "thunderagent"
 TREE_CORE = "python"
-ENV = "THUNDERAGENT_CACHE_BACKEND"
 # Options whose own cache class SGLang's default selection would build; ours
 # would silently drop them.
 _OWN_CACHE_OPTIONS = ("enable_lmcache", "enable_flexkv", "enable_unified_cache_external_linker")
@@ -42,14 +40,6 @@ def install() -> None:
     """Register the backend under ``BACKEND_NAME``; idempotent."""
     if BACKEND_NAME not in registered_radix_cache_backends():
         register_radix_cache_backend(BACKEND_NAME, build_cache)
-
-
-def maybe_install_from_env() -> bool:
-    """``install()`` when ``THUNDERAGENT_CACHE_BACKEND=1``; whether it did."""
-    if os.environ.get(ENV) != "1":
-        return False
-    install()
-    return True
 
 
 def build_cache(ctx):
