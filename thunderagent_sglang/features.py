@@ -24,7 +24,8 @@ class Feature:
 
 FEATURES: tuple[Feature, ...] = (
     Feature("Radix prefix cache (default)", (), "tested",
-            "Our KV accounting and eviction are built on it."),
+            "Ours by default: --radix-cache-backend thunderagent (SGLang's unified radix "
+            "cache on its Python tree core); another --radix-cache-backend is kept."),
     Feature("Page size > 1", ("--page-size",), "tested",
             "CI serves with --page-size 16 (with HiCache)."),
     Feature("Chunked prefill", ("--chunked-prefill-size",), "tested",

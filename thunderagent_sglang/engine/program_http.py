@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 
+import orjson
+
 from fastapi import Request
 from fastapi.responses import JSONResponse, ORJSONResponse
 from pydantic import BaseModel
@@ -23,6 +25,7 @@ from thunderagent_sglang.engine import hooks, program_ipc
 from thunderagent_sglang.engine.metrics_http import MetricsMiddleware
 from thunderagent_sglang.engine.program_ipc import ProgramControlOutput, ProgramControlReq
 from thunderagent_sglang.program.identity import (
+    FINAL_BODY_FIELD,
     Identity,
     InvalidFinalMarker,
     InvalidProgramId,
@@ -39,13 +42,16 @@ class IdentityMiddleware:
     def __init__(self, app, id_sources: tuple[str, ...]):
         self.app = app
         self.id_sources = id_sources
+        body_fields = [s.split(":", 1)[1] for s in id_sources if s.startswith("body:")]
+        self.body_fields = tuple(f'"{name}"'.encode() for name in [*body_fields, FINAL_BODY_FIELD])
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in TAGGED_PATHS:
             return await self.app(scope, receive, send)
         body, receive = await _buffer_body(receive)
         try:
-            identity = extract_identity(_headers(scope), _json_object(body), self.id_sources)
+            identity = extract_identity(_headers(scope), _json_object(body, self.body_fields),
+                                        self.id_sources)
         except (InvalidProgramId, InvalidFinalMarker) as exc:
             response = JSONResponse(status_code=400, content=_error(exc))
             return await response(scope, receive, send)
@@ -78,10 +84,13 @@ async def _buffer_body(receive):
     return body, replay
 
 
-def _json_object(body: bytes):
+def _json_object(body: bytes, fields: tuple[bytes, ...]):
+    """The body as a dict, parsed only when it may hold one of our ``fields``."""
+    if not body or not any(field in body for field in fields):
+        return None  # most calls: no need to parse the body a second time
     try:
-        value = json.loads(body) if body else None
-    except ValueError:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
         return None  # SGLang answers malformed JSON itself
     return value if isinstance(value, dict) else None
 
