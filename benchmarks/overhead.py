@@ -49,8 +49,8 @@ SYSTEMS = {  # name: (environment, chats tagged as programs)
     "ours": ({}, False),
     "ours-tagged": ({}, True),
 }
-EXPECTED_CORE = {"plain": "RustUnifiedTreeCore", "ours": "UnifiedTreeCore",
-                 "ours-tagged": "UnifiedTreeCore"}
+EXPECTED_CORE = {"plain": "RustUnifiedTreeCore", "ours": "ProgramTreeCore",
+                 "ours-tagged": "ProgramTreeCore"}
 
 
 def tree_core(server: Server) -> str:

@@ -220,6 +220,86 @@ CACHE_INIT_PARAMS_TREE_CORE_BACKEND = Symbol(
     "sglang.srt.mem_cache.cache_init_params:CacheInitParams.tree_core_backend",
     "per-instance tree core choice: our cache uses the Python tree core",
 )
+UNIFIED_TREE_CORE = Symbol(
+    "sglang.srt.mem_cache.unified_cache.unified_tree_core:UnifiedTreeCore",
+    "base of ProgramTreeCore; the methods below are overridden to report KV changes",
+    "(params: 'CacheInitParams', components: 'dict[ComponentType, TreeComponent]')",
+)
+REGISTER_TREE_CORE_BACKEND = Symbol(
+    "sglang.srt.mem_cache.unified_cache.tree_core_registry:register_tree_core_backend",
+    "registers ProgramTreeCore as the tree core 'thunderagent'",
+    "(name: 'str', factory: 'TreeCoreFactory') -> 'None'",
+)
+REGISTERED_TREE_CORE_BACKENDS = Symbol(
+    "sglang.srt.mem_cache.unified_cache.tree_core_registry:registered_tree_core_backends",
+    "install() registers once",
+    "() -> 'list[str]'",
+)
+COMPONENT_TYPE = Symbol(
+    "sglang.srt.mem_cache.unified_cache.component_type:ComponentType",
+    "FULL: the KV component whose device/host lengths we count",
+)
+CORE_SPLIT_NODE = Symbol(
+    "sglang.srt.mem_cache.unified_cache.unified_tree_core:UnifiedTreeCore._split_node",
+    "a node splits: the new parent inherits the child's program tags",
+    "(self, key: 'RadixKey', child: 'UnifiedTreeNode', split_len: 'int') -> "
+    "'tuple[UnifiedTreeNode, Optional[CacheAction | ComponentAction]]'",
+)
+CORE_EVICT_COMPONENT = Symbol(
+    "sglang.srt.mem_cache.unified_cache.unified_tree_core:"
+    "UnifiedTreeCore._evict_component_and_detach_lru",
+    "the one funnel of device/host KV release; returns the tokens freed per tier",
+    "(self, node: 'UnifiedTreeNode', comp: 'TreeComponent', device_frees: "
+    "'dict[ComponentType, list[torch.Tensor]]', host_frees: "
+    "'dict[ComponentType, list[torch.Tensor]]', cache_actions: "
+    "'list[CacheAction | ComponentAction]', target: 'EvictLayer' = <EvictLayer.DEVICE: 1>, "
+    "tracker: 'Optional[dict[ComponentType, int]]' = None) -> 'tuple[int, int]'",
+)
+CORE_COMMIT_BACKUP = Symbol(
+    "sglang.srt.mem_cache.unified_cache.unified_tree_core:UnifiedTreeCore.commit_backup",
+    "a node gets host KV (write-through backup)",
+    "(self, node_id: 'NodeId', host_indices: 'torch.Tensor', comp_xfers: "
+    "'dict[ComponentType, list[PoolTransfer]]') -> 'None'",
+)
+CORE_COMMIT_LOAD_BACK = Symbol(
+    "sglang.srt.mem_cache.unified_cache.unified_tree_core:UnifiedTreeCore.commit_load_back",
+    "nodes get device KV back from the host tier",
+    "(self, node_id: 'NodeId', device_indices: 'torch.Tensor', kv_xfer: 'PoolTransfer', "
+    "comp_xfers: 'dict[ComponentType, list[PoolTransfer]]') -> "
+    "'list[CacheAction | ComponentAction]'",
+)
+CORE_UNEVICT_ON_INSERT = Symbol(
+    "sglang.srt.mem_cache.unified_cache.unified_tree_core:UnifiedTreeCore._unevict_node_on_insert",
+    "an evicted node gets device KV back from a request's fresh KV",
+    "(self, node: 'UnifiedTreeNode', fresh_value: 'torch.Tensor', session_id: "
+    "'Optional[str]' = None) -> 'None'",
+)
+CORE_INSERT_HOST = Symbol(
+    "sglang.srt.mem_cache.unified_cache.unified_tree_core:UnifiedTreeCore.insert_host",
+    "host KV inserted along a path (storage prefetch)",
+    "(self, node_id: 'NodeId', key: 'RadixKey', host_value: 'torch.Tensor', "
+    "hash_value: 'list[str]') -> 'InsertResult'",
+)
+CORE_REMOVE_LEAF = Symbol(
+    "sglang.srt.mem_cache.unified_cache.unified_tree_core:UnifiedTreeCore._remove_leaf_from_parent",
+    "a node leaves the tree",
+    "(self, node: 'UnifiedTreeNode')",
+)
+CORE_RESET = Symbol(
+    "sglang.srt.mem_cache.unified_cache.unified_tree_core:UnifiedTreeCore.reset",
+    "the whole tree is dropped (flush_cache)",
+    "(self) -> 'None'",
+)
+CORE_NODE_BY_ID = Symbol(
+    "sglang.srt.mem_cache.unified_cache.unified_tree_core:UnifiedTreeCore.node_by_id",
+    "node ids (req.last_node, heads) back to nodes",
+    "(self, node_id: 'NodeId') -> 'UnifiedTreeNode'",
+)
+CACHE_CHECKPOINT_INTO_TREE = Symbol(
+    "sglang.srt.mem_cache.unified_radix_cache:UnifiedRadixCache.checkpoint_into_tree",
+    "a request's sequence is inserted; req.last_node ends its path: we tag it",
+    "(self, req: 'Req', *, up_to: 'int', **kwargs) -> 'None'",
+)
 
 SYMBOLS: tuple[Symbol, ...] = tuple(
     v for v in list(globals().values()) if isinstance(v, Symbol)

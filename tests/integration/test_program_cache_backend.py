@@ -31,7 +31,7 @@ def test_the_scheduler_builds_our_cache_class_from_the_registry(default_server):
 
 
 def test_our_cache_runs_on_the_python_tree_core(default_server):
-    assert TREE_CORE_LINE.findall(default_server.log()) == ["UnifiedTreeCore"]
+    assert TREE_CORE_LINE.findall(default_server.log()) == ["ProgramTreeCore"]
 
 
 def test_our_cache_hosts_hicache(hicache_server):

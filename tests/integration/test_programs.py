@@ -372,3 +372,42 @@ def test_streaming_native_generate_is_tagged_and_accounted(default_server):
         events = [line for line in reply.iter_lines() if line.startswith(b"data:")]
     assert len(events) >= 6
     assert record(default_server, pid).json()["decode_tokens"] == 6
+
+
+def test_resident_and_host_tokens_follow_the_tree_and_agree_with_a_recount(hicache_server):
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    pid = new_id()
+
+    def call(ids, headers):
+        return requests.post(f"{hicache_server.url}/generate", headers={**auth, **headers}, json={
+            "input_ids": ids,
+            "sampling_params": {"max_new_tokens": 4, "temperature": 0, "ignore_eos": True},
+        }, timeout=60).json()
+
+    prompt = [600 + i for i in range(96)]  # 6 pages of 16
+    call(prompt, {"X-Program-Id": pid})
+    rec = record(hicache_server, pid, headers=auth).json()
+    # 96 prompt + 3 outputs with KV = 99 tokens: 6 whole pages are in the tree.
+    assert rec["resident_tokens"] == 96
+    for i in range(5):  # flood the 1024-token device pool: the program's pages go to host memory
+        call([1000 + 100 * i + j for j in range(300)], {})
+    rec = record(hicache_server, pid, headers=auth).json()
+    assert rec["resident_tokens"] == 0 and rec["host_tokens"] == 96
+    call(prompt + [7, 8], {"X-Program-Id": pid})  # loaded back from host memory
+    rec = record(hicache_server, pid, headers=auth).json()
+    assert rec["resident_tokens"] == 96
+    requests.get(f"{hicache_server.url}/health_generate", timeout=60)
+    time.sleep(3)  # let an idle memory check (and our recount) run
+    log = hicache_server.log()
+    assert "ThunderAgent residency recount: ok" in log
+    assert "residency recount: MISMATCH" not in log
+
+
+def test_live_recount_never_disagreed_with_the_event_kept_counters(default_server, hicache_server):
+    for server in (default_server, hicache_server):
+        requests.get(f"{server.url}/health_generate", timeout=60)
+    time.sleep(3)
+    for server in (default_server, hicache_server):
+        log = server.log()
+        assert "ThunderAgent residency recount: ok" in log
+        assert "residency recount: MISMATCH" not in log

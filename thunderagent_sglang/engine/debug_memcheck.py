@@ -3,7 +3,9 @@
 SGLang checks on every fully idle scheduler step that every KV slot is free,
 evictable, protected or held (and by default raises on a leak). This hook
 logs the check's own message whenever it changes, so tests can read the
-exact pool state once the server is idle.
+exact pool state once the server is idle. It also recounts the programs'
+resident and host tokens by a walk of the tree and logs whether the
+event-kept counters agree.
 """
 
 from __future__ import annotations
@@ -14,16 +16,28 @@ from thunderagent_sglang.engine.logs import get_logger
 
 ENV = "THUNDERAGENT_DEBUG_MEMCHECK"
 LINE_PREFIX = "ThunderAgent idle memory check:"
-_last: list[str] = []
+_last: dict[int, str] = {}
+
+
+RECOUNT_PREFIX = "ThunderAgent residency recount:"
 
 
 def _log_result(result, *args, **kwargs):
     has_leak, messages = result
-    line = f"{LINE_PREFIX} leak={has_leak} {' '.join(messages)}"
-    if not _last or _last[-1] != line:
-        _last[:] = [line]
-        get_logger().info(line)
+    _log_once(0, f"{LINE_PREFIX} leak={has_leak} {' '.join(messages)}")
+    from thunderagent_sglang.engine import program_tree  # SGLang's tree core: import late
+
+    wrong = program_tree.recount()
+    _log_once(1, f"{RECOUNT_PREFIX} " + (f"MISMATCH {'; '.join(wrong)}" if wrong else
+                                          f"ok ({len(program_tree.RESIDENCY)} tagged nodes)"))
     return result
+
+
+def _log_once(slot: int, line: str) -> None:
+    """Log ``line`` unless it repeats the last line of its slot."""
+    if _last.get(slot) != line:
+        _last[slot] = line
+        get_logger().info(line)
 
 
 def install() -> None:

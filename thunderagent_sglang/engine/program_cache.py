@@ -21,23 +21,42 @@ from sglang.srt.mem_cache.registry import (
     register_radix_cache_backend,
     registered_radix_cache_backends,
 )
+from sglang.srt.mem_cache.unified_cache.tree_core_registry import (
+    register_tree_core_backend,
+    registered_tree_core_backends,
+)
 from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
+
+from thunderagent_sglang.engine import program_scheduler, program_tree
 
 from thunderagent_sglang.engine.logs import get_logger
 
 BACKEND_NAME = "thunderagent"
-TREE_CORE = "python"
+TREE_CORE = program_tree.BACKEND_NAME  # SGLang's Python core, reporting KV changes
 # Options whose own cache class SGLang's default selection would build; ours
 # would silently drop them.
 _OWN_CACHE_OPTIONS = ("enable_lmcache", "enable_flexkv", "enable_unified_cache_external_linker")
 
 
 class ProgramRadixCache(UnifiedRadixCache):
-    """SGLang's unified radix cache, named as ours; program awareness comes here."""
+    """SGLang's unified radix cache whose nodes know the programs passing through them."""
+
+    def checkpoint_into_tree(self, req, *, up_to, **kwargs):
+        result = super().checkpoint_into_tree(req, up_to=up_to, **kwargs)
+        program = program_scheduler.table().program_for(req.rid)
+        if program is not None and req.last_node is not None:
+            finished = req.finished()
+            head = program_tree.FINAL_HEAD if finished else req.rid
+            program_tree.tag_path(self.tree_core, program.program_id, head, req.last_node)
+            if finished:
+                program_tree.RESIDENCY.drop_head(program.program_id, req.rid)
+        return result
 
 
 def install() -> None:
-    """Register the backend under ``BACKEND_NAME``; idempotent."""
+    """Register the backend and our tree core; idempotent."""
+    if program_tree.BACKEND_NAME not in registered_tree_core_backends():
+        register_tree_core_backend(program_tree.BACKEND_NAME, program_tree.tree_core_factory)
     if BACKEND_NAME not in registered_radix_cache_backends():
         register_radix_cache_backend(BACKEND_NAME, build_cache)
 

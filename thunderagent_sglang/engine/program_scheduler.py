@@ -18,6 +18,7 @@ from thunderagent_sglang import compat, config
 from thunderagent_sglang.engine import hooks, program_ipc
 from thunderagent_sglang.engine.logs import get_logger
 from thunderagent_sglang.engine.program_ipc import ProgramControlReq, reply
+from thunderagent_sglang.engine.program_tree import RESIDENCY
 from thunderagent_sglang.program import misses
 from thunderagent_sglang.program.linking import PrefixLinker
 from thunderagent_sglang.policy.demand import DemandLedger, block_keys
@@ -113,8 +114,10 @@ def _set_demand(program, sequence) -> None:
 
 def _remember(program) -> None:
     """Keep (or drop, once ended) what later calls and the accounting need of a program."""
-    if program is not None and not program.live and program.program_id in _state["ledger"]:
-        _state["ledger"].remove(program.program_id)
+    if program is not None and not program.live:
+        if program.program_id in _state["ledger"]:
+            _state["ledger"].remove(program.program_id)
+        RESIDENCY.drop_program(program.program_id)
     linker = _state["linker"]
     if linker is None or program is None:
         return
@@ -145,6 +148,7 @@ def _finish(req) -> None:
     missed = misses.classify(program.last_sequence, prompt, cached, _state["page_size"])
     sequence = misses.kv_sequence(req.origin_input_ids, req.output_ids)
     _set_demand(program, sequence)
+    RESIDENCY.drop_head(program.program_id, req.rid)  # its final checkpoint moved it to "last"
     program.last_sequence = sequence
     if _state["linker"] is not None:
         program.last_full_sequence = list(req.origin_input_ids) + list(req.output_ids)
@@ -193,7 +197,8 @@ def handle_control(req: ProgramControlReq):
 
 def _list(t, program_id, payload):
     return reply(200, {"programs": [_record(t, p) for p in t.programs()],
-                       "demand_tokens": _state["ledger"].demand_tokens()})
+                       "demand_tokens": _state["ledger"].demand_tokens(),
+                       "resident_tokens": RESIDENCY.active_footprint()})
 
 
 def _get(t, program_id, payload):
@@ -214,20 +219,26 @@ def _status_change(method, t, program_id, payload):
     program = getattr(t, method)(program_id)
     if program_id in _state["ledger"]:
         _state["ledger"].set_active(program_id, program.status is Status.ACTIVE)
+    if program_id in RESIDENCY:
+        RESIDENCY.set_active(program_id, program.status is Status.ACTIVE)
     return reply(200, _record(t, program))
 
 
 def _stats(t, program_id, payload):
     return reply(200, {"counters": t.counters, "live": t.live_count_by(),
-                       "demand_tokens": _state["ledger"].demand_tokens()})
+                       "demand_tokens": _state["ledger"].demand_tokens(),
+                       "resident_tokens": RESIDENCY.active_footprint()})
 
 
 def _record(t, program) -> dict:
     """The table's record plus the ledger's figures."""
     ledger = _state["ledger"]
     held = program.live and program.program_id in ledger
+    pid = program.program_id
     return {**t.record(program),
-            "unique_tokens": ledger.unique_tokens(program.program_id) if held else 0}
+            "resident_tokens": RESIDENCY.resident_tokens(pid) if program.live else 0,
+            "host_tokens": RESIDENCY.host_tokens(pid) if program.live else 0,
+            "unique_tokens": ledger.unique_tokens(pid) if held else 0}
 
 
 _OPS = {
