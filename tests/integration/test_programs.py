@@ -411,3 +411,10 @@ def test_live_recount_never_disagreed_with_the_event_kept_counters(default_serve
         log = server.log()
         assert "ThunderAgent residency recount: ok" in log
         assert "residency recount: MISMATCH" not in log
+
+
+def test_dynamo_final_header_ends_the_program(default_server):
+    pid = new_id()
+    chat(default_server, headers={"X-Dynamo-Session-ID": pid, "X-Dynamo-Session-Final": "true"})
+    rec = record(default_server, pid).json()
+    assert rec["status"] == "terminated" and rec["release_cause"] == "final"
