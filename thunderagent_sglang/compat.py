@@ -301,6 +301,15 @@ CACHE_CHECKPOINT_INTO_TREE = Symbol(
     "(self, req: 'Req', *, up_to: 'int', **kwargs) -> 'None'",
 )
 
+# Instance attributes we read or set (not importable, so not signature-checked;
+# the integration tests exercise each): UnifiedTreeCore.eviction_strategy (our
+# ProgramEvictionStrategy replaces it before the first eviction), .root_node;
+# UnifiedTreeNode.id, .parent, .component_data[ComponentType.FULL].value /
+# .host_value; TreeComponent.component_type; PoolTransfer.nodes_to_load;
+# InsertResult.inserted_host_node; Req.rid, .last_node, .origin_input_ids,
+# .output_ids, .cached_tokens, .finished(); Scheduler.page_size, ._request_dispatcher;
+# TokenizerManager._dispatch_to_scheduler, ._result_dispatcher.
+
 SYMBOLS: tuple[Symbol, ...] = tuple(
     v for v in list(globals().values()) if isinstance(v, Symbol)
 )

@@ -33,6 +33,9 @@ class ConfigError(ValueError):
 # programs' KV decays. Paused time and reported tool time do not count.
 DEFAULT_IDLE_EXPIRY_S = 900.0
 DEFAULT_MAX_TERMINATED = 10000
+# Acting programs' KV value halves every this many seconds of tool time: the
+# paper's f(t) = 2^-t per 5 s tick. Provisional until the scheduler work measures it.
+DEFAULT_DECAY_HALF_LIFE_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +46,7 @@ class ThunderAgentConfig:
     idle_expiry_s: float = DEFAULT_IDLE_EXPIRY_S
     max_terminated: int = DEFAULT_MAX_TERMINATED
     link_untagged: bool = False
+    decay_half_life_s: float = DEFAULT_DECAY_HALF_LIFE_S
 
     def to_env(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -123,6 +127,14 @@ def add_cli_group(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         f"first (default: {DEFAULT_MAX_TERMINATED}).",
     )
     group.add_argument(
+        "--thunderagent-decay-half-life",
+        metavar="SECONDS",
+        type=_positive_float,
+        default=DEFAULT_DECAY_HALF_LIFE_S,
+        help="An acting program's KV is worth context_tokens * 2^(-tool_seconds / this) when "
+        f"ranking what to evict (default: {DEFAULT_DECAY_HALF_LIFE_S:g}, the paper's).",
+    )
+    group.add_argument(
         "--thunderagent-link-untagged",
         action="store_true",
         help="Give a call without a program id to the live program whose last sequence "
@@ -170,4 +182,5 @@ def from_namespace(ns: argparse.Namespace) -> ThunderAgentConfig:
         idle_expiry_s=ns.thunderagent_idle_expiry,
         max_terminated=ns.thunderagent_max_terminated,
         link_untagged=ns.thunderagent_link_untagged,
+        decay_half_life_s=ns.thunderagent_decay_half_life,
     )

@@ -484,3 +484,11 @@ def test_misses_add_up_per_program_and_in_the_counters(table):
     assert table.counters["missed_evicted_tokens"] == 30
     assert table.counters["missed_changed_tokens"] == 11
     assert table.program_for("r2") is None
+
+
+def test_live_program_is_none_once_terminated(table):
+    table.on_arrival("a", "r1")
+    assert table.live_program("a").program_id == "a"
+    finish(table, "r1")
+    table.release("a")
+    assert table.live_program("a") is None and table.live_program("never") is None

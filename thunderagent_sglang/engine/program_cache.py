@@ -84,4 +84,9 @@ def build_cache(ctx):
     # Per instance; SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND stays the default
     # for any other cache in the process.
     ctx.params.tree_core_backend = TREE_CORE
-    return create_unified_radix_cache(ctx, cache_class=ProgramRadixCache)
+    cache = create_unified_radix_cache(ctx, cache_class=ProgramRadixCache)
+    # Before the first eviction: SGLang binds get_priority on first use.
+    core = cache.tree_core
+    core.eviction_strategy = program_tree.ProgramEvictionStrategy(
+        core.eviction_strategy, program_scheduler.eviction_key)
+    return cache

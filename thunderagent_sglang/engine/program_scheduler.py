@@ -18,11 +18,13 @@ from thunderagent_sglang import compat, config
 from thunderagent_sglang.engine import hooks, program_ipc
 from thunderagent_sglang.engine.logs import get_logger
 from thunderagent_sglang.engine.program_ipc import ProgramControlReq, reply
+from thunderagent_sglang.engine import program_tree
 from thunderagent_sglang.engine.program_tree import RESIDENCY
 from thunderagent_sglang.program import misses
 from thunderagent_sglang.program.linking import PrefixLinker
 from thunderagent_sglang.policy.demand import DemandLedger, block_keys
-from thunderagent_sglang.program.record import Status, UnknownProgram
+from thunderagent_sglang.policy.eviction import ProgramState, program_key
+from thunderagent_sglang.program.record import Phase, Status, UnknownProgram
 from thunderagent_sglang.program.table import ProgramTable
 
 TICK_S = 1.0
@@ -54,6 +56,7 @@ def install(cfg: config.ThunderAgentConfig) -> None:
     _state["table"] = ProgramTable(idle_expiry_s=cfg.idle_expiry_s, max_terminated=cfg.max_terminated)
     _state["linker"] = PrefixLinker() if cfg.link_untagged else None
     _state["ledger"] = DemandLedger()
+    _state["half_life_s"] = cfg.decay_half_life_s
     program_ipc.register_types()
     hooks.install(compat.SCHEDULER_INIT_REQUEST_DISPATCHER, _add_control_dispatch, "after")
     hooks.install(compat.SCHEDULER_HANDLE_GENERATE_REQUEST, _on_arrival, "before")
@@ -112,12 +115,26 @@ def _set_demand(program, sequence) -> None:
     ledger.set_active(program.program_id, program.status is Status.ACTIVE)
 
 
+def eviction_key(program_id: str):
+    """The eviction rank of a live program's KV (policy.eviction), or None."""
+    program = table().live_program(program_id)
+    if program is None:
+        return None
+    state = ProgramState(
+        paused=program.status is Status.PAUSED,
+        reasoning=program.phase is Phase.REASONING,
+        context_tokens=program.context_tokens,
+        tool_seconds=time.monotonic() - program.phase_since,
+    )
+    return program_key(state, _state["half_life_s"])
+
+
 def _remember(program) -> None:
     """Keep (or drop, once ended) what later calls and the accounting need of a program."""
     if program is not None and not program.live:
         if program.program_id in _state["ledger"]:
             _state["ledger"].remove(program.program_id)
-        RESIDENCY.drop_program(program.program_id)
+        program_tree.retire(program.program_id)
     linker = _state["linker"]
     if linker is None or program is None:
         return

@@ -13,11 +13,13 @@ from __future__ import annotations
 from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
 from sglang.srt.mem_cache.unified_cache.unified_tree_core import UnifiedTreeCore
 
+from thunderagent_sglang.policy.eviction import node_key
 from thunderagent_sglang.policy.residency import Residency
 
 BACKEND_NAME = "thunderagent"
 FINAL_HEAD = "last"  # the head of a program's latest finished call
 RESIDENCY = Residency()  # one per scheduler process
+RETIRED: set[int] = set()  # nodes a terminated program's sequence passed through
 _trees: list = []  # the tree core built here (one per scheduler)
 
 
@@ -71,11 +73,13 @@ class ProgramTreeCore(UnifiedTreeCore):
 
     def _remove_leaf_from_parent(self, node):
         RESIDENCY.delete(node.id)
+        RETIRED.discard(node.id)
         return super()._remove_leaf_from_parent(node)
 
     def reset(self):
         result = super().reset()
         RESIDENCY.clear()
+        RETIRED.clear()
         return result
 
 
@@ -97,6 +101,35 @@ def tag_path(tree, program_id: str, head, last_node) -> None:
     node = tree.node_by_id(last_node) if isinstance(last_node, int) else last_node
     path = path_to_root(tree, node)[::-1]
     RESIDENCY.set_path(program_id, head, [(n.id, *lengths(n)) for n in path])
+
+
+def retire(program_id: str) -> None:
+    """A program ended: its nodes become the first eviction candidates, its tags go."""
+    if _trees:
+        tree = _trees[0]
+        for node_id in RESIDENCY.heads(program_id).values():
+            RETIRED.update(n.id for n in path_to_root(tree, tree.node_by_id(node_id)))
+    RESIDENCY.drop_program(program_id)
+
+
+class ProgramEvictionStrategy:
+    """SGLang's eviction strategy interface: ``get_priority(node)``, smallest evicted first.
+
+    (program class, program value, SGLang's own priority): with no tagged traffic
+    the first two are equal for every node and SGLang's order decides.
+    """
+
+    def __init__(self, base, program_state):
+        self.base = base
+        self.program_state = program_state  # program id -> policy.eviction.ProgramState | None
+
+    def get_priority(self, node):
+        keys = []
+        for program_id in RESIDENCY.tags(node.id):
+            key = self.program_state(program_id)
+            if key is not None:
+                keys.append(key)
+        return (*node_key(keys, node.id in RETIRED), self.base.get_priority(node))
 
 
 def recount() -> list[str]:

@@ -107,6 +107,10 @@ class ProgramTable:
         self._touch_idle(p, now)
         return p
 
+    def live_program(self, program_id: str) -> Program | None:
+        """The live (not terminated) program with this id, or None: O(1)."""
+        return self._live.get(program_id)
+
     def program_for(self, rid: str) -> Program | None:
         """The program of in-flight request ``rid``, or None (untagged)."""
         return self._by_rid.get(rid)

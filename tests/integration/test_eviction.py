@@ -1,0 +1,84 @@
+"""Demonstration: an acting program's prefix survives a flood of untagged work.
+
+Three small-pool servers run the same scenario one after another (one server
+alive at a time): ours, plain SGLang with its LRU, and plain SGLang with its own
+`priority` eviction policy and the program's calls at high priority.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import requests
+
+from tests.integration.server import Server
+
+pytestmark = pytest.mark.server
+
+SMALL_POOL = ["--max-total-tokens", "1024", "--context-length", "1024", "--enable-cache-report"]
+CONFIGS = {
+    "ours": (SMALL_POOL, {}, {}),
+    "plain-lru": (SMALL_POOL, {"THUNDERAGENT_DISABLE": "1"}, {}),
+    "plain-priority": ([*SMALL_POOL, "--radix-eviction-policy", "priority",
+                        "--enable-priority-scheduling"],
+                       {"THUNDERAGENT_DISABLE": "1"}, {"priority": 10}),
+}
+PROMPT_TOKENS, OUTPUT_TOKENS = 300, 4
+
+
+def generate(server, ids, headers=None, extra=None):
+    return requests.post(f"{server.url}/generate", headers=headers, json={
+        "input_ids": ids, **(extra or {}),
+        "sampling_params": {"max_new_tokens": OUTPUT_TOKENS, "temperature": 0, "ignore_eos": True},
+    }, timeout=120).json()
+
+
+def flood_scenario(server, program_extra) -> dict:
+    rng = random.Random(3)
+    prompt = [rng.randrange(3, 2048) for _ in range(PROMPT_TOKENS)]
+    headers = {"X-Program-Id": "survivor"}
+    first = generate(server, prompt, headers, program_extra)
+    for _ in range(6):  # 6 x 304 tokens of untagged work in a 1024-token pool
+        generate(server, [rng.randrange(3, 2048) for _ in range(PROMPT_TOKENS)])
+    again = generate(server, prompt + first["output_ids"] + [5, 6, 7], headers, program_extra)
+    leak = server.last_idle_check_after(len(server.idle_checks()) - 1)
+    return {"cached": again["meta_info"]["cached_tokens"], "leak": leak}
+
+
+@pytest.fixture(scope="module")
+def figures(tmp_path_factory):
+    results = {}
+    for name, (args, env, extra) in CONFIGS.items():
+        server = Server(f"evict-{name}", args, env, tmp_path_factory.mktemp(name))
+        try:
+            results[name] = flood_scenario(server.wait_ready(), extra)
+            results[name]["log"] = server.log()
+        finally:
+            server.stop()
+    return results
+
+
+WHOLE_PREVIOUS_SEQUENCE = PROMPT_TOKENS + OUTPUT_TOKENS - 1  # the last output token has no KV
+
+
+def test_ours_keeps_the_acting_programs_whole_previous_sequence(figures):
+    assert figures["ours"]["cached"] == WHOLE_PREVIOUS_SEQUENCE
+
+
+def test_plain_lru_loses_it_to_the_flood(figures):
+    assert figures["plain-lru"]["cached"] == 0
+
+
+def test_sglang_priority_policy_with_high_priority_calls_also_keeps_it(figures):
+    assert figures["plain-priority"]["cached"] == WHOLE_PREVIOUS_SEQUENCE
+
+
+def test_no_kv_slot_leaks_in_any_configuration(figures):
+    for name, result in figures.items():
+        assert result["leak"]["leak"] == "False", name
+        assert result["leak"]["available"] + result["leak"]["evictable"] == 1024, name
+
+
+def test_our_server_ranks_with_our_strategy(figures):
+    assert "using --radix-cache-backend thunderagent" in figures["ours"]["log"]
