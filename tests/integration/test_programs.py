@@ -389,10 +389,15 @@ def test_resident_and_host_tokens_follow_the_tree_and_agree_with_a_recount(hicac
     rec = record(hicache_server, pid, headers=auth).json()
     # 96 prompt + 3 outputs with KV = 99 tokens: 6 whole pages are in the tree.
     assert rec["resident_tokens"] == 96
-    for i in range(5):  # flood the 1024-token device pool: the program's pages go to host memory
+    for i in range(5):  # an acting program's pages outrank untagged work: they stay
         call([1000 + 100 * i + j for j in range(300)], {})
+    assert record(hicache_server, pid, headers=auth).json()["resident_tokens"] == 96
+    requests.post(f"{hicache_server.url}/programs/{pid}/pause", headers=auth, timeout=30)
+    for i in range(5):  # a paused program's pages go first: demoted to host memory
+        call([(1200 + 150 * i + j) % 2000 + 3 for j in range(300)], {})
     rec = record(hicache_server, pid, headers=auth).json()
     assert rec["resident_tokens"] == 0 and rec["host_tokens"] == 96
+    requests.post(f"{hicache_server.url}/programs/{pid}/resume", headers=auth, timeout=30)
     call(prompt + [7, 8], {"X-Program-Id": pid})  # loaded back from host memory
     rec = record(hicache_server, pid, headers=auth).json()
     assert rec["resident_tokens"] == 96

@@ -49,3 +49,13 @@ def test_a_shared_node_ranks_as_its_most_protected_user():
 @pytest.mark.parametrize("tool_s", [-5.0, 0.0])
 def test_no_decay_before_the_tool_starts(tool_s):
     assert decayed_value(64, tool_s, HALF_LIFE) == 64.0
+
+
+def test_host_tier_keeps_live_programs_offloaded_kv_longest():
+    from thunderagent_sglang.policy.eviction import host_node_key
+
+    order = [host_node_key(False, retired=True), host_node_key(False, retired=False),
+             host_node_key(True, retired=True)]
+    assert order == sorted(order)
+    assert [k[0] for k in order] == [EvictionClass.TERMINATED, EvictionClass.UNTAGGED,
+                                     EvictionClass.REASONING]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
 from sglang.srt.mem_cache.unified_cache.unified_tree_core import UnifiedTreeCore
 
-from thunderagent_sglang.policy.eviction import node_key
+from thunderagent_sglang.policy.eviction import host_node_key, node_key
 from thunderagent_sglang.policy.residency import Residency
 
 BACKEND_NAME = "thunderagent"
@@ -129,7 +129,10 @@ class ProgramEvictionStrategy:
             key = self.program_state(program_id)
             if key is not None:
                 keys.append(key)
-        return (*node_key(keys, node.id in RETIRED), self.base.get_priority(node))
+        retired = node.id in RETIRED
+        if lengths(node)[0] == 0:  # only in the host tier: ranked for host eviction
+            return (*host_node_key(bool(keys), retired), self.base.get_priority(node))
+        return (*node_key(keys, retired), self.base.get_priority(node))
 
 
 def recount() -> list[str]:

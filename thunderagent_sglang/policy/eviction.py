@@ -8,7 +8,8 @@ decayed value ``context_tokens * 2 ** (-tool_seconds / half_life)``;
 most protected user. The engine appends SGLang's own priority (recency by
 default) to break ties, so with no tagged traffic the order is exactly SGLang's.
 Protection is only a rank: the tree still evicts protected KV when nothing
-else is left, so it is always revocable.
+else is left, so it is always revocable. In the host tier (``host_node_key``)
+live programs' KV, paused ones' included, is what is kept longest.
 """
 
 from __future__ import annotations
@@ -52,4 +53,15 @@ def node_key(program_keys: Iterable[tuple[int, float]], retired: bool) -> tuple[
     best = max(program_keys, default=None)
     if best is not None:
         return best
+    return (EvictionClass.TERMINATED, 0.0) if retired else (EvictionClass.UNTAGGED, 0.0)
+
+
+def host_node_key(has_live_tags: bool, retired: bool) -> tuple[int, float]:
+    """The rank of a node held only in the host tier (host eviction).
+
+    There the point is to keep what live programs offloaded: terminated
+    programs' KV goes first, then untagged KV by recency, live programs' last.
+    """
+    if has_live_tags:
+        return EvictionClass.REASONING, 0.0
     return (EvictionClass.TERMINATED, 0.0) if retired else (EvictionClass.UNTAGGED, 0.0)
