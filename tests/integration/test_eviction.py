@@ -46,6 +46,31 @@ def flood_scenario(server, program_extra) -> dict:
     return {"cached": again["meta_info"]["cached_tokens"], "leak": leak}
 
 
+def terminated_first_scenario(server) -> dict:
+    """400-token calls: 'keep' (acting), then 'done' (ends with a final marker), then untagged."""
+    requests.post(f"{server.url}/flush_cache", timeout=60).raise_for_status()
+    rng = random.Random(11)
+    keep, done = ([rng.randrange(3, 2048) for _ in range(400)] for _ in range(2))
+    out = generate(server, keep, {"X-Program-Id": "keep"})["output_ids"]
+    generate(server, done, {"X-Program-Id": "done", "X-Program-Final": "1"})
+    generate(server, [rng.randrange(3, 2048) for _ in range(400)])  # needs room: evicts
+    keep_again = generate(server, keep + out + [9], {"X-Program-Id": "keep"})
+    done_again = generate(server, done, {"X-Program-Id": "done"})
+    return {"keep": keep_again["meta_info"]["cached_tokens"],
+            "done": done_again["meta_info"]["cached_tokens"]}
+
+
+def no_wedge_scenario(server) -> dict:
+    """Three acting programs fill the pool; untagged work must still run."""
+    requests.post(f"{server.url}/flush_cache", timeout=60).raise_for_status()
+    rng = random.Random(13)
+    for i in range(3):
+        generate(server, [rng.randrange(3, 2048) for _ in range(300)], {"X-Program-Id": f"p{i}"})
+    reply = generate(server, [rng.randrange(3, 2048) for _ in range(500)])
+    leak = server.last_idle_check_after(len(server.idle_checks()) - 1)
+    return {"completion_tokens": reply["meta_info"]["completion_tokens"], "leak": leak}
+
+
 @pytest.fixture(scope="module")
 def figures(tmp_path_factory):
     results = {}
@@ -53,6 +78,9 @@ def figures(tmp_path_factory):
         server = Server(f"evict-{name}", args, env, tmp_path_factory.mktemp(name))
         try:
             results[name] = flood_scenario(server.wait_ready(), extra)
+            if name == "ours":
+                results["terminated-first"] = terminated_first_scenario(server)
+                results["no-wedge"] = no_wedge_scenario(server)
             results[name]["log"] = server.log()
         finally:
             server.stop()
@@ -74,8 +102,20 @@ def test_sglang_priority_policy_with_high_priority_calls_also_keeps_it(figures):
     assert figures["plain-priority"]["cached"] == WHOLE_PREVIOUS_SEQUENCE
 
 
+def test_a_terminated_programs_kv_goes_before_an_active_ones(figures):
+    # 'keep' is older, so LRU would take it first; ours takes the ended program's KV.
+    assert figures["terminated-first"]["keep"] == 400 + OUTPUT_TOKENS - 1
+    assert figures["terminated-first"]["done"] < 400 - 1
+
+
+def test_protected_programs_never_wedge_the_pool(figures):
+    assert figures["no-wedge"]["completion_tokens"] == OUTPUT_TOKENS
+    assert figures["no-wedge"]["leak"]["leak"] == "False"
+
+
 def test_no_kv_slot_leaks_in_any_configuration(figures):
-    for name, result in figures.items():
+    for name in CONFIGS:
+        result = figures[name]
         assert result["leak"]["leak"] == "False", name
         assert result["leak"]["available"] + result["leak"]["evictable"] == 1024, name
 
