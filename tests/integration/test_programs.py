@@ -423,3 +423,12 @@ def test_dynamo_final_header_ends_the_program(default_server):
     chat(default_server, headers={"X-Dynamo-Session-ID": pid, "X-Dynamo-Session-Final": "true"})
     rec = record(default_server, pid).json()
     assert rec["status"] == "terminated" and rec["release_cause"] == "final"
+
+
+@pytest.mark.parametrize("ids", [[5, 99999], [5, -1]])
+def test_out_of_vocabulary_input_ids_are_400_not_a_scheduler_crash(default_server, ids):
+    reply = requests.post(f"{default_server.url}/generate", json={
+        "input_ids": ids, "sampling_params": {"max_new_tokens": 1}}, timeout=60)
+    assert reply.status_code == 400
+    assert "not a token id of this model" in reply.text
+    assert requests.get(f"{default_server.url}/health_generate", timeout=60).status_code == 200

@@ -119,7 +119,37 @@ def _tag_request(original, tokenizer_manager, obj, request=None):
     identity = _identity_of(request)
     if identity is not None and identity.program_id is not None:
         _put_identity(obj, identity)
+    error = out_of_vocabulary(getattr(obj, "input_ids", None),
+                              tokenizer_manager.model_config.vocab_size)
+    if error is not None:
+        return _failing(ValueError(error))  # SGLang answers it with HTTP 400
     return original(tokenizer_manager, obj, request)
+
+
+def out_of_vocabulary(input_ids, vocab_size: int) -> str | None:
+    """Why ``input_ids`` would crash the model (an id outside the vocabulary), or None.
+
+    SGLang checks logprob token ids but not input ids; one bad id takes the
+    scheduler down with an IndexError in the embedding.
+    """
+    if not input_ids:
+        return None
+    rows = input_ids if isinstance(input_ids[0], list) else [input_ids]
+    for row in rows:
+        try:
+            extremes = (min(row), max(row)) if row else ()
+        except TypeError:
+            extremes = ("a non-integer",)
+        for token in extremes:  # min/max run in C: cheap even for long contexts
+            if not isinstance(token, int) or not 0 <= token < vocab_size:
+                return (f"input_ids contains {token!r}, which is not a token id of this model: "
+                        f"valid ids are integers in [0, {vocab_size})")
+    return None
+
+
+async def _failing(exc: Exception):
+    raise exc
+    yield  # an async generator, as generate_request is
 
 
 def _identity_of(request) -> Identity | None:
