@@ -71,6 +71,22 @@ def no_wedge_scenario(server) -> dict:
     return {"completion_tokens": reply["meta_info"]["completion_tokens"], "leak": leak}
 
 
+def untagged_chat_scenario(server) -> dict:
+    """Six interleaved untagged 5-turn chats (~2300 tokens in all) in a 1024-token pool."""
+    requests.post(f"{server.url}/flush_cache", timeout=60).raise_for_status()
+    rng = random.Random(17)
+    chats = [[rng.randrange(3, 2048) for _ in range(60)] for _ in range(6)]
+    cached, reusable = [], []
+    for _ in range(5):
+        for history in chats:
+            reusable.append(len(history) - 1 if len(history) > 60 else 0)
+            history += [rng.randrange(3, 2048) for _ in range(60)]
+            reply = generate(server, history)
+            cached.append(reply["meta_info"]["cached_tokens"])
+            history += reply["output_ids"]
+    return {"cached": cached, "reusable": reusable}
+
+
 @pytest.fixture(scope="module")
 def figures(tmp_path_factory):
     results = {}
@@ -78,6 +94,8 @@ def figures(tmp_path_factory):
         server = Server(f"evict-{name}", args, env, tmp_path_factory.mktemp(name))
         try:
             results[name] = flood_scenario(server.wait_ready(), extra)
+            if name in ("ours", "plain-lru"):
+                results[name]["chat"] = untagged_chat_scenario(server)
             if name == "ours":
                 results["terminated-first"] = terminated_first_scenario(server)
                 results["no-wedge"] = no_wedge_scenario(server)
@@ -106,6 +124,14 @@ def test_a_terminated_programs_kv_goes_before_an_active_ones(figures):
     # 'keep' is older, so LRU would take it first; ours takes the ended program's KV.
     assert figures["terminated-first"]["keep"] == 400 + OUTPUT_TOKENS - 1
     assert figures["terminated-first"]["done"] < 400 - 1
+
+
+def test_untagged_multi_turn_chat_keeps_exactly_plain_sglangs_prefix_hits(figures):
+    ours, plain = figures["ours"]["chat"], figures["plain-lru"]["chat"]
+    assert ours["cached"] == plain["cached"]
+    # The pool really was under pressure: some calls hit, some lost part of their history.
+    pairs = list(zip(plain["cached"], plain["reusable"]))
+    assert any(0 < c == r for c, r in pairs) and any(c < r for c, r in pairs)
 
 
 def test_protected_programs_never_wedge_the_pool(figures):
