@@ -22,6 +22,8 @@ from typing import Any
 
 import httpx
 
+from thunderagent_sglang.program.identity import id_problem, invalid_id_message
+
 logger = logging.getLogger(__name__)
 
 PROGRAM_ID_HEADER = "X-Program-Id"
@@ -29,22 +31,14 @@ PARENT_ID_HEADER = "x-parent-session-id"
 FINAL_HEADER = "X-Program-Final"
 RELEASE_PATH = "/programs/release"
 RELEASE_TIMEOUT_S = 30.0
-MAX_ID_LENGTH = 256
 
 
 def check_program_id(value: Any, what: str = "program_id") -> str:
     """Return value when it is a valid id (a string of 1-256 printable characters), as the server checks."""
-    if not isinstance(value, str):
-        problem = f"got {type(value).__name__}"
-    elif not value:
-        problem = "got an empty string"
-    elif len(value) > MAX_ID_LENGTH:
-        problem = f"got {len(value)} characters"
-    elif not value.isprintable():
-        problem = "got a non-printable (control) character"
-    else:
-        return value
-    raise ValueError(f"{what} must be a string of 1-{MAX_ID_LENGTH} printable characters, {problem}")
+    problem = id_problem(value)
+    if problem is not None:
+        raise ValueError(invalid_id_message(what, problem))
+    return value
 
 
 def new_program_id() -> str:
@@ -110,6 +104,17 @@ async def release_program_async(root: str, program_id: str, api_key: str | None 
     return _release_result(response, url, program_id)
 
 
+def release_on_exit(handle, exc_type) -> None:
+    """``handle.release()`` at the end of a ``with`` block, never masking the block's exception."""
+    if exc_type is None:
+        handle.release()
+        return
+    try:
+        handle.release()
+    except Exception:  # noqa: BLE001
+        logger.warning("could not release program %r after an error", handle.program_id, exc_info=True)
+
+
 class _ProgramBase:
     def __init__(self, client: Any, program_id: str | None = None, *, parent_id: str | None = None):
         self.program_id: str = new_program_id() if program_id is None else check_program_id(program_id)
@@ -148,13 +153,7 @@ class Program(_ProgramBase):
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.release()
-            return
-        try:  # never mask the exception that ended the block
-            self.release()
-        except Exception:  # noqa: BLE001
-            logger.warning("could not release program %r after an error", self.program_id, exc_info=True)
+        release_on_exit(self, exc_type)
 
 
 class AsyncProgram(_ProgramBase):

@@ -45,6 +45,7 @@ from thunderagent_sglang.client.openai_program import (
     check_program_id,
     new_program_id,
     program_headers,
+    release_on_exit,
     release_program,
 )
 
@@ -217,13 +218,7 @@ class ProgramEndpoint:
         return self.endpoint
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.release()
-            return
-        try:  # never mask the exception that ended the block
-            self.release()
-        except Exception:  # noqa: BLE001
-            logger.warning("could not release program %r after an error", self.program_id, exc_info=True)
+        release_on_exit(self, exc_type)
 
     def __repr__(self) -> str:
         return f"ProgramEndpoint(program_id={self.program_id!r}, released={self.released})"

@@ -103,14 +103,13 @@ def _linked_identity(recv_req) -> tuple[str, None, bool] | None:
     return None if program_id is None else (program_id, None, False)
 
 
-def _set_demand(program, sequence) -> None:
-    """The program's latest context in the demand ledger (extended incrementally)."""
+def _set_demand(program, tokens: list[int], extends: bool) -> None:
+    """The program's latest context in the demand ledger; ``extends``: it continues the
+    previous one, whose hashed blocks are then reused (only new tokens are hashed)."""
     ledger = _state["ledger"]
     block = _state["page_size"] if _state["page_size"] > 1 else MIN_DEMAND_BLOCK
     previous = ledger.chain_of(program.program_id)
-    extends = (previous is not None and program.last_sequence is not None
-               and misses.common_prefix_len(program.last_sequence, sequence) == len(program.last_sequence))
-    chain = block_keys(sequence.tolist(), block, prev=previous if extends else None)
+    chain = block_keys(tokens, block, prev=previous if extends else None)
     ledger.set_context(program.program_id, chain)
     ledger.set_active(program.program_id, program.status is Status.ACTIVE)
 
@@ -160,11 +159,15 @@ def _finish(req) -> None:
     program = table().program_for(req.rid)
     if program is None:
         return
-    prompt = misses.as_tokens(req.origin_input_ids)
+    # One conversion of the call's tokens; the prompt is a view of it.
+    tokens = misses.kv_tokens(req.origin_input_ids, req.output_ids)
+    sequence = misses.as_tokens(tokens)
+    prompt = sequence[:len(req.origin_input_ids)]
+    previous = program.last_sequence
+    common = None if previous is None else misses.common_prefix_len(previous, prompt)
     cached = req.cached_tokens or 0
-    missed = misses.classify(program.last_sequence, prompt, cached, _state["page_size"])
-    sequence = misses.kv_sequence(req.origin_input_ids, req.output_ids)
-    _set_demand(program, sequence)
+    missed = misses.classify(previous, prompt, cached, _state["page_size"], common=common)
+    _set_demand(program, tokens, extends=common is not None and common == len(previous))
     RESIDENCY.drop_head(program.program_id, req.rid)  # its final checkpoint moved it to "last"
     program.last_sequence = sequence
     if _state["linker"] is not None:

@@ -65,20 +65,29 @@ def _label(source: str) -> str:
     return f"body field '{name}'"
 
 
+def id_problem(value: Any) -> str | None:
+    """What makes ``value`` an invalid program id ("got ..."), or None when it is valid."""
+    if not isinstance(value, str):
+        return f"got {type(value).__name__}"
+    if not value:
+        return "got an empty string"
+    if len(value) > MAX_ID_LENGTH:
+        return f"got {len(value)} characters"
+    if not value.isprintable():
+        return "got a non-printable (control) character"
+    return None
+
+
+def invalid_id_message(what: str, problem: str) -> str:
+    return f"{what} must be a string of 1-{MAX_ID_LENGTH} printable characters, {problem}"
+
+
 def _check_id(source: str, value: Any) -> str:
-    if isinstance(value, str):
-        if not value:
-            problem = "got an empty string"
-        elif len(value) > MAX_ID_LENGTH:
-            problem = f"got {len(value)} characters"
-        elif not value.isprintable():
-            problem = "got a non-printable (control) character"
-        else:
-            return value
-    else:
-        problem = f"got {type(value).__name__}"
+    problem = id_problem(value)
+    if problem is None:
+        return value
     label = _label(source)
-    raise InvalidProgramId(label, f"{label} must be a string of 1-{MAX_ID_LENGTH} printable characters, {problem}")
+    raise InvalidProgramId(label, invalid_id_message(label, problem))
 
 
 def _lower_keys(headers: Mapping[Any, Any]) -> dict[str, Any]:

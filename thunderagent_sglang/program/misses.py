@@ -24,9 +24,13 @@ def as_tokens(tokens: Sequence[int]) -> np.ndarray:
     return np.asarray(tokens, dtype=np.int64)
 
 
-def kv_sequence(prompt: Sequence[int], output: Sequence[int]) -> np.ndarray:
+def kv_tokens(prompt: Sequence[int], output: Sequence[int]) -> list[int]:
     """The tokens of a finished call that have KV: the prompt and all but the last output."""
-    return as_tokens(list(prompt) + list(output[:-1]))
+    return list(prompt) + list(output[:-1])
+
+
+def kv_sequence(prompt: Sequence[int], output: Sequence[int]) -> np.ndarray:
+    return as_tokens(kv_tokens(prompt, output))
 
 
 def common_prefix_len(a: np.ndarray, b: np.ndarray) -> int:
@@ -36,18 +40,20 @@ def common_prefix_len(a: np.ndarray, b: np.ndarray) -> int:
 
 
 def classify(previous: np.ndarray | None, prompt: np.ndarray, cached: int,
-             page_size: int = 1) -> Misses:
+             page_size: int = 1, common: int | None = None) -> Misses:
     """Split the recomputed part of ``prompt`` by cause.
 
     ``previous`` is the program's previous ``kv_sequence`` (None on its first call),
     ``cached`` the prompt tokens served from the cache. The last prompt token is
     always computed (its logits are needed), and only whole pages are cached, so
-    neither counts as a miss.
+    neither counts as a miss. ``common``: their common prefix length, if the
+    caller has it already.
     """
     if previous is None or len(prompt) == 0:
         return Misses(0, 0)
     cacheable = len(prompt) - 1
-    common = common_prefix_len(previous, prompt)
+    if common is None:
+        common = common_prefix_len(previous, prompt)
     reusable = min(common, cacheable) // page_size * page_size
     evicted = max(0, reusable - cached)
     changed = max(0, min(len(previous), cacheable) - max(common, cached))

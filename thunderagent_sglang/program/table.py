@@ -183,22 +183,19 @@ class ProgramTable:
     def pause(self, program_id: str) -> Program:
         """Mark a live program paused (state only; no-op if already paused). Paused time is
         neither reasoning nor acting time and does not count toward idle expiry."""
-        p = self._require_live(program_id)
-        if p.status is Status.ACTIVE:
-            now = self.clock()
-            self._set_status(p, Status.PAUSED, now)
-            self.counters["pauses"] += 1
-            self._touch_idle(p, now)
-        return p
+        return self._change_status(program_id, Status.ACTIVE, Status.PAUSED, "pauses")
 
     def resume(self, program_id: str) -> Program:
         """Mark a paused program active (state only; no-op if already active); idle time
         restarts. UnknownProgram for a non-live id."""
+        return self._change_status(program_id, Status.PAUSED, Status.ACTIVE, "resumes")
+
+    def _change_status(self, program_id: str, old: Status, new: Status, counter: str) -> Program:
         p = self._require_live(program_id)
-        if p.status is Status.PAUSED:
+        if p.status is old:
             now = self.clock()
-            self._set_status(p, Status.ACTIVE, now)
-            self.counters["resumes"] += 1
+            self._set_status(p, new, now)
+            self.counters[counter] += 1
             self._touch_idle(p, now)
         return p
 
