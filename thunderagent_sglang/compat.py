@@ -301,6 +301,43 @@ CACHE_CHECKPOINT_INTO_TREE = Symbol(
     "(self, req: 'Req', *, up_to: 'int', **kwargs) -> 'None'",
 )
 
+CACHE_EVICT = Symbol(
+    "sglang.srt.mem_cache.unified_radix_cache:UnifiedRadixCache.evict",
+    "offload/drop a paused program: an eviction walk with its nodes ranked first",
+    "(self, params: 'EvictParams') -> 'EvictResult'",
+)
+CACHE_EVICT_HOST = Symbol(
+    "sglang.srt.mem_cache.unified_radix_cache:UnifiedRadixCache.evict_host",
+    "drop a paused program's host copies (its nodes ranked first)",
+    "(self, num_tokens: 'int', component_type: 'ComponentType' = <ComponentType.FULL: 0>) -> 'int'",
+)
+CACHE_LOAD_BACK = Symbol(
+    "sglang.srt.mem_cache.unified_radix_cache:UnifiedRadixCache.load_back",
+    "prefetch: a resumed program's offloaded KV back to the device",
+    "(self, node_id: 'NodeId', mem_quota: 'Optional[int]' = None, req=None) -> 'bool'",
+)
+EVICT_PARAMS = Symbol(
+    "sglang.srt.mem_cache.base_prefix_cache:EvictParams",
+    "the argument of UnifiedRadixCache.evict",
+)
+POOL_NAME = Symbol(
+    "sglang.srt.mem_cache.hicache_storage:PoolName",
+    "PoolName.KV: the host KV pool in cache.host_pool_group (free host tokens)",
+)
+KV_POOL_SIZE_BYTES = Symbol(
+    "sglang.srt.mem_cache.memory_pool:MHATokenToKVPool.get_kv_size_bytes",
+    "KV bytes per token for the offload cost model (over k_buffer[0] rows)",
+    "(self)",
+)
+SCHEDULER_RUN_BATCH = Symbol(
+    "sglang.srt.managers.scheduler:Scheduler.run_batch",
+    "prefill batches are timed here: the recompute rate of the offload cost model",
+    "(self, batch: sglang.srt.managers.schedule_batch.ScheduleBatch, pp_proxy_tensors: "
+    "Optional[sglang.srt.model_executor.forward_batch_info.PPProxyTensors] = None) -> "
+    "Union[sglang.srt.managers.utils.GenerationBatchResult, "
+    "sglang.srt.managers.utils.EmbeddingBatchResult]",
+)
+
 # Instance attributes we read or set (not importable, so not signature-checked;
 # the integration tests exercise each): UnifiedTreeCore.eviction_strategy (our
 # ProgramEvictionStrategy replaces it before the first eviction), .root_node;
@@ -308,6 +345,9 @@ CACHE_CHECKPOINT_INTO_TREE = Symbol(
 # .host_value; TreeComponent.component_type; PoolTransfer.nodes_to_load;
 # InsertResult.inserted_host_node; Req.rid, .last_node, .origin_input_ids,
 # .output_ids, .cached_tokens, .finished(); Scheduler.page_size, ._request_dispatcher;
+# UnifiedRadixCache.cache_controller, .host_pool_group.get_pool(), .token_to_kv_pool_allocator
+# .get_kvcache() (.device, .layer_num, .k_buffer); ScheduleBatch.extend_num_tokens,
+# .forward_mode.is_extend();
 # TokenizerManager._dispatch_to_scheduler, ._result_dispatcher.
 
 SYMBOLS: tuple[Symbol, ...] = tuple(
@@ -324,6 +364,7 @@ HOOK_TARGETS: tuple[Symbol, ...] = (
     SCHEDULER_SEND_ABORT_OUTPUT,
     SCHEDULER_PROCESS_INPUT_REQUESTS,
     OUTPUT_STREAMER_STREAM_OUTPUT,
+    SCHEDULER_RUN_BATCH,
 )
 
 

@@ -47,6 +47,10 @@ class ThunderAgentConfig:
     max_terminated: int = DEFAULT_MAX_TERMINATED
     link_untagged: bool = False
     decay_half_life_s: float = DEFAULT_DECAY_HALF_LIFE_S
+    offload: str = "auto"  # off | auto (selective offload where a host tier exists)
+    offload_bandwidth_gbps: float | None = None  # None: measured at start-up
+    offload_latency_s: float | None = None  # None: measured at start-up
+    recompute_rate: float | None = None  # prefill tokens/s; None: measured while serving
 
     def to_env(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -135,6 +139,38 @@ def add_cli_group(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         f"ranking what to evict (default: {DEFAULT_DECAY_HALF_LIFE_S:g}, the paper's).",
     )
     group.add_argument(
+        "--thunderagent-offload",
+        choices=("off", "auto"),
+        default="auto",
+        help="When a program is paused and SGLang's host tier is on (--enable-hierarchical-cache), "
+        "keep, offload or drop the KV it holds alone by a cost model (load-back time against "
+        "recompute time), and load offloaded KV back when it resumes (default: auto).",
+    )
+    group.add_argument(
+        "--thunderagent-offload-bandwidth",
+        metavar="GB_PER_S",
+        type=_positive_float,
+        default=None,
+        help="Host-to-device bandwidth for the offload cost model (default: measured at start-up "
+        "and logged).",
+    )
+    group.add_argument(
+        "--thunderagent-offload-latency",
+        metavar="SECONDS",
+        type=_non_negative_float,
+        default=None,
+        help="Fixed cost of one load-back for the offload cost model (default: measured at "
+        "start-up and logged).",
+    )
+    group.add_argument(
+        "--thunderagent-recompute-rate",
+        metavar="TOKENS_PER_S",
+        type=_positive_float,
+        default=None,
+        help="Prefill rate for the offload cost model (default: measured on this server's "
+        "prefill batches; until the first is timed, paused KV is offloaded, never dropped).",
+    )
+    group.add_argument(
         "--thunderagent-link-untagged",
         action="store_true",
         help="Give a call without a program id to the live program whose last sequence "
@@ -155,9 +191,19 @@ def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more, got {text}")
     return value
 
 
@@ -183,4 +229,8 @@ def from_namespace(ns: argparse.Namespace) -> ThunderAgentConfig:
         max_terminated=ns.thunderagent_max_terminated,
         link_untagged=ns.thunderagent_link_untagged,
         decay_half_life_s=ns.thunderagent_decay_half_life,
+        offload=ns.thunderagent_offload,
+        offload_bandwidth_gbps=ns.thunderagent_offload_bandwidth,
+        offload_latency_s=ns.thunderagent_offload_latency,
+        recompute_rate=ns.thunderagent_recompute_rate,
     )

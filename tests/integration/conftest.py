@@ -16,6 +16,10 @@ HICACHE_ARGS = [
     "--hicache-mem-layout", "layer_first", "--max-total-tokens", "1024",
     "--context-length", "1024", "--enable-cache-report",
     "--page-size", "16", "--chunked-prefill-size", "64",
+    # A configured offload cost model, so its decisions are exact: 1 KiB/token over
+    # 1 GB/s plus 2 ms, against 20000 tokens/s: programs under ~41 own tokens are dropped.
+    "--thunderagent-offload-bandwidth", "1", "--thunderagent-offload-latency", "0.002",
+    "--thunderagent-recompute-rate", "20000",
 ]
 
 

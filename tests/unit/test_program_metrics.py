@@ -47,3 +47,15 @@ def test_a_real_tables_stats_render():
     assert got[("thunderagent_prefill_tokens_total", (("kind", "computed"),))] == 10
     assert got[("thunderagent_prefill_tokens_total", (("kind", "cached"),))] == 20
     assert got[("thunderagent_programs_by_phase", (("phase", "acting"),))] == 1
+
+
+def test_kv_offload_figures_render_when_present():
+    kv = {"decisions": {"keep": 1, "offload": 2, "drop": 3},
+          "offloaded_tokens": 96, "dropped_tokens": 32, "prefetched_tokens": 80}
+    got = samples(render({**STATS, "kv": kv}))
+    assert got[("thunderagent_kv_decisions_total", (("decision", "drop"),))] == 3
+    assert got[("thunderagent_kv_decisions_total", (("decision", "offload"),))] == 2
+    assert got[("thunderagent_kv_moved_tokens_total", (("event", "offloaded"),))] == 96
+    assert got[("thunderagent_kv_moved_tokens_total", (("event", "dropped"),))] == 32
+    assert got[("thunderagent_kv_moved_tokens_total", (("event", "prefetched"),))] == 80
+    assert not any(name.startswith("thunderagent_kv") for name, _ in samples(render(STATS)))

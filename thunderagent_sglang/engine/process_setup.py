@@ -64,7 +64,7 @@ def _install_program_features(role: str, cfg: config.ThunderAgentConfig) -> None
         from thunderagent_sglang.engine import program_cache, program_scheduler
 
         program_scheduler.install(cfg)
-        program_cache.install()
+        program_cache.install(cfg)
 
 
 def _features_disabled(log) -> bool:

@@ -27,7 +27,9 @@ from sglang.srt.mem_cache.unified_cache.tree_core_registry import (
 )
 from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
 
-from thunderagent_sglang.engine import program_scheduler, program_tree
+from thunderagent_sglang import compat
+from thunderagent_sglang.config import ThunderAgentConfig
+from thunderagent_sglang.engine import hooks, offload, program_scheduler, program_tree
 
 from thunderagent_sglang.engine.logs import get_logger
 
@@ -53,8 +55,16 @@ class ProgramRadixCache(UnifiedRadixCache):
         return result
 
 
-def install() -> None:
-    """Register the backend and our tree core; idempotent."""
+_config: list = [ThunderAgentConfig()]
+
+
+def install(cfg: ThunderAgentConfig | None = None) -> None:
+    """Register the backend and our tree core; idempotent. With ``cfg``, time prefill
+    batches for the offload cost model."""
+    if cfg is not None:
+        _config[0] = cfg
+        if cfg.offload != "off":
+            hooks.install(compat.SCHEDULER_RUN_BATCH, offload.time_prefill, "around")
     if program_tree.BACKEND_NAME not in registered_tree_core_backends():
         register_tree_core_backend(program_tree.BACKEND_NAME, program_tree.tree_core_factory)
     if BACKEND_NAME not in registered_radix_cache_backends():
@@ -89,4 +99,5 @@ def build_cache(ctx):
     core = cache.tree_core
     core.eviction_strategy = program_tree.ProgramEvictionStrategy(
         core.eviction_strategy, program_scheduler.eviction_key)
+    offload.attach(cache, _config[0])
     return cache

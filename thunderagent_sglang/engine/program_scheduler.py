@@ -15,7 +15,7 @@ from functools import partial
 from sglang.utils import TypeBasedDispatcher
 
 from thunderagent_sglang import compat, config
-from thunderagent_sglang.engine import hooks, program_ipc
+from thunderagent_sglang.engine import hooks, offload, program_ipc
 from thunderagent_sglang.engine.logs import get_logger
 from thunderagent_sglang.engine.program_ipc import ProgramControlReq, reply
 from thunderagent_sglang.engine import program_tree
@@ -236,18 +236,26 @@ def _tool(t, program_id, payload):
 
 
 def _status_change(method, t, program_id, payload):
+    was = t.get(program_id)
+    before, decision = was.status, was.kv_decision
     program = getattr(t, method)(program_id)
     if program_id in _state["ledger"]:
         _state["ledger"].set_active(program_id, program.status is Status.ACTIVE)
     if program_id in RESIDENCY:
         RESIDENCY.set_active(program_id, program.status is Status.ACTIVE)
+    if program.status is not before:
+        if program.status is Status.PAUSED:
+            offload.on_pause(program)
+        else:
+            offload.on_resume(program_id, decision)
     return reply(200, _record(t, program))
 
 
 def _stats(t, program_id, payload):
     return reply(200, {"counters": t.counters, "live": t.live_count_by(),
                        "demand_tokens": _state["ledger"].demand_tokens(),
-                       "resident_tokens": RESIDENCY.active_footprint()})
+                       "resident_tokens": RESIDENCY.active_footprint(),
+                       "kv": offload.stats()})
 
 
 def _record(t, program) -> dict:

@@ -10,6 +10,8 @@ once to check them (debug mode).
 
 from __future__ import annotations
 
+import contextlib
+
 from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
 from sglang.srt.mem_cache.unified_cache.unified_tree_core import UnifiedTreeCore
 
@@ -21,6 +23,7 @@ FINAL_HEAD = "last"  # the head of a program's latest finished call
 RESIDENCY = Residency()  # one per scheduler process
 RETIRED: set[int] = set()  # nodes a terminated program's sequence passed through
 _trees: list = []  # the tree core built here (one per scheduler)
+_first: list = []  # a program whose own nodes rank before everything (while evicting it)
 
 
 def lengths(node) -> tuple[int, int]:
@@ -83,6 +86,22 @@ class ProgramTreeCore(UnifiedTreeCore):
         return result
 
 
+def tree():
+    """The tree core built in this process, or None."""
+    return _trees[0] if _trees else None
+
+
+@contextlib.contextmanager
+def evicting_first(program_id: str):
+    """While inside, the nodes tagged by this program alone are the first eviction
+    candidates on both tiers (SGLang ranks when an eviction walk starts)."""
+    _first[:] = [program_id]
+    try:
+        yield
+    finally:
+        _first.clear()
+
+
 def tree_core_factory(params, components):
     return ProgramTreeCore(params, components)
 
@@ -124,8 +143,11 @@ class ProgramEvictionStrategy:
         self.program_state = program_state  # program id -> policy.eviction.ProgramState | None
 
     def get_priority(self, node):
+        tags = RESIDENCY.tags(node.id)
+        if _first and tags == frozenset(_first):
+            return (-1, 0.0, self.base.get_priority(node))
         keys = []
-        for program_id in RESIDENCY.tags(node.id):
+        for program_id in tags:
             key = self.program_state(program_id)
             if key is not None:
                 keys.append(key)

@@ -38,6 +38,16 @@ class _StatsCollector:
             "thunderagent_demand_tokens",
             "Tokens in the union of active programs' latest contexts (shared prefixes once).",
             value=self.stats.get("demand_tokens", 0))
+        kv = self.stats.get("kv")
+        if kv is not None:
+            yield _labelled(CounterMetricFamily, "thunderagent_kv_decisions",
+                            "What was done with paused programs' own device KV.", "decision",
+                            kv["decisions"])
+            yield _labelled(CounterMetricFamily, "thunderagent_kv_moved_tokens",
+                            "Paused programs' KV tokens offloaded to the host tier, dropped, "
+                            "or loaded back (prefetched) at resume.", "event",
+                            {"offloaded": kv["offloaded_tokens"], "dropped": kv["dropped_tokens"],
+                             "prefetched": kv["prefetched_tokens"]})
         for name, key, help_text in (
                 ("pauses", "pauses", "Program pauses."),
                 ("resumes", "resumes", "Program resumes."),

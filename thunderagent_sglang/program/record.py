@@ -45,6 +45,7 @@ RECORD_KEYS = (
     "prefill_tokens_computed", "prefill_tokens_cached", "missed_evicted_tokens",
     "missed_changed_tokens", "decode_tokens", "seconds_reasoning",
     "seconds_acting", "seconds_paused", "in_flight", "tool_running", "release_cause",
+    "kv_decision",
 )
 
 
@@ -88,6 +89,7 @@ class Program:
     tool_running: bool = False
     tool_expected_s: float | None = None
     tool_since: float | None = None  # when the running tool hint started
+    kv_decision: str | None = None  # keep|offload|drop while paused (the cache glue sets it)
 
     def __post_init__(self) -> None:
         self.phase_since = self.status_since = self.settled_at = self.idle_since = self.created_at
@@ -141,4 +143,5 @@ def program_record(p: Program, now: float) -> dict:
         "in_flight": len(p.in_flight),
         "tool_running": p.tool_running,
         "release_cause": p.release_cause,
+        "kv_decision": p.kv_decision,
     }

@@ -276,6 +276,8 @@ class ProgramTable:
         if status is not Status.TERMINATED:
             self._status_counts[status] += 1
         p.status, p.status_since = status, now
+        if status is not Status.PAUSED:
+            p.kv_decision = None  # describes a paused program's KV only
 
     def _touch_idle(self, p: Program, now: float) -> None:
         """Restart the program's idle period at ``now`` and keep ``_idle`` exact and ordered."""

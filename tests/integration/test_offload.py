@@ -1,0 +1,92 @@
+"""Selective offload (issue 4, demonstration 2): a paused program's KV goes to the host tier
+and is loaded back at resume; a small one is dropped instead, per the cost model."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+import requests
+
+from tests.integration.conftest import API_KEY
+
+pytestmark = pytest.mark.server
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def generate(server, pid, ids):
+    reply = requests.post(f"{server.url}/generate", headers={**AUTH, "X-Program-Id": pid}, json={
+        "input_ids": ids,
+        "sampling_params": {"max_new_tokens": 4, "temperature": 0, "ignore_eos": True},
+    }, timeout=60)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def record(server, pid):
+    return requests.get(f"{server.url}/programs/{pid}", headers=AUTH, timeout=30).json()
+
+
+def control(server, pid, op):
+    reply = requests.post(f"{server.url}/programs/{pid}/{op}", headers=AUTH, timeout=30)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def backed_up(server, pid, tokens):
+    """Wait until write-through has copied the program's KV to the host tier."""
+    deadline = time.monotonic() + 10
+    while record(server, pid)["host_tokens"] < tokens:
+        assert time.monotonic() < deadline, record(server, pid)
+        time.sleep(0.05)
+
+
+def test_paused_program_is_offloaded_and_prefetched_back_at_resume(hicache_server):
+    pid = f"offload-{uuid.uuid4().hex[:8]}"
+    prompt = [300 + i for i in range(112)]  # 7 pages of 16
+    first = generate(hicache_server, pid, prompt)
+    backed_up(hicache_server, pid, 112)
+
+    paused = control(hicache_server, pid, "pause")
+    assert paused["kv_decision"] == "offload"
+    assert (paused["resident_tokens"], paused["host_tokens"]) == (0, 112)
+
+    resumed = control(hicache_server, pid, "resume")
+    assert resumed["kv_decision"] is None
+    assert (resumed["resident_tokens"], resumed["host_tokens"]) == (112, 112)  # prefetched
+
+    again = generate(hicache_server, pid, prompt)
+    assert again["output_ids"] == first["output_ids"]  # identical to the uncached first call
+    # The prompt's last page is recomputed (SGLang matches at most len - 1 tokens);
+    # the other six came from the device: loaded back before the request arrived.
+    assert again["meta_info"]["cached_tokens_details"] == {"device": 96, "host": 0}
+    log = hicache_server.log()
+    assert f"program {pid} paused: KV offload" in log
+    assert f"program {pid} resumed: 112 tokens loaded back from the host tier" in log
+
+
+def test_small_program_is_dropped_because_recompute_is_cheaper(hicache_server):
+    pid = f"drop-{uuid.uuid4().hex[:8]}"
+    prompt = [700 + i for i in range(20)]  # 20 + 3 outputs with KV: one page of 16
+    first = generate(hicache_server, pid, prompt)
+    backed_up(hicache_server, pid, 16)
+
+    paused = control(hicache_server, pid, "pause")
+    assert paused["kv_decision"] == "drop"
+    assert (paused["resident_tokens"], paused["host_tokens"]) == (0, 0)
+    assert control(hicache_server, pid, "resume")["resident_tokens"] == 0  # nothing to load
+
+    again = generate(hicache_server, pid, prompt)
+    assert again["meta_info"]["cached_tokens"] == 0
+    assert again["output_ids"] == first["output_ids"]
+    assert "recompute 0.800 ms <= load-back 2.016 ms for 16 tokens" in hicache_server.log()
+
+
+def test_cost_model_is_logged_at_start_and_counted_in_metrics(hicache_server):
+    log = hicache_server.log()
+    assert "ThunderAgent: selective KV offload on; host link measured" in log
+    assert "cost model: bandwidth 1.00 GB/s, latency 2000 us, 1024 B/token, recompute " \
+           "20000 tokens/s, break-even 41 tokens" in log
+    metrics = requests.get(f"{hicache_server.url}/metrics", headers=AUTH, timeout=30).text
+    assert 'thunderagent_kv_decisions_total{decision="offload"}' in metrics

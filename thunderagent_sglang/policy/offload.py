@@ -1,0 +1,121 @@
+"""Keep, offload or drop a paused program's KV: a pure cost model.
+
+A paused program will need its KV again when it resumes. What it holds alone on
+the device (its *unique* tokens; a prefix shared with live programs stays where
+it is) can
+
+- **offload**: go to the host tier and be loaded back at resume. Cost: the
+  load-back, ``latency + tokens * bytes_per_token / bandwidth``. HiCache's
+  default write-through policy has already copied it to the host when it was
+  inserted, so the write costs nothing more here; the load-back is the cost.
+- **drop**: be freed on both tiers and recomputed at resume. Cost:
+  ``tokens / recompute_rate``, the prefill rate measured on this server (it
+  includes the attention over the context at the sizes actually served).
+- **keep**: stay on the device, first in line for eviction. Chosen when there
+  is no host tier, offload is off, the host tier has no room for the part not
+  yet copied, or the program holds nothing of its own.
+
+Drop when recomputing is no dearer than the transfer (small programs, where the
+fixed latency of a transfer dominates); otherwise offload when the host has
+room. Before any prefill has been measured the rate is unknown and the model
+offloads (it never throws away KV on a guess).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+
+class KvDecision(str, enum.Enum):
+    KEEP = "keep"
+    OFFLOAD = "offload"
+    DROP = "drop"
+
+
+@dataclasses.dataclass(frozen=True)
+class CostModel:
+    bytes_per_token: int  # KV bytes of one token, all layers
+    bandwidth_bytes_per_s: float  # host -> device copy
+    latency_s: float  # fixed cost of one load-back
+    recompute_tokens_per_s: float | None  # prefill rate; None until measured
+
+    def transfer_seconds(self, tokens: int) -> float:
+        return self.latency_s + tokens * self.bytes_per_token / self.bandwidth_bytes_per_s
+
+    def recompute_seconds(self, tokens: int) -> float | None:
+        if not self.recompute_tokens_per_s:
+            return None
+        return tokens / self.recompute_tokens_per_s
+
+    def break_even_tokens(self) -> float | None:
+        """Below this many tokens recomputing is cheaper than the transfer (None: never or
+        unknown)."""
+        rate = self.recompute_tokens_per_s
+        if not rate:
+            return None
+        per_token_gap = 1.0 / rate - self.bytes_per_token / self.bandwidth_bytes_per_s
+        if per_token_gap <= 0:
+            return None  # recomputing is always cheaper: every size drops
+        return self.latency_s / per_token_gap
+
+    def describe(self) -> str:
+        rate = self.recompute_tokens_per_s
+        even = self.break_even_tokens()
+        return (f"bandwidth {self.bandwidth_bytes_per_s / 1e9:.2f} GB/s, latency "
+                f"{self.latency_s * 1e6:.0f} us, {self.bytes_per_token} B/token, recompute "
+                + (f"{rate:.0f} tokens/s" if rate else "not measured yet")
+                + ("" if even is None else f", break-even {even:.0f} tokens"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    decision: KvDecision
+    reason: str
+
+
+def decide(model: CostModel | None, unique_tokens: int, unbacked_tokens: int,
+           host_free_tokens: int) -> Choice:
+    """What to do with a paused program's own device KV.
+
+    ``model`` None: offload is off or there is no host tier. ``unbacked_tokens``:
+    the part of it not yet copied to the host (needs host room to offload).
+    """
+    if model is None:
+        return Choice(KvDecision.KEEP, "no host tier or offload off")
+    if unique_tokens <= 0:
+        return Choice(KvDecision.KEEP, "holds no KV of its own on the device")
+    transfer = model.transfer_seconds(unique_tokens)
+    recompute = model.recompute_seconds(unique_tokens)
+    if recompute is not None and recompute <= transfer:
+        return Choice(KvDecision.DROP, f"recompute {recompute * 1e3:.3f} ms <= load-back "
+                                       f"{transfer * 1e3:.3f} ms for {unique_tokens} tokens")
+    if unbacked_tokens > host_free_tokens:
+        return Choice(KvDecision.KEEP, f"host tier has room for {host_free_tokens} tokens, "
+                                       f"{unbacked_tokens} needed")
+    shown = "unknown" if recompute is None else f"{recompute * 1e3:.3f} ms"
+    return Choice(KvDecision.OFFLOAD, f"load-back {transfer * 1e3:.3f} ms < recompute {shown} "
+                                      f"for {unique_tokens} tokens")
+
+
+class RateMeter:
+    """Prefill tokens per second from timed batches: total tokens over total time of the
+    last ``window`` samples (a plain ratio, robust to one slow batch)."""
+
+    def __init__(self, window: int = 32) -> None:
+        self.window = window
+        self._samples: list[tuple[int, float]] = []
+
+    def add(self, tokens: int, seconds: float) -> None:
+        if tokens <= 0 or seconds <= 0:
+            return
+        self._samples.append((tokens, seconds))
+        del self._samples[:-self.window]
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def rate(self) -> float | None:
+        if not self._samples:
+            return None
+        return sum(t for t, _ in self._samples) / sum(s for _, s in self._samples)
