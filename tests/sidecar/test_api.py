@@ -1,0 +1,175 @@
+"""The HTTP API on a real sidecar process with the local backend (real overlays, namespaces)."""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from tests.sidecar.conftest import needs_local
+
+pytestmark = needs_local
+
+
+def _procs_with(text: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read().replace(b"\0", b" "):
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def test_token_missing_or_wrong_is_401_before_anything_else(sidecar):
+    bare = httpx.Client(base_url=sidecar.url)
+    assert bare.get("/envs").status_code == 401
+    assert bare.post("/envs", content=b"{not json").status_code == 401
+    wrong = bare.get("/stats", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and "wrong token" in wrong.json()["detail"]
+
+
+def test_malformed_json_and_bad_fields_are_400(sidecar, base):
+    bad_json = sidecar.http.post("/envs", content=b"{not json",
+                                 headers={"content-type": "application/json"})
+    assert bad_json.status_code == 400 and "malformed" in bad_json.json()["detail"]
+    no_base = sidecar.http.post("/envs", json={"program_id": "p"})
+    assert no_base.status_code == 400 and "base_dir" in no_base.json()["detail"]
+    unknown_field = sidecar.http.post("/envs", json={"program_id": "p", "base_dir": str(base),
+                                                     "colour": "red"})
+    assert unknown_field.status_code == 400
+    missing_dir = sidecar.http.post("/envs", json={"program_id": "p", "base_dir": "/nope/x"})
+    assert missing_dir.status_code == 400 and "not a directory" in missing_dir.json()["detail"]
+    assert sidecar.http.get("/stats").json()["envs"] == 0
+
+
+def test_unknown_env_is_404_and_destroy_is_idempotent(sidecar, base):
+    assert sidecar.http.get("/envs/env-nope").status_code == 404
+    assert sidecar.http.post("/envs/env-nope/exec", json={"cmd": "true"}).status_code == 404
+    env = sidecar.create(base)
+    first = sidecar.http.delete(f"/envs/{env['env_id']}")
+    again = sidecar.http.delete(f"/envs/{env['env_id']}")
+    assert (first.status_code, first.json()["destroyed"]) == (200, True)
+    assert (again.status_code, again.json()["destroyed"]) == (200, False)
+    assert sidecar.http.get(f"/envs/{env['env_id']}").status_code == 404
+    assert not os.path.exists(sidecar.root / "envs" / env["env_id"])
+
+
+def test_exec_sees_clone_of_base_with_readonly_host_and_own_pid_namespace(sidecar, base):
+    env = sidecar.create(base)["env_id"]
+    out = sidecar.exec(env, "cat README && echo changed > README && mkdir -p d && "
+                            "touch /usr/forbidden; echo pid=$$; echo $FOO; pwd", cwd=".",
+                       env={"FOO": "bar"})
+    assert out["stdout"] == "base readme\npid=1\nbar\n/workspace\n", out
+    assert "Read-only file system" in out["stderr"]
+    assert (base / "README").read_text() == "base readme\n"  # the shared base is untouched
+    assert sidecar.exec(env, "pwd", cwd="pkg")["stdout"] == "/workspace/pkg\n"
+    assert sidecar.http.get(f"/envs/{env}/files/README").content == b"changed\n"
+
+
+def test_timeout_kills_the_whole_process_tree(sidecar, base):
+    env = sidecar.create(base)["env_id"]
+    start = time.monotonic()
+    out = sidecar.exec(env, "sh -c 'sleep 1001 & sleep 1002' ; sleep 1003", timeout=1)
+    assert out["timed_out"] is True and out["exit_code"] == 137
+    assert time.monotonic() - start < 5
+    time.sleep(0.2)
+    assert _procs_with("sleep 100") == []
+
+
+def test_file_io_and_path_traversal_refused(sidecar, base):
+    env = sidecar.create(base)["env_id"]
+    put = sidecar.http.put(f"/envs/{env}/files/a/b/c.txt", content=b"hello")
+    assert put.status_code == 200 and put.json()["bytes"] == 5
+    assert sidecar.exec(env, "cat a/b/c.txt")["stdout"] == "hello"
+    for path in ("..%2F..%2Fetc%2Fpasswd", "a%2F..%2F..%2Fx", "%2Fetc%2Fpasswd"):
+        got = sidecar.http.get(f"/envs/{env}/files/{path}")
+        assert got.status_code == 400, (path, got.text)
+        assert sidecar.http.put(f"/envs/{env}/files/{path}", content=b"x").status_code == 400
+    sidecar.exec(env, "ln -s /etc/hostname escape")
+    assert sidecar.http.get(f"/envs/{env}/files/escape").status_code == 400
+    assert sidecar.http.get(f"/envs/{env}/files/missing").status_code == 404
+
+
+def test_disk_cap_stops_writes_with_a_clear_error(sidecar, base):
+    env = sidecar.create(base, limits={"disk": "16M"})["env_id"]
+    out = sidecar.exec(env, "dd if=/dev/zero of=big bs=1M count=64")
+    assert out["exit_code"] != 0 and out["disk_full"] is True
+    put = sidecar.http.put(f"/envs/{env}/files/more", content=b"x" * (4 << 20))
+    assert put.status_code == 507 and "disk cap" in put.json()["detail"]
+    image = sidecar.root / "envs" / env / "disk.img"
+    assert image.stat().st_blocks * 512 <= 17 << 20  # sparse, bounded by the cap
+
+
+def test_ports_are_unique_and_released_on_destroy(sidecar, base):
+    envs = [sidecar.create(base, ports=["web", "db"]) for _ in range(3)]
+    ports = [p for e in envs for p in e["ports"].values()]
+    assert len(set(ports)) == 6
+    out = sidecar.exec(envs[0]["env_id"], "echo $PORT_WEB $PORT_DB")
+    assert out["stdout"].split() == [str(envs[0]["ports"]["web"]), str(envs[0]["ports"]["db"])]
+    sidecar.http.delete(f"/envs/{envs[0]['env_id']}")
+    reserved = sidecar.http.get("/stats").json()["ports"]["reserved"]
+    assert sorted(map(int, reserved)) == sorted(ports[2:])
+
+
+def test_snapshot_then_create_from_it(sidecar, base):
+    env = sidecar.create(base)["env_id"]
+    sidecar.exec(env, "echo v2 > README && rm pkg/mod.py && echo new > new.txt")
+    snap = sidecar.http.post(f"/envs/{env}/snapshot").json()["snapshot"]
+    clone = sidecar.create(base, snapshot=snap)["env_id"]
+    assert sidecar.exec(clone, "cat README new.txt; ls pkg")["stdout"] == "v2\nnew\n"
+    sidecar.http.delete(f"/envs/{env}")
+    assert snap in sidecar.http.get("/stats").json()["disk"]["layers"]  # still used
+
+
+def test_pause_unmounts_and_resume_restores(sidecar, base):
+    env = sidecar.create(base)["env_id"]
+    sidecar.exec(env, "echo kept > k")
+    assert sidecar.http.post(f"/envs/{env}/pause").json()["state"] == "paused"
+    merged = str(sidecar.root / "envs" / env / "merged")
+    assert merged not in open("/proc/self/mounts").read()
+    assert sidecar.http.post(f"/envs/{env}/resume").json()["state"] == "running"
+    assert sidecar.exec(env, "cat k")["stdout"] == "kept\n"
+
+
+def test_stats_and_metrics_report_bytes_per_env_program_and_total(sidecar, base):
+    env = sidecar.create(base, program_id="prog-a")["env_id"]
+    sidecar.exec(env, "head -c 300000 /dev/urandom > blob")
+    time.sleep(1.5)  # one GC tick refreshes the byte counts
+    stats = sidecar.http.get("/stats").json()
+    assert stats["disk"]["by_env"][env] >= 300000
+    assert stats["disk"]["by_program"]["prog-a"] == stats["disk"]["by_env"][env]
+    assert stats["disk"]["total_bytes"] >= 300000
+    metrics = sidecar.http.get("/metrics").text
+    assert 'thunderagent_sidecar_disk_program_bytes{program="prog-a"}' in metrics
+    assert "thunderagent_sidecar_execs_total 1.0" in metrics
+
+
+def test_100_concurrent_creates_and_destroys_leave_consistent_state(sidecar, base):
+    def cycle(i):
+        created = sidecar.http.post("/envs", json={"program_id": f"p{i % 7}",
+                                                   "base_dir": str(base), "ports": ["web"]})
+        assert created.status_code == 201, created.text
+        env_id = created.json()["env_id"]
+        if i % 2:
+            assert sidecar.http.delete(f"/envs/{env_id}").json()["destroyed"] is True
+        return env_id
+
+    with ThreadPoolExecutor(32) as pool:
+        ids = list(pool.map(cycle, range(100)))
+    kept = sorted(ids[0::2])
+    listed = sorted(e["env_id"] for e in sidecar.http.get("/envs").json()["envs"])
+    assert listed == kept
+    stats = sidecar.http.get("/stats").json()
+    assert sorted(stats["ports"]["reserved"].values()) == kept
+    assert sorted(os.listdir(sidecar.root / "envs")) == kept
+    mounts = open("/proc/self/mounts").read()
+    assert sum(f"{sidecar.root}/envs/" in line for line in mounts.splitlines()) == 50
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(lambda e: sidecar.http.delete(f"/envs/{e}"), kept))
+    assert os.listdir(sidecar.root / "envs") == []
+    assert f"{sidecar.root}/" not in open("/proc/self/mounts").read()

@@ -1,0 +1,169 @@
+"""Program-owned lifecycle on real sidecars: events, GC, preparation, tool phases, crash sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+
+from tests.sidecar.conftest import needs_local
+
+pytestmark = needs_local
+
+
+def _mounts_under(root) -> list[str]:
+    return [line for line in open("/proc/self/mounts").read().splitlines() if f" {root}/" in line]
+
+
+def _wait(predicate, limit=10.0):
+    deadline = time.monotonic() + limit
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_terminated_destroys_the_programs_envs_and_unused_snapshots(sidecar, base):
+    a1, a2 = sidecar.create(base, "A")["env_id"], sidecar.create(base, "A")["env_id"]
+    b1 = sidecar.create(base, "B")["env_id"]
+    sidecar.exec(a1, "echo x > f")
+    snap = sidecar.http.post(f"/envs/{a1}/snapshot").json()["snapshot"]
+    reply = sidecar.http.post("/events", json={"program_id": "A", "event": "terminated"})
+    assert reply.status_code == 200 and sorted(reply.json()["envs"]) == sorted([a1, a2])
+    assert [e["env_id"] for e in sidecar.http.get("/envs").json()["envs"]] == [b1]
+    assert sorted(os.listdir(sidecar.root / "envs")) == [b1]
+    assert os.listdir(sidecar.root / "layers") == []  # snapshot of A, used by no one: removed
+    assert sidecar.http.get("/stats").json()["counters"]["destroyed"] == {"terminated": 2}
+    assert snap not in sidecar.http.get("/stats").json()["disk"]["layers"]
+
+
+def test_snapshot_used_by_another_program_outlives_its_maker(sidecar, base):
+    a = sidecar.create(base, "A")["env_id"]
+    snap = sidecar.http.post(f"/envs/{a}/snapshot").json()["snapshot"]
+    b = sidecar.create(base, "B", snapshot=snap)["env_id"]
+    sidecar.http.post("/events", json={"program_id": "A", "event": "terminated"})
+    assert os.listdir(sidecar.root / "layers") == [snap]
+    sidecar.http.post("/events", json={"program_id": "B", "event": "terminated"})
+    assert os.listdir(sidecar.root / "layers") == [] and b not in os.listdir(sidecar.root / "envs")
+
+
+def test_unknown_event_is_400(sidecar):
+    got = sidecar.http.post("/events", json={"program_id": "A", "event": "exploded"})
+    assert got.status_code == 400 and "terminated" in got.json()["detail"]
+
+
+def test_idle_ttl_reaps_idle_envs_but_not_those_of_paused_programs(start_sidecar, base):
+    sc = start_sidecar("--idle-ttl", "1", "--gc-interval", "0.2")
+    waiting = sc.create(base, "waiting")["env_id"]
+    idle = sc.create(base, "idle")["env_id"]
+    sc.http.post("/events", json={"program_id": "waiting", "event": "paused"})
+    time.sleep(2.0)
+    listed = [e["env_id"] for e in sc.http.get("/envs").json()["envs"]]
+    assert listed == [waiting]
+    assert sc.http.get("/stats").json()["counters"]["destroyed"] == {"idle": 1}
+    # Resumed: its idle clock restarts at the resume, then it is reaped when really idle.
+    sc.http.post("/events", json={"program_id": "waiting", "event": "resumed"})
+    assert sc.http.get(f"/envs/{waiting}").status_code == 200
+    _wait(lambda: sc.http.get(f"/envs/{waiting}").status_code == 404, limit=5)
+    assert idle not in os.listdir(sc.root / "envs")
+
+
+def test_running_cap_pauses_least_recently_used(start_sidecar, base):
+    sc = start_sidecar("--max-running", "2", "--gc-interval", "0.2")
+    ids = [sc.create(base, f"p{i}")["env_id"] for i in range(3)]
+    sc.exec(ids[0], "true")  # ids[1] is now the least recently used
+    _wait(lambda: sc.http.get(f"/envs/{ids[1]}").json()["state"] == "paused")
+    assert [sc.http.get(f"/envs/{i}").json()["state"] for i in ids] == [
+        "running", "paused", "running"]
+    assert sc.exec(ids[1], "cat README")["stdout"] == "base readme\n"  # use resumes it
+
+
+def test_prepare_materializes_lazy_and_resumes_paused_envs_before_use(sidecar, base):
+    lazy = sidecar.create(base, "P", lazy=True, setup="echo prepared > setup.txt")
+    assert lazy["state"] == "pending" and lazy["prepared_at"] is None
+    paused = sidecar.create(base, "P")["env_id"]
+    sidecar.http.post(f"/envs/{paused}/pause")
+    before = time.time()
+    reply = sidecar.http.post("/events", json={"program_id": "P", "event": "prepare"})
+    assert reply.status_code == 202
+    _wait(lambda: sidecar.http.get(f"/envs/{lazy['env_id']}").json()["state"] == "running")
+    _wait(lambda: sidecar.http.get(f"/envs/{paused}").json()["state"] == "running")
+    got = sidecar.http.get(f"/envs/{lazy['env_id']}").json()
+    assert got["prepared_at"] >= before
+    assert sidecar.http.get(f"/envs/{lazy['env_id']}/files/setup.txt").content == b"prepared\n"
+
+
+class _ToolServer(ThreadingHTTPServer):
+    """A stand-in ThunderAgent server that records POST /programs/{id}/tool."""
+
+    def __init__(self):
+        self.events: list[tuple[str, dict]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                outer.events.append((self.path, body))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+def test_exec_is_reported_as_a_tool_phase_in_order(start_sidecar, base):
+    server = _ToolServer()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sc = start_sidecar("--server-url", f"http://127.0.0.1:{server.server_port}")
+        env = sc.create(base, "prog/1")["env_id"]
+        sc.exec(env, "true", expected_s=7.5)
+        sc.exec(env, "true")
+        _wait(lambda: len(server.events) == 4)
+        assert server.events == [
+            ("/programs/prog%2F1/tool", {"event": "start", "expected_s": 7.5}),
+            ("/programs/prog%2F1/tool", {"event": "end"}),
+            ("/programs/prog%2F1/tool", {"event": "start"}),
+            ("/programs/prog%2F1/tool", {"event": "end"}),
+        ]
+    finally:
+        server.shutdown()
+
+
+def test_unreachable_server_never_fails_an_exec(start_sidecar, base):
+    sc = start_sidecar("--server-url", "http://127.0.0.1:9")
+    env = sc.create(base)["env_id"]
+    assert sc.exec(env, "echo ok")["stdout"] == "ok\n"
+
+
+def test_kill_9_then_restart_sweeps_every_orphan(start_sidecar, base):
+    sc = start_sidecar()
+    envs = [sc.create(base, limits={"disk": "16M"} if i == 0 else None)["env_id"]
+            for i in range(3)]
+    sc.http.post(f"/envs/{envs[1]}/snapshot")
+    def long_exec():
+        try:
+            sc.http.post(f"/envs/{envs[2]}/exec", json={"cmd": "sleep 1004", "timeout": 300})
+        except httpx.TransportError:
+            pass  # the sidecar is killed under it
+
+    runner = threading.Thread(target=long_exec, daemon=True)
+    runner.start()
+    time.sleep(0.5)
+    assert len(_mounts_under(sc.root)) == 4  # loop image + 3 overlays
+    sc.kill9()
+    assert len(_mounts_under(sc.root)) == 4  # the crash leaked them ...
+    again = start_sidecar()  # ... and the restart sweeps them
+    assert _mounts_under(sc.root) == []
+    assert os.listdir(sc.root / "envs") == [] and os.listdir(sc.root / "layers") == []
+    assert not any(b"sleep\x001004" in open(f"/proc/{p}/cmdline", "rb").read()
+                   for p in filter(str.isdigit, os.listdir("/proc"))
+                   if os.path.exists(f"/proc/{p}/cmdline"))
+    assert "swept" in again.read_log()
+    assert again.http.get("/envs").json() == {"envs": []}

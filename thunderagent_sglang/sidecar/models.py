@@ -1,0 +1,71 @@
+"""Request bodies (pydantic) and their translation into a validated ``EnvSpec``."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from thunderagent_sglang.sidecar.envs import EnvSpec
+from thunderagent_sglang.sidecar.errors import BadRequest
+from thunderagent_sglang.sidecar.sizes import parse_size
+
+MAX_TIMEOUT_S = 24 * 3600.0
+DEFAULT_TIMEOUT_S = 120.0
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    disk: int | str | None = None  # bytes or "512M"
+    memory: int | str | None = None
+    pids: int | None = Field(default=None, ge=1)
+    network: bool = True
+
+
+class CreateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    program_id: str = Field(min_length=1, max_length=256)
+    base_dir: str | None = None
+    image: str | None = None
+    snapshot: str | None = None
+    limits: Limits | None = None
+    ports: list[str] = Field(default_factory=list, max_length=64)
+    backend: str | None = None
+    setup: str | None = None
+    lazy: bool = False
+
+
+class ExecBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cmd: str = Field(min_length=1)
+    cwd: str = "."
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout: float = Field(default=DEFAULT_TIMEOUT_S, gt=0, le=MAX_TIMEOUT_S)
+    expected_s: float | None = Field(default=None, ge=0)  # forwarded to the server's tool hint
+
+
+class EventBody(BaseModel):
+    program_id: str = Field(min_length=1, max_length=256)
+    event: str
+
+
+def to_spec(body: CreateBody, default_backend: str, default_disk: int | None) -> EnvSpec:
+    if not body.program_id.isprintable():
+        raise BadRequest("program_id must be printable characters")
+    if body.base_dir and body.image:
+        raise BadRequest("give base_dir or image, not both")
+    if not (body.base_dir or body.image or body.snapshot):
+        raise BadRequest("give base_dir (a directory) or image, or a snapshot to start from")
+    for name in body.ports:
+        if not name.replace("_", "").isalnum():
+            raise BadRequest(f"port name {name!r}: use letters, digits and '_'")
+    limits = body.limits or Limits()
+    try:
+        disk = parse_size(limits.disk) if limits.disk is not None else default_disk
+        memory = parse_size(limits.memory) if limits.memory is not None else None
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    return EnvSpec(
+        program_id=body.program_id, backend=body.backend or default_backend,
+        base_dir=body.base_dir, image=body.image, snapshot=body.snapshot, disk=disk or None,
+        memory=memory, pids=limits.pids, network=limits.network, ports=tuple(body.ports),
+        setup=body.setup, lazy=body.lazy,
+    )
