@@ -36,6 +36,13 @@ DEFAULT_MAX_TERMINATED = 10000
 # Acting programs' KV value halves every this many seconds of tool time: the
 # paper's f(t) = 2^-t per 5 s tick. Provisional until the scheduler work measures it.
 DEFAULT_DECAY_HALF_LIFE_S = 5.0
+# The program scheduler's check runs on every arrival and finish, and on this tick.
+# Provisional until measured (issue 5): a check costs well under a millisecond.
+DEFAULT_TICK_S = 0.5
+DEFAULT_HIGH_WATERMARK = 0.95
+DEFAULT_LOW_WATERMARK = 0.85
+# Below OpenAI's Python client's 600 s timeout, so a held call is answered before it gives up.
+DEFAULT_MAX_PAUSE_S = 300.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +58,13 @@ class ThunderAgentConfig:
     offload_bandwidth_gbps: float | None = None  # None: measured at start-up
     offload_latency_s: float | None = None  # None: measured at start-up
     recompute_rate: float | None = None  # prefill tokens/s; None: measured while serving
+    scheduler: str = "thunder"  # off | thunder
+    tick_s: float = DEFAULT_TICK_S
+    high_watermark: float = DEFAULT_HIGH_WATERMARK
+    low_watermark: float = DEFAULT_LOW_WATERMARK
+    max_pause_s: float = DEFAULT_MAX_PAUSE_S
+    sidecar: bool = False  # start the tool-environment sidecar with the server
+    sidecar_url: str | None = None  # a sidecar already running
 
     def to_env(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -171,6 +185,59 @@ def add_cli_group(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         "prefill batches; until the first is timed, paused KV is offloaded, never dropped).",
     )
     group.add_argument(
+        "--thunderagent-scheduler",
+        choices=("off", "thunder"),
+        default="thunder",
+        help="Program-aware scheduling: pause whole programs at tool boundaries while the "
+        "active programs' KV demand exceeds the high watermark, resume them below the low one "
+        "(default: thunder; off serves programs without pausing, for comparison).",
+    )
+    group.add_argument(
+        "--thunderagent-tick",
+        metavar="SECONDS",
+        type=_positive_float,
+        default=DEFAULT_TICK_S,
+        help="How often the scheduler re-checks demand besides every arrival and finish "
+        f"(default: {DEFAULT_TICK_S:g}).",
+    )
+    group.add_argument(
+        "--thunderagent-high-watermark",
+        metavar="FRACTION",
+        type=_fraction,
+        default=DEFAULT_HIGH_WATERMARK,
+        help="Pause programs while active demand exceeds this fraction of the KV pool "
+        f"(default: {DEFAULT_HIGH_WATERMARK:g}).",
+    )
+    group.add_argument(
+        "--thunderagent-low-watermark",
+        metavar="FRACTION",
+        type=_fraction,
+        default=DEFAULT_LOW_WATERMARK,
+        help="Resume paused programs while demand stays below this fraction of the KV pool "
+        f"(default: {DEFAULT_LOW_WATERMARK:g}; must not exceed the high watermark).",
+    )
+    group.add_argument(
+        "--thunderagent-max-pause",
+        metavar="SECONDS",
+        type=_positive_float,
+        default=DEFAULT_MAX_PAUSE_S,
+        help="Resume a program whose call has been held this long, whatever the demand "
+        f"(default: {DEFAULT_MAX_PAUSE_S:g}, below the OpenAI client's 600 s timeout).",
+    )
+    group.add_argument(
+        "--thunderagent-sidecar",
+        action="store_true",
+        help="Start the tool-environment sidecar (python -m thunderagent_sglang.sidecar) with "
+        "the server and stop it with the server; the server sends it program events.",
+    )
+    group.add_argument(
+        "--thunderagent-sidecar-url",
+        metavar="URL",
+        default=None,
+        help="Send program events to a sidecar already running at URL (its token from "
+        "THUNDERAGENT_SIDECAR_TOKEN).",
+    )
+    group.add_argument(
         "--thunderagent-link-untagged",
         action="store_true",
         help="Give a call without a program id to the live program whose last sequence "
@@ -197,6 +264,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {text}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -218,6 +295,14 @@ def _positive_int(text: str) -> int:
 
 
 def from_namespace(ns: argparse.Namespace) -> ThunderAgentConfig:
+    if ns.thunderagent_low_watermark > ns.thunderagent_high_watermark:
+        raise ConfigError(
+            f"--thunderagent-low-watermark {ns.thunderagent_low_watermark:g} is above "
+            f"--thunderagent-high-watermark {ns.thunderagent_high_watermark:g}: the low one "
+            "must not exceed the high one")
+    if ns.thunderagent_sidecar and ns.thunderagent_sidecar_url:
+        raise ConfigError("--thunderagent-sidecar starts a sidecar and --thunderagent-sidecar-url "
+                          "uses one already running: give one of them")
     cache_dir = ns.thunderagent_cache_dir
     if cache_dir is not None:
         cache_dir = str(Path(cache_dir).expanduser().resolve())
@@ -233,4 +318,11 @@ def from_namespace(ns: argparse.Namespace) -> ThunderAgentConfig:
         offload_bandwidth_gbps=ns.thunderagent_offload_bandwidth,
         offload_latency_s=ns.thunderagent_offload_latency,
         recompute_rate=ns.thunderagent_recompute_rate,
+        scheduler=ns.thunderagent_scheduler,
+        tick_s=ns.thunderagent_tick,
+        high_watermark=ns.thunderagent_high_watermark,
+        low_watermark=ns.thunderagent_low_watermark,
+        max_pause_s=ns.thunderagent_max_pause,
+        sidecar=ns.thunderagent_sidecar,
+        sidecar_url=ns.thunderagent_sidecar_url,
     )

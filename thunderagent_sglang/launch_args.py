@@ -46,7 +46,11 @@ def split_args(argv: list[str]) -> tuple[config.ThunderAgentConfig, list[str]]:
     if unknown:
         parser.prog = "python -m thunderagent_sglang.launch_server"
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    return config.from_namespace(ns), rest
+    try:
+        return config.from_namespace(ns), rest
+    except config.ConfigError as exc:
+        parser.prog = "python -m thunderagent_sglang.launch_server"
+        parser.error(str(exc))
 
 
 def has_flag(argv: list[str], *names: str) -> bool:

@@ -103,3 +103,30 @@ def test_flag_value_takes_the_last_occurrence_in_either_form():
     argv = ["--dp-size", "2", "--dp-size=4"]
     assert launch_args.flag_value(argv, "--dp-size") == "4"
     assert launch_args.flag_value(argv, "--tp-size") is None
+
+
+def test_scheduler_offload_and_sidecar_flags_reach_the_config():
+    cfg, rest = split_args([
+        "--thunderagent-scheduler", "off", "--thunderagent-tick", "0.25",
+        "--thunderagent-high-watermark", "0.9", "--thunderagent-low-watermark", "0.7",
+        "--thunderagent-max-pause", "120", "--thunderagent-offload", "off",
+        "--thunderagent-recompute-rate", "5000", "--thunderagent-sidecar-url", "http://x:1",
+        "--port", "1"])
+    assert rest == ["--port", "1"]
+    assert (cfg.scheduler, cfg.tick_s, cfg.high_watermark, cfg.low_watermark, cfg.max_pause_s,
+            cfg.offload, cfg.recompute_rate, cfg.sidecar, cfg.sidecar_url) == (
+        "off", 0.25, 0.9, 0.7, 120.0, "off", 5000.0, False, "http://x:1")
+    assert config.ThunderAgentConfig.from_env({config.CONFIG_ENV: cfg.to_env()}) == cfg
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--thunderagent-low-watermark", "0.99"], "the low one must not exceed the high one"),
+    (["--thunderagent-high-watermark", "1.5"], "must be a fraction in (0, 1], got 1.5"),
+    (["--thunderagent-sidecar", "--thunderagent-sidecar-url", "http://x:1"], "give one of them"),
+    (["--thunderagent-offload-latency", "-1"], "must be zero or more, got -1"),
+])
+def test_inconsistent_scheduler_and_sidecar_flags_are_argparse_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        split_args(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
