@@ -158,9 +158,15 @@ SCHEDULER_INIT_REQUEST_DISPATCHER = Symbol(
 )
 SCHEDULER_HANDLE_GENERATE_REQUEST = Symbol(
     "sglang.srt.managers.scheduler:Scheduler.handle_generate_request",
-    "a request arrives in the scheduler: its program becomes reasoning",
+    "a request arrives in the scheduler: held while its program is paused, else its program "
+    "becomes reasoning (an AROUND hook)",
     "(self, recv_req: sglang.srt.managers.io_struct.TokenizedGenerateReqInput, *, "
     "mm_input_error: Optional[str] = None)",
+)
+SCHEDULER_ABORT_REQUEST = Symbol(
+    "sglang.srt.managers.scheduler:Scheduler.abort_request",
+    "an abort (client gone, or abort_all): held calls it names are handed to SGLang first",
+    "(self, recv_req: sglang.srt.managers.io_struct.AbortReq)",
 )
 SCHEDULER_SEND_ABORT_OUTPUT = Symbol(
     "sglang.srt.managers.scheduler:Scheduler.send_abort_output",
@@ -347,7 +353,8 @@ SCHEDULER_RUN_BATCH = Symbol(
 # .output_ids, .cached_tokens, .finished(); Scheduler.page_size, ._request_dispatcher;
 # UnifiedRadixCache.cache_controller, .host_pool_group.get_pool(), .token_to_kv_pool_allocator
 # .get_kvcache() (.device, .layer_num, .k_buffer); ScheduleBatch.extend_num_tokens,
-# .forward_mode.is_extend();
+# .forward_mode.is_extend(); Scheduler.max_total_num_tokens; TokenizedGenerateReqInput.rid,
+# .input_ids, .sampling_params.max_new_tokens; AbortReq.rid, .abort_all;
 # TokenizerManager._dispatch_to_scheduler, ._result_dispatcher.
 
 SYMBOLS: tuple[Symbol, ...] = tuple(
@@ -362,6 +369,7 @@ HOOK_TARGETS: tuple[Symbol, ...] = (
     SCHEDULER_INIT_REQUEST_DISPATCHER,
     SCHEDULER_HANDLE_GENERATE_REQUEST,
     SCHEDULER_SEND_ABORT_OUTPUT,
+    SCHEDULER_ABORT_REQUEST,
     SCHEDULER_PROCESS_INPUT_REQUESTS,
     OUTPUT_STREAMER_STREAM_OUTPUT,
     SCHEDULER_RUN_BATCH,

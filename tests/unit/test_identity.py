@@ -314,3 +314,16 @@ def test_module_imports_no_sglang_or_web_framework():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_program_priority_header_is_an_integer():
+    ident = extract_identity({"X-Program-Id": "p", "X-Program-Priority": " -3 "}, None)
+    assert ident == Identity("p", "header:x-program-id", None, False, (), -3)
+    assert extract_identity({"X-Program-Id": "p"}, None).priority is None
+
+
+@pytest.mark.parametrize("raw", ["high", "1.5", "", str(1 << 31)])
+def test_bad_program_priority_is_refused_with_the_rule(raw):
+    with pytest.raises(InvalidFinalMarker) as exc:
+        extract_identity({"X-Program-Id": "p", "X-Program-Priority": raw}, None)
+    assert str(exc.value) == f"X-Program-Priority must be an integer in [-2^31, 2^31), got {raw!r}"

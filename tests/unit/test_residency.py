@@ -36,6 +36,10 @@ def test_two_programs_share_a_system_prompt():
     assert reads(res, "a") == (65, 0, 5)
     assert reads(res, "b") == (67, 0, 7)
     assert res.active_footprint() == 60 + 5 + 7
+    res.set_active("b", False)
+    assert res.active_footprint() == 60 + 5
+    assert res.tagged_tokens() == 60 + 5 + 7  # paused or not, each node once
+    res.set_active("b", True)
     assert res.tags(1) == res.tags(2) == res.tags(3) == frozenset({"a", "b"})
     assert res.tags(4) == {"a"} and res.tags(5) == {"b"}
     assert res.tags(99) == frozenset() and res.lengths(99) is None

@@ -9,10 +9,12 @@ embedded demo model is built and served; flags the user passed always win.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
 from thunderagent_sglang import config, features, launch_args
+from thunderagent_sglang.engine import sidecar_process
 from thunderagent_sglang.engine.logs import get_logger
 
 PROG = "python -m thunderagent_sglang.launch_server"
@@ -36,11 +38,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     plan = _plan(cfg, rest, program_features)
     os.environ.update(plan.env)
-    os.environ[config.CONFIG_ENV] = cfg.to_env()
     log = get_logger()
     for note in plan.notes:
         log.info("ThunderAgent launcher: using %s", note)
-    return _run_sglang(plan.argv)
+    try:
+        cfg, sidecar = _sidecar(cfg, plan.argv, program_features)
+    except (sidecar_process.SidecarStartError, OSError) as exc:
+        print(f"error: --thunderagent-sidecar: {exc}\nFix the problem above, or run without "
+              "--thunderagent-sidecar.", file=sys.stderr)
+        return 2
+    os.environ[config.CONFIG_ENV] = cfg.to_env()
+    try:
+        return _run_sglang(plan.argv, sidecar)
+    finally:
+        if sidecar is not None:
+            sidecar.stop()
 
 
 def print_help() -> None:
@@ -89,13 +101,37 @@ def _plan(cfg: config.ThunderAgentConfig, rest: list[str],
     )
 
 
+def _sidecar(cfg: config.ThunderAgentConfig, sglang_argv: list[str], program_features: bool):
+    """(cfg with the sidecar's URL, the started sidecar or None)."""
+    log = get_logger()
+    if cfg.sidecar_url and not os.environ.get(sidecar_process.TOKEN_ENV, "").strip():
+        log.warning("ThunderAgent launcher: %s is not set: the sidecar at %s will refuse the "
+                    "server's events (set it to the sidecar's token)", sidecar_process.TOKEN_ENV,
+                    cfg.sidecar_url)
+    if not cfg.sidecar:
+        return cfg, None
+    if not program_features:
+        log.warning("ThunderAgent launcher: --thunderagent-sidecar ignored: %s=1 turns off the "
+                    "program events it needs", config.DISABLE_ENV)
+        return cfg, None
+    from pathlib import Path
+
+    from thunderagent_sglang import demo_model
+
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else demo_model.default_cache_dir()
+    sidecar = sidecar_process.start(cache, sglang_argv)
+    os.environ[sidecar_process.TOKEN_ENV] = sidecar.token  # for the server processes
+    log.info("%s", sidecar.describe())
+    return dataclasses.replace(cfg, sidecar_url=sidecar.url), sidecar
+
+
 def gpu_available() -> bool:
     import torch
 
     return bool(torch.cuda.is_available())
 
 
-def _run_sglang(sglang_argv: list[str]) -> int:
+def _run_sglang(sglang_argv: list[str], sidecar=None) -> int:
     if os.environ.get(launch_args.CPU_ENGINE_ENV) == "1":
         from thunderagent_sglang.engine import cpu_platform
 
@@ -110,5 +146,7 @@ def _run_sglang(sglang_argv: list[str]) -> int:
     try:
         run_server(server_args)
     finally:
+        if sidecar is not None:
+            sidecar.stop()  # before the tree kill below, so that it can unmount cleanly
         kill_process_tree(os.getpid(), include_parent=False)
     return 0

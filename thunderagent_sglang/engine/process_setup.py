@@ -61,10 +61,11 @@ def _install_program_features(role: str, cfg: config.ThunderAgentConfig) -> None
 
         program_http.install(cfg)
     elif role == "scheduler":
-        from thunderagent_sglang.engine import program_cache, program_scheduler
+        from thunderagent_sglang.engine import program_cache, program_scheduler, sidecar_events
 
         program_scheduler.install(cfg)
         program_cache.install(cfg)
+        sidecar_events.install(cfg)
 
 
 def _features_disabled(log) -> bool:

@@ -161,6 +161,8 @@ def _put_identity(obj, identity: Identity) -> None:
     keys = {program_ipc.ID_KEY: identity.program_id, program_ipc.FINAL_KEY: identity.final}
     if identity.parent_id is not None:
         keys[program_ipc.PARENT_KEY] = identity.parent_id
+    if identity.priority is not None:
+        keys[program_ipc.PRIORITY_KEY] = identity.priority
     params = obj.sampling_params
     for sampling in params if isinstance(params, list) else [params]:
         if sampling is not None:

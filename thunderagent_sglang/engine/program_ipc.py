@@ -16,6 +16,7 @@ from sglang.srt.managers.io_struct import BaseReq, hook_custom_types
 ID_KEY = "__thunderagent_program_id"
 PARENT_KEY = "__thunderagent_parent_id"
 FINAL_KEY = "__thunderagent_final"
+PRIORITY_KEY = "__thunderagent_priority"
 
 
 class ProgramControlReq(BaseReq, kw_only=True):

@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 import json
 import time
-from functools import partial
 
 from sglang.utils import TypeBasedDispatcher
 
 from thunderagent_sglang import compat, config
-from thunderagent_sglang.engine import hooks, offload, program_ipc
+from typing import NamedTuple
+
+from thunderagent_sglang.engine import hooks, offload, program_ipc, program_pausing
 from thunderagent_sglang.engine.logs import get_logger
 from thunderagent_sglang.engine.program_ipc import ProgramControlReq, reply
 from thunderagent_sglang.engine import program_tree
@@ -57,61 +58,164 @@ def install(cfg: config.ThunderAgentConfig) -> None:
     _state["linker"] = PrefixLinker() if cfg.link_untagged else None
     _state["ledger"] = DemandLedger()
     _state["half_life_s"] = cfg.decay_half_life_s
+    _state["finish_chain"] = {}
+    _state["arrival_chain"] = {}
+    program_pausing.install(cfg, _state["table"], _state["ledger"], sidecar_notify())
     program_ipc.register_types()
     hooks.install(compat.SCHEDULER_INIT_REQUEST_DISPATCHER, _add_control_dispatch, "after")
-    hooks.install(compat.SCHEDULER_HANDLE_GENERATE_REQUEST, _on_arrival, "before")
+    hooks.install(compat.SCHEDULER_HANDLE_GENERATE_REQUEST, _on_arrival, "around")
+    hooks.install(compat.SCHEDULER_ABORT_REQUEST, _on_abort_request, "before")
     hooks.install(compat.OUTPUT_STREAMER_STREAM_OUTPUT, _on_stream_output, "after")
     hooks.install(compat.SCHEDULER_SEND_ABORT_OUTPUT, _on_abort_output, "after")
     hooks.install(compat.SCHEDULER_PROCESS_INPUT_REQUESTS, _on_loop, "after")
 
 
+def sidecar_notify():
+    """The sidecar's event sender, when this build has one (else events go nowhere)."""
+    try:
+        from thunderagent_sglang.engine import sidecar_events
+    except ImportError:
+        return None
+    return sidecar_events.notify
+
+
 def _add_control_dispatch(result, scheduler):
     _state["page_size"] = getattr(scheduler, "page_size", None) or 1
+    program_pausing.set_capacity(scheduler.max_total_num_tokens)
     scheduler._request_dispatcher += TypeBasedDispatcher([(ProgramControlReq, handle_control)])
 
 
-def take_identity(sampling_params) -> tuple[str, str | None, bool] | None:
-    """Remove our keys from custom_params; (program id, parent id, final) or None."""
+class Arrival(NamedTuple):
+    program_id: str
+    parent_id: str | None = None
+    final: bool = False
+    priority: int | None = None
+
+
+def take_identity(sampling_params) -> Arrival | None:
+    """Remove our keys from custom_params; the call's program identity or None."""
     params = getattr(sampling_params, "custom_params", None)
     if not isinstance(params, dict) or program_ipc.ID_KEY not in params:
         return None
     program_id = params.pop(program_ipc.ID_KEY)
     parent_id = params.pop(program_ipc.PARENT_KEY, None)
     final = bool(params.pop(program_ipc.FINAL_KEY, False))
+    priority = params.pop(program_ipc.PRIORITY_KEY, None)
     if not params:
         sampling_params.custom_params = None
-    return program_id, parent_id, final
+    return Arrival(program_id, parent_id, final, priority)
 
 
-@guarded
-def _on_arrival(scheduler, recv_req, **kwargs):
-    identity = take_identity(recv_req.sampling_params) or _linked_identity(recv_req)
-    if identity is not None:
-        program_id, parent_id, final = identity
-        try:
-            table().on_arrival(program_id, recv_req.rid, parent_id=parent_id, final=final)
-        except ValueError as exc:  # a duplicate rid: SGLang answers it; we do not track it
-            get_logger().warning("ThunderAgent: request %s not tracked: %s", recv_req.rid, exc)
-    return None
+def _on_arrival(original, scheduler, recv_req, **kwargs):
+    """AROUND ``handle_generate_request``: hold a paused program's call, else admit it."""
+    arrival = _guard(_identify, recv_req)
+    max_new = _max_new(recv_req)
+    if arrival is None:  # untagged: never held; its prompt and output use the pool
+        program_pausing.admitted(recv_req.rid, None, max_new, len(recv_req.input_ids or ()))
+        return original(scheduler, recv_req, **kwargs)
+    admit = functools.partial(_admit, original, scheduler, recv_req, kwargs, arrival, max_new)
+    if _guard(_maybe_hold, arrival, recv_req, max_new, admit):
+        _guard(program_pausing.check, "arrival")
+        return None
+    result = admit()
+    _guard(program_pausing.check, "arrival")
+    return result
 
 
-def _linked_identity(recv_req) -> tuple[str, None, bool] | None:
+def _identify(recv_req) -> Arrival | None:
+    return take_identity(recv_req.sampling_params) or _linked_identity(recv_req)
+
+
+def _maybe_hold(arrival: Arrival, recv_req, max_new: int, admit) -> bool:
+    program_pausing.set_priority(arrival.program_id, arrival.priority)
+    if not program_pausing.should_hold(arrival.program_id):
+        return False
+    _arrival_demand(arrival.program_id, recv_req, active=False)
+    program_pausing.hold(arrival.program_id, recv_req.rid, max_new, admit)
+    return True
+
+
+def _admit(original, scheduler, recv_req, kwargs, arrival: Arrival, max_new: int,
+           track: bool = True):
+    """Hand a call to SGLang; ``track``: our bookkeeping first (not for a call that an abort
+    or a shutdown answers at once)."""
+    if track:
+        _guard(_track_arrival, arrival, recv_req, max_new)
+    return original(scheduler, recv_req, **kwargs)
+
+
+def _track_arrival(arrival: Arrival, recv_req, max_new: int) -> None:
+    try:
+        program = table().on_arrival(arrival.program_id, recv_req.rid,
+                                     parent_id=arrival.parent_id, final=arrival.final)
+    except ValueError as exc:  # a duplicate rid: SGLang answers it; we do not track it
+        get_logger().warning("ThunderAgent: request %s not tracked: %s", recv_req.rid, exc)
+        return
+    program_pausing.admitted(recv_req.rid, arrival.program_id, max_new)
+    _arrival_demand(arrival.program_id, recv_req, active=program.status is Status.ACTIVE)
+
+
+def _max_new(recv_req) -> int:
+    return getattr(recv_req.sampling_params, "max_new_tokens", None) or 0
+
+
+def _guard(fn, *args):
+    """Our bookkeeping must never take serving down: log a failure, answer None."""
+    try:
+        return fn(*args)
+    except Exception:  # noqa: BLE001 - logged loudly, serving continues
+        get_logger().exception("ThunderAgent: %s failed; program state may be off", fn.__name__)
+        return None
+
+
+def _linked_identity(recv_req) -> Arrival | None:
     linker = _state["linker"]
     if linker is None or not recv_req.input_ids:
         return None
     program_id = linker.find(recv_req.input_ids)
-    return None if program_id is None else (program_id, None, False)
+    return None if program_id is None else Arrival(program_id)
 
 
-def _set_demand(program, tokens: list[int], extends: bool) -> None:
-    """The program's latest context in the demand ledger; ``extends``: it continues the
-    previous one, whose hashed blocks are then reused (only new tokens are hashed)."""
+def _arrival_demand(program_id: str, recv_req, active: bool) -> None:
+    """A call's prompt is its program's context from now on (demand, shared prefixes once)."""
+    prompt = recv_req.input_ids
+    if not prompt:
+        return
     ledger = _state["ledger"]
-    block = _state["page_size"] if _state["page_size"] > 1 else MIN_DEMAND_BLOCK
+    program = table().live_program(program_id)
+    previous = program.last_sequence if program is not None else None
+    prev_chain = ledger.chain_of(program_id)
+    extends = (previous is not None and prev_chain is not None
+               and prev_chain is _state["finish_chain"].get(program_id)
+               and len(prompt) >= len(previous)
+               and misses.common_prefix_len(previous, misses.as_tokens(prompt)) == len(previous))
+    chain = block_keys(prompt, _block_size(), prev=prev_chain if extends else None)
+    ledger.set_context(program_id, chain)
+    ledger.set_active(program_id, active)
+    _state["arrival_chain"][recv_req.rid] = chain
+
+
+def _block_size() -> int:
+    return _state["page_size"] if _state["page_size"] > 1 else MIN_DEMAND_BLOCK
+
+
+def _on_abort_request(scheduler, recv_req):
+    """BEFORE ``abort_request``: held calls it names go to SGLang first, so its own abort
+    answers them (a client that went away loses nothing else)."""
+    _guard(program_pausing.release_for_abort, recv_req.rid or "", bool(recv_req.abort_all))
+
+
+def _set_demand(program, tokens: list[int], rid: str) -> None:
+    """The program's latest context in the demand ledger. When the ledger still holds this
+    call's prompt (set at its arrival), the context extends it: only new tokens are hashed."""
+    ledger = _state["ledger"]
     previous = ledger.chain_of(program.program_id)
-    chain = block_keys(tokens, block, prev=previous if extends else None)
+    arrived = _state["arrival_chain"].pop(rid, None)
+    extends = previous is not None and previous is arrived
+    chain = block_keys(tokens, _block_size(), prev=previous if extends else None)
     ledger.set_context(program.program_id, chain)
     ledger.set_active(program.program_id, program.status is Status.ACTIVE)
+    _state["finish_chain"][program.program_id] = chain
 
 
 def eviction_key(program_id: str):
@@ -131,9 +235,14 @@ def eviction_key(program_id: str):
 def _remember(program) -> None:
     """Keep (or drop, once ended) what later calls and the accounting need of a program."""
     if program is not None and not program.live:
-        if program.program_id in _state["ledger"]:
-            _state["ledger"].remove(program.program_id)
-        program_tree.retire(program.program_id)
+        pid = program.program_id
+        if pid in _state["ledger"]:
+            _state["ledger"].remove(pid)
+        _state["finish_chain"].pop(pid, None)
+        program_tree.retire(pid)
+        program_pausing.forget(pid)
+        program_pausing.S.notify(pid, "terminated")
+        program_pausing.release_held(pid)  # its next calls start a new incarnation
     linker = _state["linker"]
     if linker is None or program is None:
         return
@@ -145,19 +254,26 @@ def _remember(program) -> None:
 
 @guarded
 def _on_stream_output(result, streamer, reqs, return_logprob, skip_req=None):
+    ended = False
     for req in reqs:
         if req is not skip_req and req.finished():
-            _finish(req)
+            ended = True
+            program_pausing.finished(req.rid)
+            _guard(_finish, req)
+    if ended:
+        program_pausing.check("finish")
 
 
 @guarded
 def _on_abort_output(result, scheduler, abort_req, req):
+    program_pausing.finished(req.rid)
     _finish(req)
 
 
 def _finish(req) -> None:
     program = table().program_for(req.rid)
     if program is None:
+        _state["arrival_chain"].pop(req.rid, None)
         return
     # One conversion of the call's tokens; the prompt is a view of it.
     tokens = misses.kv_tokens(req.origin_input_ids, req.output_ids)
@@ -167,7 +283,7 @@ def _finish(req) -> None:
     common = None if previous is None else misses.common_prefix_len(previous, prompt)
     cached = req.cached_tokens or 0
     missed = misses.classify(previous, prompt, cached, _state["page_size"], common=common)
-    _set_demand(program, tokens, extends=common is not None and common == len(previous))
+    _set_demand(program, tokens, req.rid)
     RESIDENCY.drop_head(program.program_id, req.rid)  # its final checkpoint moved it to "last"
     program.last_sequence = sequence
     if _state["linker"] is not None:
@@ -190,6 +306,7 @@ def _on_loop(result, scheduler, recv_reqs):
     if now - _state["last_tick"] >= TICK_S:
         _state["last_tick"] = now
         _expire_idle()
+    program_pausing.maybe_tick()
 
 
 def _expire_idle() -> None:
@@ -218,7 +335,9 @@ def handle_control(req: ProgramControlReq):
 def _list(t, program_id, payload):
     return reply(200, {"programs": [_record(t, p) for p in t.programs()],
                        "demand_tokens": _state["ledger"].demand_tokens(),
-                       "resident_tokens": RESIDENCY.active_footprint()})
+                       "resident_tokens": RESIDENCY.active_footprint(),
+                       "tagged_resident_tokens": RESIDENCY.tagged_tokens(),
+                       "scheduler": program_pausing.stats()})
 
 
 def _get(t, program_id, payload):
@@ -235,19 +354,23 @@ def _tool(t, program_id, payload):
     return reply(200, _record(t, t.tool_event(program_id, payload.get("event"), payload.get("expected_s"))))
 
 
-def _status_change(method, t, program_id, payload):
+def _pause(t, program_id, payload):
+    """Operator pause: held until the operator resumes it (the scheduler leaves it alone)."""
+    was_paused = t.get(program_id).status is Status.PAUSED
+    program = t.pause(program_id)
+    if not was_paused:
+        program_pausing.operator_pause(program)
+    else:
+        program_pausing.S.operator.add(program_id)
+    return reply(200, _record(t, program))
+
+
+def _resume(t, program_id, payload):
     was = t.get(program_id)
-    before, decision = was.status, was.kv_decision
-    program = getattr(t, method)(program_id)
-    if program_id in _state["ledger"]:
-        _state["ledger"].set_active(program_id, program.status is Status.ACTIVE)
-    if program_id in RESIDENCY:
-        RESIDENCY.set_active(program_id, program.status is Status.ACTIVE)
-    if program.status is not before:
-        if program.status is Status.PAUSED:
-            offload.on_pause(program)
-        else:
-            offload.on_resume(program_id, decision)
+    was_paused, decision = was.status is Status.PAUSED, was.kv_decision
+    program = t.resume(program_id)
+    if was_paused:
+        program_pausing.operator_resume(program, decision)
     return reply(200, _record(t, program))
 
 
@@ -255,7 +378,7 @@ def _stats(t, program_id, payload):
     return reply(200, {"counters": t.counters, "live": t.live_count_by(),
                        "demand_tokens": _state["ledger"].demand_tokens(),
                        "resident_tokens": RESIDENCY.active_footprint(),
-                       "kv": offload.stats()})
+                       "kv": offload.stats(), "scheduler": program_pausing.stats()})
 
 
 def _record(t, program) -> dict:
@@ -263,7 +386,7 @@ def _record(t, program) -> dict:
     ledger = _state["ledger"]
     held = program.live and program.program_id in ledger
     pid = program.program_id
-    return {**t.record(program),
+    return {**t.record(program), **program_pausing.record_fields(pid),
             "resident_tokens": RESIDENCY.resident_tokens(pid) if program.live else 0,
             "host_tokens": RESIDENCY.host_tokens(pid) if program.live else 0,
             "unique_tokens": ledger.unique_tokens(pid) if held else 0}
@@ -274,7 +397,7 @@ _OPS = {
     "get": _get,
     "release": _release,
     "tool": _tool,
-    "pause": partial(_status_change, "pause"),
-    "resume": partial(_status_change, "resume"),
+    "pause": _pause,
+    "resume": _resume,
     "stats": _stats,
 }

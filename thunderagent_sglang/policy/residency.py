@@ -114,6 +114,10 @@ class Residency:
         """Device tokens on nodes tagged by at least one active program, shared nodes once."""
         return self._footprint
 
+    def tagged_tokens(self) -> int:
+        """Device tokens on nodes tagged by any program, shared nodes once (O(nodes))."""
+        return sum(rec.dev for rec in self._nodes.values() if rec.progs)
+
     def tags(self, node: int) -> frozenset[str]:
         """Programs tagging the node (empty if untagged). O(programs on the node)."""
         rec = self._nodes.get(node)

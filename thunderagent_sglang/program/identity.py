@@ -56,6 +56,7 @@ class Identity:
     parent_id: str | None
     final: bool  # this call is the program's last
     conflicts: tuple[str, ...] = ()  # lower-precedence sources that carried a different id
+    priority: int | None = None  # X-Program-Priority: higher runs first within a class
 
 
 def _label(source: str) -> str:
@@ -127,10 +128,29 @@ def _final(headers: dict[str, Any], body: Mapping[str, Any]) -> bool:
     return final or raw is True
 
 
+PRIORITY_HEADER = "x-program-priority"
+_PRIORITY_RANGE = 1 << 31
+
+
+def _priority(headers: dict[str, Any]) -> int | None:
+    raw = headers.get(PRIORITY_HEADER)
+    if raw is None:
+        return None
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        value = None
+    if value is None or not -_PRIORITY_RANGE <= value < _PRIORITY_RANGE:
+        raise InvalidFinalMarker("X-Program-Priority", "X-Program-Priority must be an integer in "
+                                 f"[-2^31, 2^31), got {raw!r}")
+    return value
+
+
 def extract_identity(
     headers: Mapping[str, str], body: Mapping[str, Any] | None, sources: tuple[str, ...] = DEFAULT_ID_SOURCES
 ) -> Identity:
-    """Read a request's program identity; raise InvalidProgramId/InvalidFinalMarker on bad marks.
+    """Read a request's program identity; raise InvalidProgramId/InvalidFinalMarker on bad marks
+    (a bad X-Program-Priority raises InvalidFinalMarker too: a malformed mark, HTTP 400).
 
     The first present source in ``sources`` wins; every present source is validated, and lower
     ones carrying a different id are listed in ``conflicts``. Header names match case-insensitively.
@@ -140,12 +160,13 @@ def extract_identity(
     found = [(src, _check_id(src, v)) for src in sources if (v := _lookup(src, hdrs, body)) is not None]
     parents = [_check_id("header:" + h, hdrs[h]) for h in PARENT_HEADERS if hdrs.get(h) is not None]
     final = _final(hdrs, body)
+    priority = _priority(hdrs)
     parent = parents[0] if parents else None
     if not found:
-        return Identity(None, None, parent, final, ())
+        return Identity(None, None, parent, final, (), priority)
     (source, program_id), rest = found[0], found[1:]
     conflicts = tuple(src for src, value in rest if value != program_id)
-    return Identity(program_id, source, parent, final, conflicts)
+    return Identity(program_id, source, parent, final, conflicts, priority)
 
 
 def _parse_source(item: str) -> str:

@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m benchmarks`` (the agent-serving suite) and single-purpose scripts."""

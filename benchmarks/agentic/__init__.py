@@ -1,0 +1,1 @@
+"""The agent-serving benchmark: workload, trace format, player, systems, runner, report, plots, calibration."""

@@ -1,0 +1,73 @@
+"""The systems compared, all on the same model, device KV pool and machine.
+
+Each is one server started through our launcher (``python -m
+thunderagent_sglang.launch_server``); "plain" ones run with
+``THUNDERAGENT_DISABLE=1`` (SGLang 0.5.23 as shipped, CPU platform support
+only). The host-tier systems get the same host budget (``--hicache-ratio``
+times the device pool). ``limit`` is plain SGLang with a pool so large that
+nothing is ever evicted: the bound any scheduler can reach on this workload.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+PLAIN = {"THUNDERAGENT_DISABLE": "1"}
+# HiCache on a CPU (README, "CPU platform support").
+HICACHE = ["--enable-hierarchical-cache", "--hicache-io-backend", "direct",
+           "--hicache-mem-layout", "layer_first"]
+# SGLang's own answer: evict low-priority KV first, program calls at high priority.
+PRIORITY = ["--radix-eviction-policy", "priority", "--enable-priority-scheduling"]
+PROGRAM_PRIORITY = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class System:
+    name: str
+    label: str  # for tables and plots
+    args: tuple[str, ...]
+    env: dict[str, str]
+    ours: bool  # program-aware: /programs and thunderagent_ metrics exist
+    call_fields: dict = dataclasses.field(default_factory=dict)  # extra JSON fields per call
+    is_limit: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Pools:
+    """Device KV pool (tokens), host tier as a multiple of it, and the limit's pool."""
+
+    device_tokens: int
+    host_ratio: float
+    limit_tokens: int
+
+
+def systems(pools: Pools) -> list[System]:
+    device = ("--max-total-tokens", str(pools.device_tokens))
+    host = (*HICACHE, "--hicache-ratio", f"{pools.host_ratio:g}")
+    return [
+        System("plain", "SGLang (LRU)", device, PLAIN, ours=False),
+        System("plain-priority", "SGLang priority eviction", (*device, *PRIORITY), PLAIN,
+               ours=False, call_fields={"priority": PROGRAM_PRIORITY}),
+        System("plain-hicache", "SGLang + HiCache", (*device, *host), PLAIN, ours=False),
+        System("ours-sched-off", "ThunderAgent eviction only (scheduler off)",
+               (*device, "--thunderagent-scheduler", "off", "--thunderagent-offload", "off"), {},
+               ours=True),
+        System("ours-offload-off", "ThunderAgent (offload off)",
+               (*device, "--thunderagent-offload", "off"), {}, ours=True),
+        System("ours-offload-auto", "ThunderAgent + offload",
+               (*device, *host, "--thunderagent-offload", "auto"), {}, ours=True),
+        System("limit", "no eviction (limit)", ("--max-total-tokens", str(pools.limit_tokens)),
+               PLAIN, ours=False, is_limit=True),
+    ]
+
+
+def by_name(pools: Pools, names: list[str] | None) -> list[System]:
+    """The named systems in table order (all when ``names`` is empty)."""
+    table = systems(pools)
+    if not names:
+        return table
+    known = {s.name for s in table}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown system(s) {unknown}; choose from {sorted(known)}")
+    return [s for s in table if s.name in names]

@@ -1,0 +1,203 @@
+"""The server with its sidecar (``--thunderagent-sidecar``): tool phases in, program events out.
+
+One server per module, started through our launcher; the launcher starts the sidecar and logs
+``ThunderAgent sidecar: URL (token in FILE, log in LOG)``, which is how the tests find it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.integration.server import Server
+from thunderagent_sglang.sidecar import disk
+
+pytestmark = pytest.mark.server
+API_KEY = "sidecar-test-key"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+# --enable-metrics: meta_info then carries forward_entry_time, when a call was admitted.
+ARGS = ["--thunderagent-sidecar", "--api-key", API_KEY, "--enable-metrics"]
+SIDECAR_LINE = re.compile(r"ThunderAgent sidecar: (http://\S+) \((token in (\S+)|token from "
+                          r"THUNDERAGENT_SIDECAR_TOKEN), log in (\S+)\)")
+DEADLINE_S = 30.0
+
+
+class SidecarClient:
+    def __init__(self, url: str, token: str):
+        self.url = url
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def create(self, program_id: str, base: Path) -> str:
+        reply = self.session.post(f"{self.url}/envs", timeout=60,
+                                  json={"program_id": program_id, "base_dir": str(base)})
+        assert reply.status_code == 201, reply.text
+        return reply.json()["env_id"]
+
+    def env(self, env_id: str) -> requests.Response:
+        return self.session.get(f"{self.url}/envs/{env_id}", timeout=30)
+
+    def envs_of(self, program_id: str) -> list[str]:
+        envs = self.session.get(f"{self.url}/envs", timeout=30).json()["envs"]
+        return sorted(e["env_id"] for e in envs if e["program_id"] == program_id)
+
+    def exec(self, env_id: str, cmd: str, **extra) -> dict:
+        reply = self.session.post(f"{self.url}/envs/{env_id}/exec", timeout=60,
+                                  json={"cmd": cmd, "timeout": 30, **extra})
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+
+def find_sidecar(server: Server) -> tuple[SidecarClient, Path]:
+    """The sidecar's client and root, from the launcher's log line."""
+    match = SIDECAR_LINE.search(server.log())
+    assert match, f"the launcher logged no sidecar line:\n{server.tail()}"
+    url, token_file, log_path = match[1], match[3], Path(match[4])
+    token = (Path(token_file).read_text().strip() if token_file
+             else os.environ["THUNDERAGENT_SIDECAR_TOKEN"])
+    return SidecarClient(url, token), log_path.parent
+
+
+@pytest.fixture(scope="module")
+def served(request, tmp_path_factory):
+    server = Server("sidecar", ARGS, {}, tmp_path_factory.mktemp("sidecar-server"))
+    root: list[Path] = []
+
+    def stop():
+        server.stop()
+        if root:
+            leftovers = disk.unmount_all_under(str(root[0]))  # enforce, then report
+            shutil.rmtree(root[0], ignore_errors=True)
+            assert leftovers == [], f"the sidecar left mounts behind: {leftovers}"
+
+    request.addfinalizer(stop)
+    server.wait_ready()
+    sidecar, sidecar_root = find_sidecar(server)
+    root.append(sidecar_root)
+    return server, sidecar
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("base")
+    (path / "README").write_text("base readme\n")
+    return path
+
+
+def new_id() -> str:
+    return f"prog-{uuid.uuid4().hex[:8]}"
+
+
+def generate(server: Server, program_id: str, headers: dict | None = None) -> dict:
+    reply = requests.post(
+        f"{server.url}/generate", timeout=120, headers={**AUTH, "X-Program-Id": program_id,
+                                                         **(headers or {})},
+        json={"text": "Run the tests.", "sampling_params": {"max_new_tokens": 4,
+                                                            "temperature": 0}})
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def record(server: Server, program_id: str) -> dict:
+    reply = requests.get(f"{server.url}/programs/{program_id}", headers=AUTH, timeout=30)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def wait_until(check, what: str, deadline_s: float = DEADLINE_S):
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"not within {deadline_s:g} s: {what}")
+
+
+def test_a_tool_exec_through_the_sidecar_is_the_programs_acting_phase(served, base):
+    server, sidecar = served
+    pid = new_id()
+    generate(server, pid)
+    env_id = sidecar.create(pid, base)
+    before = record(server, pid)
+    assert (before["phase"], before["tool_running"]) == ("acting", False)
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(
+        sidecar.exec(env_id, "sleep 1; echo hi", expected_s=1.0)))
+    runner.start()
+    during = wait_until(lambda: (r := record(server, pid))["tool_running"] and r,
+                        "the exec shows as a running tool", deadline_s=1.0)
+    runner.join(60)
+    after = record(server, pid)
+    assert (during["status"], during["phase"], during["tool_running"]) == ("active", "acting", True)
+    assert (result["exit_code"], result["stdout"], result["timed_out"]) == (0, "hi\n", False)
+    assert (after["phase"], after["tool_running"]) == ("acting", False)
+    assert after["seconds_acting"] >= before["seconds_acting"] + 1.0
+
+
+def test_release_makes_the_sidecar_destroy_the_programs_environments_only(served, base):
+    server, sidecar = served
+    pid, other = new_id(), new_id()
+    generate(server, pid)
+    generate(server, other)
+    envs = [sidecar.create(pid, base), sidecar.create(pid, base)]
+    kept = sidecar.create(other, base)
+    reply = requests.post(f"{server.url}/programs/release", headers=AUTH, timeout=30,
+                          json={"program_id": pid})
+    assert reply.status_code == 200, reply.text
+    wait_until(lambda: sidecar.envs_of(pid) == [], f"{pid}'s environments destroyed")
+    assert [sidecar.env(e).status_code for e in envs] == [404, 404]
+    assert sidecar.envs_of(other) == [kept]
+    assert record(server, pid)["status"] == "terminated"
+
+
+def test_final_marker_makes_the_sidecar_destroy_the_programs_environments(served, base):
+    server, sidecar = served
+    pid = new_id()
+    generate(server, pid)
+    env_id = sidecar.create(pid, base)
+    generate(server, pid, headers={"X-Program-Final": "1"})
+    wait_until(lambda: sidecar.envs_of(pid) == [], f"{pid}'s environment destroyed")
+    assert sidecar.env(env_id).status_code == 404
+    assert (record(server, pid)["status"], record(server, pid)["release_cause"]) == (
+        "terminated", "final")
+
+
+def test_prepare_reaches_the_sidecar_before_a_paused_programs_call_is_admitted(served, base):
+    """Admission time: meta_info's forward_entry_time (wall clock, --enable-metrics), when the
+    call first entered a forward batch. The sidecar stamps its env's ``prepared_at`` (wall
+    clock, same machine) each time it has handled "prepare" or "resumed" for the program; a
+    later event overwrites it, so it is read while the call is held and again at the end, and
+    the earliest stamp must fall after the pause and before admission."""
+    server, sidecar = served
+    pid = new_id()
+    generate(server, pid)
+    env_id = sidecar.create(pid, base)
+    assert sidecar.env(env_id).json()["prepared_at"] is None
+    paused_at = time.time()
+    reply = requests.post(f"{server.url}/programs/{pid}/pause", headers=AUTH, timeout=30)
+    assert reply.json()["status"] == "paused"
+    answer: dict = {}
+    caller = threading.Thread(target=lambda: answer.update(generate(server, pid)), daemon=True)
+    caller.start()
+    try:
+        time.sleep(3)
+        assert caller.is_alive(), "the paused program's call completed while paused"
+        assert record(server, pid)["status"] == "paused"
+        stamps = [sidecar.env(env_id).json()["prepared_at"]]  # "prepare" may come while held
+    finally:
+        requests.post(f"{server.url}/programs/{pid}/resume", headers=AUTH, timeout=30)
+    caller.join(60)
+    admitted_at = answer["meta_info"]["forward_entry_time"]
+    stamps.append(sidecar.env(env_id).json()["prepared_at"])
+    stamps = [t for t in stamps if t is not None]
+    assert stamps, "the sidecar never got prepare or resumed for the program"
+    assert paused_at < min(stamps) < admitted_at

@@ -1,0 +1,49 @@
+"""The benchmark's figures: which calls a window counts, percentiles, fractions of the limit."""
+
+from __future__ import annotations
+
+from benchmarks.agentic.player import CallRecord, ProgramRecord, Recorder
+from benchmarks.agentic.report import loop_ms_per_call, percentile, rollout_figures, serving_figures, with_limit_fractions
+
+
+def recorder() -> Recorder:
+    rec = Recorder()
+    # (program, turn, start, end, prompt, cached, output)
+    rec.calls = [CallRecord("a", 0, 0.0, 9.0, 1000, 0, 16),      # ends in the warm-up: not counted
+                 CallRecord("a", 1, 12.0, 14.0, 1500, 1000, 16),
+                 CallRecord("b", 0, 15.0, 19.0, 1000, 768, 16),
+                 CallRecord("b", 1, 25.0, 31.0, 1400, 0, 16)]    # ends after the window: not counted
+    rec.programs = [ProgramRecord("a", 0.0, 14.5, 2), ProgramRecord("b", 15.0, 31.5, 2)]
+    return rec
+
+
+def test_a_serving_window_counts_calls_and_programs_that_end_inside_it():
+    f = serving_figures(recorder(), warmup_s=10, window_s=20)
+    assert (f["calls"], f["steps_per_min"]) == (2, 6.0)
+    assert (f["prompt_tokens"], f["cached_tokens"], f["prefill_recomputed_tokens"]) == (2500, 1768, 732)
+    assert f["kv_hit_rate"] == round(1768 / 2500, 4)
+    assert (f["call_latency_p50_s"], f["programs_completed"], f["program_time_p50_s"]) == (3.0, 1, 14.5)
+
+
+def test_a_rollout_counts_every_call_over_the_makespan():
+    f = rollout_figures(recorder())
+    assert (f["calls"], f["makespan_s"], f["steps_per_min"]) == (4, 31.5, round(4 / (31.5 / 60), 2))
+    assert f["program_time_p95_s"] == round(14.5 + 0.95 * (16.5 - 14.5), 3)
+
+
+def test_percentiles_interpolate_like_numpy():
+    assert percentile([1, 2, 3, 4], 50) == 2.5 and percentile([5], 95) == 5 and percentile([], 50) is None
+
+
+def test_fractions_are_of_the_limit_at_the_same_load():
+    points = [{"mode": "serve", "concurrency": n, "system": s, "figures": {"steps_per_min": v}}
+              for n, s, v in [(8, "plain", 30.0), (8, "limit", 60.0), (16, "plain", 20.0), (16, "x", 5.0)]]
+    assert [p["fraction_of_limit"] for p in with_limit_fractions(points)] == [0.5, 1.0, None, None]
+
+
+def test_scheduler_loop_time_leaves_out_the_forward_pass_and_idling():
+    m = {'sglang:scheduler_stage_seconds_total{category="run_batch"}': 9.0,
+         'sglang:scheduler_stage_seconds_total{category="idle"}': 5.0,
+         'sglang:scheduler_stage_seconds_total{category="recv_requests"}': 0.2,
+         'sglang:scheduler_stage_seconds_total{category="process_batch_result"}': 0.3}
+    assert loop_ms_per_call(m, 10) == 50.0 and loop_ms_per_call({}, 10) is None
