@@ -188,11 +188,20 @@ def check(event: str) -> None:
     """Run the policy on the current snapshot and apply its decision."""
     if not S.enabled or S.config is None:
         return
-    views = snapshot(time.monotonic())
-    if not views:
+    try:
+        views = snapshot(time.monotonic())
+        if not views:
+            return
+        decision = decide(views, S.config, ledger_footprint(S.ledger),
+                          untagged_tokens=untagged_tokens())
+    except Exception:  # noqa: BLE001 - fail open: never strand a held call
+        get_logger().exception("ThunderAgent scheduler: decision failed; releasing held calls "
+                               "of programs that are not paused")
+        for pid in list(S.held):
+            program = S.table.live_program(pid)
+            if program is None or program.status is Status.ACTIVE:
+                release_held(pid)
         return
-    decision = decide(views, S.config, ledger_footprint(S.ledger),
-                      untagged_tokens=untagged_tokens())
     S.counters["decisions"] += 1
     S.last_footprint = decision.after_tokens
     apply(decision, event)
@@ -200,9 +209,9 @@ def check(event: str) -> None:
 
 def snapshot(now: float) -> list[ProgramView]:
     views = []
-    for program in S.table.programs():
+    for program in S.table.live_programs():
         pid = program.program_id
-        if not program.live or pid in S.operator or pid not in S.ledger:
+        if pid in S.operator or pid not in S.ledger:
             continue
         views.append(_view(program, pid, now))
     for pid, held in S.held.items():

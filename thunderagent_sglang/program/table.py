@@ -225,6 +225,10 @@ class ProgramTable:
             raise UnknownProgram(program_id)
         return self._terminated[key]
 
+    def live_programs(self) -> list[Program]:
+        """Live programs, in creation order (O(live))."""
+        return list(self._live.values())
+
     def programs(self) -> list[Program]:
         """Live programs (creation order), then kept terminated ones (termination order)."""
         return [*self._live.values(), *self._terminated.values()]
