@@ -90,8 +90,10 @@ def cost_model() -> CostModel | None:
 
 def time_prefill(original, scheduler, batch, *args, **kwargs):
     """AROUND ``Scheduler.run_batch``: time a sample of prefill batches (recompute rate)."""
-    tokens = batch.extend_num_tokens if batch.forward_mode.is_extend() else 0
-    if not tokens or _state["link"] is None or _state["rate"] or not _sampled():
+    if _state["link"] is None or _state["rate"] or not batch.forward_mode.is_extend():
+        return original(scheduler, batch, *args, **kwargs)  # nothing to measure: no cost
+    tokens = batch.extend_num_tokens
+    if not tokens or not _sampled():
         return original(scheduler, batch, *args, **kwargs)
     cuda = _state.get("cuda", False)
     start = time.perf_counter()

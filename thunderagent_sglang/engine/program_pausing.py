@@ -146,10 +146,7 @@ def operator_resume(program, decision: str | None) -> None:
 
 def _paused(program, reason: str) -> None:
     pid = program.program_id
-    if pid in S.ledger:
-        S.ledger.set_active(pid, False)
-    if pid in RESIDENCY:
-        RESIDENCY.set_active(pid, False)
+    _set_active(pid, False)
     offload.on_pause(program)
     S.notify(pid, "paused")
     get_logger().debug("ThunderAgent scheduler: paused %s (%s)", pid, reason)
@@ -157,14 +154,19 @@ def _paused(program, reason: str) -> None:
 
 def _resumed(program, decision: str | None, reason: str) -> None:
     pid = program.program_id
-    if pid in S.ledger:
-        S.ledger.set_active(pid, True)
-    if pid in RESIDENCY:
-        RESIDENCY.set_active(pid, True)
+    _set_active(pid, True)
     offload.on_resume(pid, decision)
     S.notify(pid, "resumed")
     get_logger().debug("ThunderAgent scheduler: resumed %s (%s)", pid, reason)
     release_held(pid)
+
+
+def _set_active(pid: str, active: bool) -> None:
+    """Demand and residency count only active programs."""
+    if pid in S.ledger:
+        S.ledger.set_active(pid, active)
+    if pid in RESIDENCY:
+        RESIDENCY.set_active(pid, active)
 
 
 def release_held(program_id: str) -> int:

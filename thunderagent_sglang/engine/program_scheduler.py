@@ -40,13 +40,18 @@ def guarded(hook):
 
     @functools.wraps(hook)
     def safe(*args, **kwargs):
-        try:
-            return hook(*args, **kwargs)
-        except Exception:  # noqa: BLE001 - logged loudly, serving continues
-            get_logger().exception("ThunderAgent: %s failed; program state may be off", hook.__name__)
-            return None
+        return _guard(hook, *args, **kwargs)
 
     return safe
+
+
+def _guard(fn, *args, **kwargs):
+    """Call ``fn``; on failure log it loudly and answer None (serving continues)."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - logged loudly, serving continues
+        get_logger().exception("ThunderAgent: %s failed; program state may be off", fn.__name__)
+        return None
 
 
 def table() -> ProgramTable:
@@ -157,15 +162,6 @@ def _track_arrival(arrival: Arrival, recv_req, max_new: int) -> None:
 
 def _max_new(recv_req) -> int:
     return getattr(recv_req.sampling_params, "max_new_tokens", None) or 0
-
-
-def _guard(fn, *args):
-    """Our bookkeeping must never take serving down: log a failure, answer None."""
-    try:
-        return fn(*args)
-    except Exception:  # noqa: BLE001 - logged loudly, serving continues
-        get_logger().exception("ThunderAgent: %s failed; program state may be off", fn.__name__)
-        return None
 
 
 def _linked_identity(recv_req) -> Arrival | None:
