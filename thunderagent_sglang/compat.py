@@ -344,6 +344,28 @@ SCHEDULER_RUN_BATCH = Symbol(
     "sglang.srt.managers.utils.EmbeddingBatchResult]",
 )
 
+# --- scheduler: decode retraction order, shutdown of held calls -------------
+DECODE_RETRACTION_ORDER = Symbol(
+    "sglang.srt.managers.schedule_batch:ScheduleBatch._get_decode_retraction_order",
+    "decode retraction: programs marked for pause first, then the smallest program "
+    "(indices most-preferred-to-keep first; SGLang pops from the end)",
+    "(reqs: 'List[Req]') -> 'List[int]'",
+)
+SIGTERM_HANDLER = Symbol(
+    "sglang.srt.managers.tokenizer_manager:SignalHandler.sigterm_handler",
+    "SIGTERM starts SGLang's drain: held calls are answered 503 at once, not waited for",
+    "(self, signum=None, frame=None)",
+)
+ABORT_REQ = Symbol(
+    "sglang.srt.managers.io_struct:AbortReq",
+    "the abort that answers held calls with 503 on shutdown (SGLang's own abort path)",
+)
+FINISH_ABORT = Symbol(
+    "sglang.srt.managers.schedule_batch:FINISH_ABORT",
+    "its to_json() is the finished_reason carrying the 503 status of a shutdown",
+    "(message=None, status_code=None, err_type=None)",
+)
+
 # Instance attributes we read or set (not importable, so not signature-checked;
 # the integration tests exercise each): UnifiedTreeCore.eviction_strategy (our
 # ProgramEvictionStrategy replaces it before the first eviction), .root_node;
@@ -373,6 +395,8 @@ HOOK_TARGETS: tuple[Symbol, ...] = (
     SCHEDULER_PROCESS_INPUT_REQUESTS,
     OUTPUT_STREAMER_STREAM_OUTPUT,
     SCHEDULER_RUN_BATCH,
+    DECODE_RETRACTION_ORDER,
+    SIGTERM_HANDLER,
 )
 
 

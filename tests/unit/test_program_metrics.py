@@ -59,3 +59,14 @@ def test_kv_offload_figures_render_when_present():
     assert got[("thunderagent_kv_moved_tokens_total", (("event", "dropped"),))] == 32
     assert got[("thunderagent_kv_moved_tokens_total", (("event", "prefetched"),))] == 80
     assert not any(name.startswith("thunderagent_kv") for name, _ in samples(render(STATS)))
+
+
+def test_scheduler_events_render_when_present():
+    scheduler = {"held_requests": 5, "held_aborted": 1, "held_shutdown": 2, "force_resumes": 3,
+                 "marks": 4, "retraction_orders": 6, "held_now": 9}
+    got = samples(render({**STATS, "scheduler": scheduler}))
+    events = {labels[0][1]: value for (name, labels), value in got.items()
+              if name == "thunderagent_scheduler_events_total"}
+    assert events == {"held_requests": 5, "held_aborted": 1, "held_shutdown": 2,
+                      "force_resumes": 3, "marks": 4, "retraction_orders": 6}
+    assert not any(n == "thunderagent_scheduler_events_total" for n, _ in samples(render(STATS)))

@@ -7,9 +7,11 @@ logger gets its own handler in SGLang's format instead of relying on the root.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 LOGGER_NAME = "thunderagent_sglang"
+LEVEL_ENV = "THUNDERAGENT_LOG_LEVEL"
 
 
 def get_logger() -> logging.Logger:
@@ -20,6 +22,7 @@ def get_logger() -> logging.Logger:
             logging.Formatter("[%(asctime)s] %(message)s", "%Y-%m-%d %H:%M:%S")
         )
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+        level = os.environ.get(LEVEL_ENV, "INFO").upper()
+        logger.setLevel(level if level in logging.getLevelNamesMapping() else logging.INFO)
         logger.propagate = False
     return logger

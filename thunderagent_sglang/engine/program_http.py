@@ -9,6 +9,7 @@ invalid one, and stamps ``X-Program-Id`` on the response. A hook on
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import orjson
@@ -22,6 +23,7 @@ from sglang.utils import TypeBasedDispatcher
 
 from thunderagent_sglang import compat, config
 from thunderagent_sglang.engine import hooks, program_ipc
+from thunderagent_sglang.engine.logs import get_logger
 from thunderagent_sglang.engine.metrics_http import MetricsMiddleware
 from thunderagent_sglang.engine.program_ipc import ProgramControlOutput, ProgramControlReq
 from thunderagent_sglang.program.identity import (
@@ -229,9 +231,24 @@ async def resume_program(program_id: str):
     return await control("resume", program_id)
 
 
+def _on_sigterm(result, signal_handler, *args, **kwargs):
+    """AFTER SGLang's SIGTERM handler (it starts draining): held calls are answered 503 at
+    once instead of keeping the drain waiting for their programs to resume."""
+    try:
+        asyncio.get_running_loop().create_task(_shut_down_held())
+    except RuntimeError:
+        get_logger().warning("ThunderAgent: SIGTERM outside the event loop; held calls wait for resume")
+
+
+async def _shut_down_held() -> None:
+    status, body = await ask_scheduler("shutdown")
+    get_logger().info("ThunderAgent: shutdown: scheduler answered %s %s", status, body)
+
+
 def install(cfg: config.ThunderAgentConfig) -> None:
     program_ipc.register_types()
     hooks.install(compat.TOKENIZER_GENERATE_REQUEST, _tag_request, "around")
+    hooks.install(compat.SIGTERM_HANDLER, _on_sigterm, "after")
     hooks.install(compat.TOKENIZER_INIT_COMMUNICATORS, _add_communicator, "after")
     app.add_middleware(IdentityMiddleware, id_sources=cfg.id_sources)
     app.add_middleware(MetricsMiddleware, fetch_stats=_fetch_stats)

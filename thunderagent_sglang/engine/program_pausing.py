@@ -55,6 +55,9 @@ class _State:
     ledger: object = None
     last_footprint: float = 0.0
     notify: Callable[[str, str], None] = lambda program_id, event: None
+    cfg: object = None  # the ThunderAgentConfig (the pool's size comes later)
+    # Set at shutdown: answers a held call at once (HTTP 503); nothing is held after that.
+    shutdown_answer: Callable[[Held], None] | None = None
 
 
 S = _State()
@@ -66,11 +69,11 @@ def install(cfg, table, ledger, notify=None) -> None:
     S.table, S.ledger = table, ledger
     S.notify = notify or S.notify
     S.config = None  # set once the pool's size is known (``set_capacity``)
-    S._cfg = cfg
+    S.cfg = cfg
 
 
 def set_capacity(tokens: int) -> None:
-    cfg = S._cfg
+    cfg = S.cfg
     S.config = SchedulerConfig(
         capacity_tokens=max(1, int(tokens)), high_watermark=cfg.high_watermark,
         low_watermark=cfg.low_watermark, half_life_s=cfg.decay_half_life_s,
@@ -100,10 +103,13 @@ def should_hold(program_id: str) -> bool:
 
 
 def hold(program_id: str, rid: str, max_new: int, admit: Callable[[], object]) -> None:
-    first = program_id not in S.held
-    S.held.setdefault(program_id, []).append(
-        Held(program_id, rid, time.monotonic(), _headroom_of(max_new), admit))
+    item = Held(program_id, rid, time.monotonic(), _headroom_of(max_new), admit)
     S.counters["held_requests"] += 1
+    if S.shutdown_answer is not None:  # the server is draining: never wait for a resume
+        _answer_at_shutdown([item])
+        return
+    first = program_id not in S.held
+    S.held.setdefault(program_id, []).append(item)
     program = S.table.live_program(program_id)
     if first and program is not None:
         S.notify(program_id, "prepare")  # a paused program with a call waiting is next
@@ -290,6 +296,25 @@ def release_for_abort(rid_prefix: str, abort_all: bool) -> int:
             del S.held[pid]
     S.counters["held_aborted"] += count
     return count
+
+
+def shut_down(answer: Callable[[Held], None]) -> int:
+    """The server is shutting down: every held call, and any held later, is answered at once
+    by ``answer`` (HTTP 503 through SGLang's abort path), so the drain does not wait for
+    resumes. Returns how many were held."""
+    S.shutdown_answer = answer
+    items = [item for held in S.held.values() for item in held]
+    S.held.clear()
+    _answer_at_shutdown(items)
+    get_logger().info("ThunderAgent scheduler: shutting down; %d held call(s) answered 503",
+                      len(items))
+    return len(items)
+
+
+def _answer_at_shutdown(items: list[Held]) -> None:
+    for item in items:
+        S.shutdown_answer(item)
+    S.counters["held_shutdown"] += len(items)
 
 
 def held_count(program_id: str | None = None) -> int:

@@ -13,13 +13,13 @@ import time
 
 from sglang.utils import TypeBasedDispatcher
 
-from thunderagent_sglang import compat, config
 from typing import NamedTuple
 
-from thunderagent_sglang.engine import hooks, offload, program_ipc, program_pausing
+from thunderagent_sglang import compat, config
+from thunderagent_sglang.engine import (
+    hooks, offload, program_ipc, program_pausing, program_retraction, program_tree)
 from thunderagent_sglang.engine.logs import get_logger
 from thunderagent_sglang.engine.program_ipc import ProgramControlReq, reply
-from thunderagent_sglang.engine import program_tree
 from thunderagent_sglang.engine.program_tree import RESIDENCY
 from thunderagent_sglang.program import misses
 from thunderagent_sglang.program.linking import PrefixLinker
@@ -73,6 +73,8 @@ def install(cfg: config.ThunderAgentConfig) -> None:
     hooks.install(compat.OUTPUT_STREAMER_STREAM_OUTPUT, _on_stream_output, "after")
     hooks.install(compat.SCHEDULER_SEND_ABORT_OUTPUT, _on_abort_output, "after")
     hooks.install(compat.SCHEDULER_PROCESS_INPUT_REQUESTS, _on_loop, "after")
+    if cfg.scheduler == "thunder":
+        hooks.install(compat.DECODE_RETRACTION_ORDER, program_retraction.reorder, "around")
 
 
 def sidecar_notify():
@@ -85,6 +87,7 @@ def sidecar_notify():
 
 
 def _add_control_dispatch(result, scheduler):
+    _state["scheduler"] = scheduler
     _state["page_size"] = getattr(scheduler, "page_size", None) or 1
     program_pausing.set_capacity(scheduler.max_total_num_tokens)
     scheduler._request_dispatcher += TypeBasedDispatcher([(ProgramControlReq, handle_control)])
@@ -333,7 +336,7 @@ def _list(t, program_id, payload):
                        "demand_tokens": _state["ledger"].demand_tokens(),
                        "resident_tokens": RESIDENCY.active_footprint(),
                        "tagged_resident_tokens": RESIDENCY.tagged_tokens(),
-                       "scheduler": program_pausing.stats()})
+                       "scheduler": _scheduler_stats()})
 
 
 def _get(t, program_id, payload):
@@ -374,7 +377,30 @@ def _stats(t, program_id, payload):
     return reply(200, {"counters": t.counters, "live": t.live_count_by(),
                        "demand_tokens": _state["ledger"].demand_tokens(),
                        "resident_tokens": RESIDENCY.active_footprint(),
-                       "kv": offload.stats(), "scheduler": program_pausing.stats()})
+                       "kv": offload.stats(), "scheduler": _scheduler_stats()})
+
+
+def _shutdown(t, program_id, payload):
+    """The HTTP process got SIGTERM: answer held calls 503 now rather than drain them."""
+    return reply(200, {"answered": program_pausing.shut_down(_answer_unavailable)})
+
+
+SHUTDOWN_MESSAGE = ("The server is shutting down; this program was paused and its call had "
+                    "not started. Retry against a running server.")
+
+
+def _answer_unavailable(item) -> None:
+    """Hand the held call to SGLang without our bookkeeping and abort it there with 503."""
+    from sglang.srt.managers.io_struct import AbortReq
+    from sglang.srt.managers.schedule_batch import FINISH_ABORT
+
+    item.admit(False)
+    reason = FINISH_ABORT(SHUTDOWN_MESSAGE, status_code=503).to_json()
+    _state["scheduler"].abort_request(AbortReq(rid=item.rid, finished_reason=reason))
+
+
+def _scheduler_stats() -> dict:
+    return {**program_pausing.stats(), **program_retraction.stats()}
 
 
 def _record(t, program) -> dict:
@@ -389,6 +415,7 @@ def _record(t, program) -> dict:
 
 
 _OPS = {
+    "shutdown": _shutdown,
     "list": _list,
     "get": _get,
     "release": _release,

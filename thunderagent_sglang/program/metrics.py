@@ -10,6 +10,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 
+SCHEDULER_EVENTS = ("held_requests", "held_aborted", "held_shutdown", "force_resumes", "marks",
+                    "retraction_orders")
+
+
 class _StatsCollector:
     def __init__(self, stats: dict):
         self.stats = stats
@@ -48,6 +52,13 @@ class _StatsCollector:
                             "or loaded back (prefetched) at resume.", "event",
                             {"offloaded": kv["offloaded_tokens"], "dropped": kv["dropped_tokens"],
                              "prefetched": kv["prefetched_tokens"]})
+        scheduler = self.stats.get("scheduler")
+        if scheduler is not None:
+            yield _labelled(CounterMetricFamily, "thunderagent_scheduler_events",
+                            "Scheduler events: calls held, held calls aborted by their client "
+                            "or answered 503 at shutdown, force-resumes after max pause, marks "
+                            "for pause at the next tool boundary, decode retractions reordered.",
+                            "event", {key: scheduler.get(key, 0) for key in SCHEDULER_EVENTS})
         for name, key, help_text in (
                 ("pauses", "pauses", "Program pauses."),
                 ("resumes", "resumes", "Program resumes."),
