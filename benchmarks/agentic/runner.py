@@ -50,7 +50,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--window", type=float, help="seconds of the measured window (serve, chat)")
     p.add_argument("--group-size", type=int, default=4, help="samples per task in rollouts")
     p.add_argument("--device-tokens", type=int, default=16384, help="device KV pool (tokens)")
-    p.add_argument("--host-ratio", type=float, default=2.0, help="host tier, times the device pool")
+    p.add_argument("--host-ratio", type=float, default=1.0,
+                   help="host tier, times the device pool (issue: no larger than the pool)")
     p.add_argument("--limit-tokens", type=int, default=262144, help="the limit system's pool")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sglang-metrics", action="store_true",

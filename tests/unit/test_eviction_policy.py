@@ -59,3 +59,11 @@ def test_host_tier_keeps_live_programs_offloaded_kv_longest():
     assert order == sorted(order)
     assert [k[0] for k in order] == [EvictionClass.TERMINATED, EvictionClass.UNTAGGED,
                                      EvictionClass.REASONING]
+
+
+def test_an_untagged_live_node_ranks_alike_on_device_and_host():
+    """The cache's fast path for untagged nodes relies on this."""
+    from thunderagent_sglang.policy.eviction import EvictionClass, host_node_key, node_key
+
+    assert node_key((), retired=False) == host_node_key(False, retired=False)
+    assert node_key((), retired=False) == (EvictionClass.UNTAGGED, 0.0)

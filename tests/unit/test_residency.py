@@ -43,6 +43,7 @@ def test_two_programs_share_a_system_prompt():
     assert res.tags(1) == res.tags(2) == res.tags(3) == frozenset({"a", "b"})
     assert res.tags(4) == {"a"} and res.tags(5) == {"b"}
     assert res.tags(99) == frozenset() and res.lengths(99) is None
+    assert res.is_tagged(4) and not res.is_tagged(99)
     assert res.lengths(3) == (30, 0) and len(res) == 5
     assert res.heads("a") == {"r": 4}
     assert reads(res, "nobody") == (0, 0, 0) and "nobody" not in res
@@ -64,6 +65,7 @@ def test_split_of_a_shared_node():
     assert len(res) == 5  # 1, 10, 2, 3, 5
     res.drop_head("b", "r")
     assert len(res) == 0 and res.active_footprint() == 0
+    assert not any(res.is_tagged(n) for n in (1, 2, 3, 5, 10))
 
 
 def test_split_of_a_backed_up_node_and_of_an_untagged_node():

@@ -23,6 +23,7 @@ FINAL_HEAD = "last"  # the head of a program's latest finished call
 RESIDENCY = Residency()  # one per scheduler process
 RETIRED: set[int] = set()  # nodes a terminated program's sequence passed through
 _trees: list = []  # the tree core built here (one per scheduler)
+_UNTAGGED_KEY = node_key((), retired=False)  # device and host rank alike (policy.eviction)
 _first: list = []  # a program whose own nodes rank before everything (while evicting it)
 
 
@@ -143,6 +144,8 @@ class ProgramEvictionStrategy:
         self.program_state = program_state  # program id -> policy.eviction.ProgramState | None
 
     def get_priority(self, node):
+        if node.id not in RETIRED and not RESIDENCY.is_tagged(node.id):  # the common case, fast
+            return (*_UNTAGGED_KEY, self.base.get_priority(node))
         tags = RESIDENCY.tags(node.id)
         if _first and tags == frozenset(_first):
             return (-1, 0.0, self.base.get_priority(node))

@@ -118,6 +118,11 @@ class Residency:
         """Device tokens on nodes tagged by any program, shared nodes once (O(nodes))."""
         return sum(rec.dev for rec in self._nodes.values() if rec.progs)
 
+    def is_tagged(self, node: int) -> bool:
+        """Does any program tag the node? O(1)."""
+        rec = self._nodes.get(node)
+        return rec is not None and bool(rec.progs)
+
     def tags(self, node: int) -> frozenset[str]:
         """Programs tagging the node (empty if untagged). O(programs on the node)."""
         rec = self._nodes.get(node)
