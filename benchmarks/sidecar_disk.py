@@ -1,6 +1,7 @@
 """Tool-environment disk and start latency: program-aware lifecycle vs a program-unaware one.
 
     .venv/bin/python benchmarks/sidecar_disk.py [--programs 40] [--write-mb 20] [--base-mb 200]
+    .venv/bin/python benchmarks/sidecar_disk.py --sweep [20,40,80]
 
 Needs root (the local backend: overlayfs + namespaces). One generated base repository of
 ``--base-mb`` MB (incompressible files) is shared read-only by every environment. ``--programs``
@@ -12,9 +13,12 @@ programs arrive every ``--arrival-s`` seconds; each creates an environment over 
   programs: environments are cleaned only when the whole run ends.
 
 Peak disk is the largest ``du -sxB1`` of the sidecar root (upper dirs: what the environments
-really wrote), sampled every 50 ms, plus the shared base once. Then the preparation test:
-``--prep-programs`` programs each declare a lazy environment with a setup step (copying
-``--setup-mb`` MB of the base, a stand-in for a dependency install); on resume, either the
+really wrote), sampled every 50 ms, plus the shared base once. The unaware peak grows with the
+number of programs (base + N x write), the aware one with the programs alive at once (base +
+concurrency x write), so their ratio depends on N: ``--sweep`` runs the comparison at several
+program counts, all else equal, and reports the ratio at each. Then the preparation test:
+``--prep-programs`` programs each declare a lazy environment with a setup step (writing
+``--setup-mb`` MB, a stand-in for a dependency install); on resume, either the
 first exec materializes it, or a "prepare" event sent ``--lead-s`` before the program's
 request (as the scheduler does for the next paused programs) has it ready. The figure is the
 time the resumed program waits for its environment (its first exec minus a warm exec).
@@ -43,6 +47,8 @@ RESULTS = Path(__file__).parent / "results" / "sidecar_disk.json"
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "bench"
 STARTED: list = []  # every sidecar, stopped in main's finally even after an error
+DEFAULT_SWEEP = "20,40,80"
+TARGET_RATIO = 4.2  # the paper's peak-disk reduction
 
 
 def make_base(path: Path, total_mb: int) -> int:
@@ -114,8 +120,8 @@ class PeakSampler(threading.Thread):
         return max(self.peak, du(self.root))
 
 
-def run_lifecycle(mode: str, base: Path, work: Path, args) -> dict:
-    sidecar = Sidecar(work / f"root-{mode}")
+def run_lifecycle(mode: str, programs: int, base: Path, work: Path, args) -> dict:
+    sidecar = Sidecar(work / f"root-{mode}-{programs}")
     sampler = PeakSampler(sidecar.root)
     sampler.start()
     latencies: list[float] = []
@@ -135,8 +141,8 @@ def run_lifecycle(mode: str, base: Path, work: Path, args) -> dict:
             sidecar.post("/events", program_id=f"{mode}-{i}", event="terminated")
 
     t0 = time.monotonic()
-    with ThreadPoolExecutor(args.programs) as pool:
-        list(pool.map(program, range(args.programs)))
+    with ThreadPoolExecutor(programs) as pool:
+        list(pool.map(program, range(programs)))
     run_s = time.monotonic() - t0
     peak = sampler.stop()
     for env in sidecar.http.get("/envs").json()["envs"]:  # the end-of-run cleanup
@@ -145,7 +151,7 @@ def run_lifecycle(mode: str, base: Path, work: Path, args) -> dict:
     sidecar.stop()
     latencies.sort()
     return {
-        "mode": mode, "run_s": round(run_s, 2), "peak_env_bytes": peak,
+        "mode": mode, "programs": programs, "run_s": round(run_s, 2), "peak_env_bytes": peak,
         "peak_disk_bytes": peak + args.base_bytes, "bytes_after_cleanup": left,
         "start_latency_ms": {"median": round(1000 * statistics.median(latencies), 1),
                              "p95": round(1000 * latencies[int(0.95 * (len(latencies) - 1))], 1)},
@@ -155,7 +161,8 @@ def run_lifecycle(mode: str, base: Path, work: Path, args) -> dict:
 
 def run_prepare(base: Path, work: Path, args) -> dict:
     sidecar = Sidecar(work / "root-prepare")
-    setup = f"mkdir -p deps && head -c {args.setup_mb}M /dev/urandom > deps/lib.bin && sync -f deps/lib.bin"
+    setup = (f"mkdir -p deps && head -c {args.setup_mb}M /dev/urandom > deps/lib.bin "
+             "&& sync -f deps/lib.bin")
     waits: dict[str, list[float]] = {"without_prepare": [], "with_prepare": []}
     for i in range(args.prep_programs):
         for case in waits:
@@ -178,9 +185,50 @@ def run_prepare(base: Path, work: Path, args) -> dict:
                    "max_ms": round(1000 * max(v), 1)} for case, v in waits.items()}
 
 
+def compare(programs: int, base: Path, work: Path, args) -> dict:
+    """Unaware then aware lifecycle for ``programs`` programs, and their peak-disk ratios."""
+    runs = [run_lifecycle(mode, programs, base, work, args) for mode in ("unaware", "aware")]
+    for row in runs:
+        print(json.dumps(row), flush=True)
+    unaware, aware = runs
+    return {
+        "programs": programs, "runs": runs,
+        "peak_disk_ratio_unaware_over_aware": round(
+            unaware["peak_disk_bytes"] / aware["peak_disk_bytes"], 2),
+        "peak_env_bytes_ratio": round(unaware["peak_env_bytes"]
+                                      / max(1, aware["peak_env_bytes"]), 2),
+        "full_copy_bytes_for_reference": programs * (args.base_bytes + args.write_mb * 2**20),
+    }
+
+
+def summarize(comparisons: list[dict]) -> dict:
+    ratios = {str(c["programs"]): c["peak_disk_ratio_unaware_over_aware"] for c in comparisons}
+    return {
+        "peak_disk_ratio_by_programs": ratios,
+        "peak_disk_mb_by_programs": {
+            str(c["programs"]): {r["mode"]: round(r["peak_disk_bytes"] / 2**20)
+                                 for r in c["runs"]} for c in comparisons},
+        "target_ratio": TARGET_RATIO,
+        "programs_reaching_target": [int(n) for n, r in ratios.items() if r >= TARGET_RATIO],
+    }
+
+
+def parse_counts(text: str) -> list[int]:
+    try:
+        counts = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give program counts like 20,40,80") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive program counts like 20,40,80")
+    return counts
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--programs", type=int, default=40)
+    p.add_argument("--sweep", type=parse_counts, nargs="?", const=parse_counts(DEFAULT_SWEEP),
+                   default=None, help="compare at each of these program counts instead of "
+                   f"--programs (default when given alone: {DEFAULT_SWEEP})")
     p.add_argument("--base-mb", type=int, default=200)
     p.add_argument("--write-mb", type=int, default=20)
     p.add_argument("--arrival-s", type=float, default=0.25)
@@ -193,37 +241,31 @@ def main() -> None:
     args = p.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the local backend mounts overlays")
+    counts = args.sweep or [args.programs]
     work = Path(args.work or tempfile.mkdtemp(prefix="sidecar-bench-"))
     try:
         base = work / "base"
         args.base_bytes = make_base(base, args.base_mb)
         print(f"base: {args.base_bytes / 2**20:.0f} MiB in {base}", flush=True)
-        runs = [run_lifecycle(mode, base, work, args) for mode in ("unaware", "aware")]
-        for row in runs:
-            print(json.dumps(row), flush=True)
+        comparisons = [compare(n, base, work, args) for n in counts]
         prepare = run_prepare(base, work, args)
         print(json.dumps({"prepare": prepare}), flush=True)
     finally:
         for sidecar in STARTED:
             sidecar.stop()
         shutil.rmtree(work, ignore_errors=True)
-    by = {r["mode"]: r for r in runs}
-    summary = {
-        "peak_disk_ratio_unaware_over_aware": round(
-            by["unaware"]["peak_disk_bytes"] / by["aware"]["peak_disk_bytes"], 2),
-        "peak_env_bytes_ratio": round(by["unaware"]["peak_env_bytes"]
-                                      / max(1, by["aware"]["peak_env_bytes"]), 2),
-        "full_copy_bytes_for_reference": args.programs * (args.base_bytes
-                                                          + args.write_mb * 2**20),
-    }
+    summary = summarize(comparisons)
     print(json.dumps(summary, indent=1))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    params = {k: v for k, v in vars(args).items() if k not in ("work", "out")}
+    params = {k: v for k, v in vars(args).items()
+              if k not in ("work", "out") and not (k == "programs" and args.sweep)}
     out.write_text(json.dumps({
+        "command": " ".join(["benchmarks/sidecar_disk.py", *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
-        "params": params, "runs": runs, "prepare": prepare, "summary": summary}, indent=1))
+        "params": params, "comparisons": comparisons, "prepare": prepare, "summary": summary},
+        indent=1))
 
 
 if __name__ == "__main__":

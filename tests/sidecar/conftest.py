@@ -37,7 +37,8 @@ needs_local = pytest.mark.skipif(MISSING is not None, reason=f"local backend: {M
 
 
 class Sidecar:
-    def __init__(self, root: Path, args: list[str], env_extra: dict | None = None):
+    def __init__(self, root: Path, args: list[str], env_extra: dict | None = None,
+                 wrap: list[str] | None = None):
         self.root = root
         env = {**os.environ, "THUNDERAGENT_SIDECAR_TOKEN": TOKEN, **(env_extra or {})}
         url_file = root / "url"
@@ -45,8 +46,9 @@ class Sidecar:
             url_file.unlink()
         self.log = open(root.parent / f"{root.name}.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "thunderagent_sglang.sidecar", "--root", str(root),
-             "--port", "0", *args], cwd=REPO, env=env, stdout=self.log, stderr=self.log)
+            [*(wrap or []), sys.executable, "-m", "thunderagent_sglang.sidecar",
+             "--root", str(root), "--port", "0", *args],
+            cwd=REPO, env=env, stdout=self.log, stderr=self.log)
         deadline = time.monotonic() + 30
         while not url_file.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -113,10 +115,12 @@ def base(tmp_path) -> Path:
 def start_sidecar(tmp_path):
     started: list[Sidecar] = []
 
-    def start(*args: str, name: str = "root", env_extra: dict | None = None) -> Sidecar:
+    def start(*args: str, name: str = "root", env_extra: dict | None = None,
+              wrap: list[str] | None = None) -> Sidecar:
+        """``wrap``: a command line the sidecar's own is appended to (e.g. ``unshare ...``)."""
         root = tmp_path / name
         root.mkdir(exist_ok=True)
-        sidecar = Sidecar(root, list(args), env_extra)
+        sidecar = Sidecar(root, list(args), env_extra, wrap)
         started.append(sidecar)
         return sidecar
 

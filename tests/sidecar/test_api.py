@@ -62,13 +62,21 @@ def test_unknown_env_is_404_and_destroy_is_idempotent(sidecar, base):
 def test_exec_sees_clone_of_base_with_readonly_host_and_own_pid_namespace(sidecar, base):
     env = sidecar.create(base)["env_id"]
     out = sidecar.exec(env, "cat README && echo changed > README && mkdir -p d && "
-                            "touch /usr/forbidden; echo pid=$$; echo $FOO; pwd", cwd=".",
-                       env={"FOO": "bar"})
-    assert out["stdout"] == "base readme\npid=1\nbar\n/workspace\n", out
+                            "touch /usr/forbidden; n=0; for p in /proc/[0-9]*; do n=$((n+1)); "
+                            "done; echo procs=$n; echo $FOO; pwd", cwd=".", env={"FOO": "bar"})
+    # Two processes in its pid namespace: the jail's shell (pid 1) and the command's.
+    assert out["stdout"] == "base readme\nprocs=2\nbar\n/workspace\n", out
     assert "Read-only file system" in out["stderr"]
     assert (base / "README").read_text() == "base readme\n"  # the shared base is untouched
     assert sidecar.exec(env, "pwd", cwd="pkg")["stdout"] == "/workspace/pkg\n"
     assert sidecar.http.get(f"/envs/{env}/files/README").content == b"changed\n"
+
+
+def test_a_command_killed_by_a_signal_exits_128_plus_the_signal(sidecar, base):
+    env = sidecar.create(base)["env_id"]
+    assert sidecar.exec(env, "kill -9 $$")["exit_code"] == 137
+    assert sidecar.exec(env, "kill -15 $$")["exit_code"] == 143
+    assert sidecar.exec(env, "exit 7")["exit_code"] == 7
 
 
 def test_timeout_kills_the_whole_process_tree(sidecar, base):
@@ -173,3 +181,63 @@ def test_100_concurrent_creates_and_destroys_leave_consistent_state(sidecar, bas
         list(pool.map(lambda e: sidecar.http.delete(f"/envs/{e}"), kept))
     assert os.listdir(sidecar.root / "envs") == []
     assert f"{sidecar.root}/" not in open("/proc/self/mounts").read()
+
+
+def test_fifo_directory_and_through_a_file_paths_are_400_without_blocking(sidecar, base):
+    env = sidecar.create(base)["env_id"]
+    sidecar.exec(env, "mkfifo pipe")
+    quick = httpx.Client(base_url=sidecar.url, timeout=5, headers=sidecar.http.headers)
+    got = quick.get(f"/envs/{env}/files/pipe")  # open() of a FIFO with no writer would hang
+    assert got.status_code == 400 and "not a regular file" in got.json()["detail"]
+    put = quick.put(f"/envs/{env}/files/pipe", content=b"x")
+    assert put.status_code == 400, put.text
+    assert quick.get(f"/envs/{env}/files/pkg").status_code == 400
+    under_a_file = quick.put(f"/envs/{env}/files/README/x", content=b"x")
+    assert under_a_file.status_code == 400 and "is a file" in under_a_file.json()["detail"]
+    assert quick.delete(f"/envs/{env}").json()["destroyed"] is True
+
+
+def test_exec_env_names_that_would_set_another_variable_are_400(sidecar, base):
+    env = sidecar.create(base)["env_id"]
+    for name in ("A=B", "-u", "1X", ""):
+        got = sidecar.http.post(f"/envs/{env}/exec", json={"cmd": "true", "env": {name: "v"}})
+        assert got.status_code == 400 and "variable names" in got.json()["detail"], name
+    assert sidecar.exec(env, "echo $_OK1", env={"_OK1": "a=b"})["stdout"] == "a=b\n"
+
+
+def _peak_rss(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) << 10
+    raise AssertionError("no VmHWM")
+
+
+def test_output_beyond_max_output_is_counted_not_held_in_memory(sidecar, base):
+    env = sidecar.create(base)["env_id"]
+    before = _peak_rss(sidecar.proc.pid)
+    out = sidecar.exec(env, "head -c 300000000 /dev/zero | tr '\\0' x")
+    kept = 1 << 20  # the sidecar's max_output
+    assert out["stdout"] == "x" * kept + f"\n[... {300_000_000 - kept} more bytes cut]"
+    assert _peak_rss(sidecar.proc.pid) - before < 64 << 20  # not the 300 MB it printed
+
+
+def test_failed_resume_leaves_nothing_mounted_and_can_be_retried(sidecar, base):
+    env = sidecar.create(base, limits={"disk": "16M"})["env_id"]
+    sidecar.exec(env, "echo kept > k")
+    sidecar.http.post(f"/envs/{env}/pause")
+    env_dir = f"{sidecar.root}/envs/{env}"
+
+    def mount_points() -> list[str]:  # one entry per mount, stacked ones included
+        points = [line.split()[1] for line in open("/proc/self/mounts")]
+        return sorted(p.removeprefix(env_dir) for p in points if p.startswith(env_dir + "/"))
+
+    moved = base.with_name("base-moved")
+    base.rename(moved)
+    for _ in range(2):  # a retry must not mount the disk image a second time
+        got = sidecar.http.post(f"/envs/{env}/resume")
+        assert got.status_code == 400 and "not a directory" in got.json()["detail"]
+        assert mount_points() == []
+    moved.rename(base)
+    assert sidecar.http.post(f"/envs/{env}/resume").json()["state"] == "running"
+    assert sidecar.exec(env, "cat k")["stdout"] == "kept\n"
+    assert mount_points() == ["/merged", "/store"]

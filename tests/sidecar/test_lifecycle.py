@@ -167,3 +167,27 @@ def test_kill_9_then_restart_sweeps_every_orphan(start_sidecar, base):
                    if os.path.exists(f"/proc/{p}/cmdline"))
     assert "swept" in again.read_log()
     assert again.http.get("/envs").json() == {"envs": []}
+
+
+def test_destroy_during_a_setup_command_kills_it_at_once(sidecar, base):
+    replies = []
+
+    def create():
+        replies.append(sidecar.http.post("/envs", json={
+            "program_id": "P", "base_dir": str(base), "setup": "sleep 1008"}))
+
+    creator = threading.Thread(target=create)
+    creator.start()
+    _wait(lambda: any(b"sleep\x001008" in open(f"/proc/{p}/cmdline", "rb").read()
+                      for p in filter(str.isdigit, os.listdir("/proc"))
+                      if os.path.exists(f"/proc/{p}/cmdline")))
+    [env] = sidecar.http.get("/envs").json()["envs"]
+    start = time.monotonic()
+    gone = sidecar.http.delete(f"/envs/{env['env_id']}", timeout=10)  # the setup holds the lock
+    assert gone.json()["destroyed"] is True and time.monotonic() - start < 5
+    creator.join(10)
+    assert replies[0].status_code == 409
+    assert "destroyed during its setup command" in replies[0].json()["detail"]
+    assert sidecar.http.get("/envs").json() == {"envs": []}
+    assert os.listdir(sidecar.root / "envs") == []
+    assert sidecar.http.get("/stats").json()["counters"]["destroyed"] == {"request": 1}

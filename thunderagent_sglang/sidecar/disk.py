@@ -38,12 +38,16 @@ def mount_overlay(lowers: list[str], upper: str, work: str, target: str) -> None
     run(["mount", "-t", "overlay", "overlay", "-o", opts, target], "mounting the workspace")
 
 
-def umount(target: str) -> None:
-    """Unmounts ``target`` if mounted; lazily if busy (a loop image then detaches when free)."""
-    if not is_mounted(target):
-        return
-    if subprocess.run(["umount", target], capture_output=True).returncode != 0:
-        run(["umount", "-l", target], f"unmounting {target}")
+def umount(target: str, stacked_limit: int = 8) -> None:
+    """Unmounts ``target`` (every mount stacked on it) if mounted; lazily if busy (a loop image
+    then detaches when free)."""
+    for _ in range(stacked_limit):
+        if not is_mounted(target):
+            return
+        if subprocess.run(["umount", target], capture_output=True).returncode != 0:
+            run(["umount", "-l", target], f"unmounting {target}")
+    raise SidecarError(f"{target} is still mounted after {stacked_limit} unmounts: unmount it "
+                       "by hand (umount -R)")
 
 
 def is_mounted(target: str) -> bool:
@@ -56,7 +60,7 @@ def mounts_under(root: str) -> list[str]:
     found = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
-            point = _unescape(line.split()[4])
+            point = unescape(line.split()[4])
             if point == root or point.startswith(root + "/"):
                 found.append(point)
     return sorted(set(found), key=lambda p: (-p.count("/"), p))
@@ -105,6 +109,7 @@ def is_full(path: str, slack: int = 1 << 20) -> bool:
     return st.f_bavail * st.f_frsize < slack
 
 
-def _unescape(field: str) -> str:
+def unescape(field: str) -> str:
+    """A path field of /proc/self/mountinfo, with its octal escapes undone."""
     return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace(
         "\\134", "\\")

@@ -71,6 +71,7 @@ class DockerBackend(Backend):
             name=NAME_PREFIX + env.env_id, command=_HOLD, detach=True, working_dir=WORKDIR,
             labels={LABEL_ROOT: self.root, LABEL_PROGRAM: spec.program_id, LABEL_ENV: env.env_id},
             mem_limit=spec.memory, pids_limit=spec.pids,
+            nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
         )
         if not spec.network:
             kwargs["network_mode"] = "none"

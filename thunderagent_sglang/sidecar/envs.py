@@ -20,8 +20,9 @@ class EnvSpec:
     image: str | None = None  # local: a root filesystem directory; docker: an image name
     snapshot: str | None = None  # a layer made by POST /envs/{id}/snapshot
     disk: int | None = None  # bytes; None = no cap
-    memory: int | None = None  # bytes (docker)
-    pids: int | None = None  # (docker)
+    memory: int | None = None  # bytes (local: cgroup memory controller; docker: mem_limit)
+    pids: int | None = None  # processes and threads at once
+    cpus: float | None = None  # CPUs' worth of time per period, e.g. 0.5
     network: bool = True
     ports: tuple[str, ...] = ()
     setup: str | None = None  # a command run once when the environment is materialized
@@ -45,6 +46,7 @@ class EnvRecord:
     disk_bytes: int = 0
     prepared_wall: float | None = None  # when a "prepare" event materialized or resumed it
     destroyed: bool = False
+    destroying: bool = False  # set before a destroy waits for the lock: new commands are killed
 
     def view(self) -> EnvView:
         return EnvView(self.env_id, self.spec.program_id, self.state, self.created_at,
@@ -56,7 +58,7 @@ class EnvRecord:
             "env_id": self.env_id, "program_id": s.program_id, "backend": s.backend,
             "state": self.state, "base_dir": s.base_dir, "image": s.image,
             "snapshot": s.snapshot, "ports": dict(self.ports),
-            "limits": {"disk": s.disk, "memory": s.memory, "pids": s.pids,
+            "limits": {"disk": s.disk, "memory": s.memory, "pids": s.pids, "cpus": s.cpus,
                        "network": s.network},
             "created_at": self.created_wall, "busy": self.busy > 0,
             "disk_bytes": self.disk_bytes, "prepared_at": self.prepared_wall,
@@ -81,8 +83,9 @@ class ExecResult:
 class Backend(abc.ABC):
     """Mechanism only; the manager holds the record's lock around every call.
 
-    Invariants: ``destroy`` is idempotent and leaves no mount, process or directory of the
-    environment; ``sweep`` removes everything a crashed sidecar with the same root left.
+    Invariants: ``destroy`` is idempotent and leaves no mount, process, cgroup or directory of
+    the environment; a command that starts once ``destroying`` or ``destroyed`` is set is killed
+    at once; ``sweep`` removes everything a crashed sidecar with the same root left.
     """
 
     name = "?"
@@ -91,12 +94,19 @@ class Backend(abc.ABC):
     def probe(self) -> None:
         """Raises BackendUnavailable, saying what is missing and what to do, if it cannot run."""
 
+    def check_limits(self, spec: EnvSpec) -> None:
+        """Raises Unenforceable if ``spec`` asks for a limit this backend cannot enforce here."""
+
     @abc.abstractmethod
     def materialize(self, env: EnvRecord) -> None:
         """Creates the workspace (and container) of a PENDING environment; leaves it running."""
 
     @abc.abstractmethod
     def destroy(self, env: EnvRecord) -> None: ...
+
+    def interrupt(self, env: EnvRecord) -> None:
+        """Kills the environment's running commands. Called without the record's lock (which a
+        long setup command holds), right before ``destroy``."""
 
     @abc.abstractmethod
     def pause(self, env: EnvRecord) -> None: ...

@@ -25,6 +25,12 @@ class Conflict(SidecarError):
     status = 409
 
 
+class Unenforceable(SidecarError):
+    """A limit was asked for that this host or backend cannot enforce (never silently dropped)."""
+
+    status = 422
+
+
 class DiskFull(SidecarError):
     """The environment's disk cap, or the sidecar's high-water mark, was reached."""
 

@@ -2,8 +2,9 @@
 
 ``host`` mode: a tmpfs root holding read-only binds of the host's top-level directories, the
 workspace at /workspace. ``rootfs`` mode: the workspace *is* a prepared root filesystem. Mounts
-made inside vanish with the namespace, so a crash leaks none of them. ``--kill-child`` and the
-pid namespace make one SIGKILL of ``unshare`` end every process the command started.
+made inside vanish with the namespace, so a crash leaks none of them. The jail script stays the
+namespace's pid 1 (the command is pid 2); ``--kill-child`` and the pid namespace make one SIGKILL
+of ``unshare`` end every process the command started.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ fi
 mount -t proc proc "$R/proc"
 mount --rbind /dev "$R/dev"
 mount -t tmpfs tmpfs "$R/tmp"
-exec chroot "$R" /bin/sh -c 'cd "$1" || exit 126; shift; exec env -i "$@"' jail "$cwd" "$@"
+# Not exec: this shell stays pid 1, so a command killed by a signal (OOM, kill -9) exits 128+N
+# through it (unshare 2.38 reports a pid 1 killed by a signal as exit 1).
+chroot "$R" /bin/sh -c 'cd "$1" || exit 126; shift; exec env -i "$@"' jail "$cwd" "$@"
 """
 
 

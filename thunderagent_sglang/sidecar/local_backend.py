@@ -8,14 +8,14 @@ its root on). The base directory or root filesystem is shared read-only by every
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
-import signal
-import subprocess
+import stat
 import time
 
-from thunderagent_sglang.sidecar import disk, jail
-from thunderagent_sglang.sidecar.envs import Backend, EnvRecord, ExecResult
+from thunderagent_sglang.sidecar import cgroups, disk, jail, procs
+from thunderagent_sglang.sidecar.envs import Backend, EnvRecord, EnvSpec, ExecResult
 from thunderagent_sglang.sidecar.errors import BackendUnavailable, BadRequest, DiskFull, NotFound
 from thunderagent_sglang.sidecar.paths import inside, relative_parts
 
@@ -31,6 +31,8 @@ class LocalBackend(Backend):
         self.envs_dir = os.path.join(root, "envs")
         self.layers_dir = os.path.join(root, "layers")
         self.jail_root = os.path.join(root, "jail")
+        self.cgroups = cgroups.Cgroups(_tag(root), {}, dict.fromkeys(
+            cgroups.CONTROLLERS, "the backend was not probed"))
 
     # -- capability and sweep -------------------------------------------------------------
     def probe(self) -> None:
@@ -49,9 +51,14 @@ class LocalBackend(Backend):
                 + "; install util-linux and e2fsprogs and run as root, or use --backend docker")
         for d in (self.envs_dir, self.layers_dir, self.jail_root):
             os.makedirs(d, exist_ok=True)
+        self.cgroups = cgroups.detect(_tag(self.root))
+
+    def check_limits(self, spec: EnvSpec) -> None:
+        self.cgroups.check(limits_of(spec))
 
     def sweep(self, keep_layers: frozenset[str] = frozenset()) -> list[str]:
-        removed = [f"process {pid}" for pid in _kill_marked(f"{jail.MARK}:{self.root}:")]
+        removed = [f"process {pid}" for pid in procs.kill_marked(f"{jail.MARK}:{self.root}:")]
+        removed += self.cgroups.sweep()
         removed += [f"mount {p}" for p in disk.unmount_all_under(self.root)]
         removed += _remove_children(self.envs_dir)
         removed += _remove_children(self.layers_dir, keep=keep_layers)
@@ -59,7 +66,7 @@ class LocalBackend(Backend):
 
     # -- lifecycle -------------------------------------------------------------------------
     def materialize(self, env: EnvRecord) -> None:
-        lowers = [self._layer_path(n) for n in env.layers] + [self._base(env)]
+        lowers = self._lowers(env)
         d = self._dir(env)
         for sub in ("store", "merged"):
             os.makedirs(os.path.join(d, sub), exist_ok=True)
@@ -71,13 +78,18 @@ class LocalBackend(Backend):
             for sub in ("upper", "work"):
                 os.makedirs(os.path.join(d, "store", sub), exist_ok=True)
             self._mount(env, lowers)
+            self.cgroups.create(env.env_id, limits_of(env.spec))
         except Exception:
             self.destroy(env)
             raise
 
-    def destroy(self, env: EnvRecord) -> None:
+    def interrupt(self, env: EnvRecord) -> None:
         for proc in list(env.procs):
-            _kill_tree(proc)
+            procs.kill_tree(proc)
+
+    def destroy(self, env: EnvRecord) -> None:
+        self.interrupt(env)
+        self.cgroups.remove(env.env_id)
         d = self._dir(env)
         disk.unmount_all_under(d)
         shutil.rmtree(d, ignore_errors=True)
@@ -88,10 +100,15 @@ class LocalBackend(Backend):
         disk.umount(os.path.join(d, "store"))
 
     def resume(self, env: EnvRecord) -> None:
+        lowers = self._lowers(env)
         d = self._dir(env)
-        if env.spec.disk:
-            disk.mount_image(os.path.join(d, "disk.img"), os.path.join(d, "store"))
-        self._mount(env, [self._layer_path(n) for n in env.layers] + [self._base(env)])
+        try:
+            if env.spec.disk:
+                disk.mount_image(os.path.join(d, "disk.img"), os.path.join(d, "store"))
+            self._mount(env, lowers)
+        except Exception:
+            self.pause(env)  # a retry must not stack a second mount of the same image
+            raise
 
     # -- work ------------------------------------------------------------------------------
     def exec(self, env, cmd, cwd, env_vars, timeout, max_output) -> ExecResult:
@@ -101,29 +118,25 @@ class LocalBackend(Backend):
         argv = jail.command("host" if env.spec.base_dir else "rootfs", self.workspace(env),
                             self.jail_root, jail_cwd, {**BASE_ENV, **env_vars}, cmd,
                             env.spec.network, f"{self.root}:{env.env_id}")
-        start = time.monotonic()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True, env=BASE_ENV)
-        env.procs.add(proc)
+        limits = limits_of(env.spec)
+        if limits:
+            argv = self.cgroups.join_argv(env.env_id, limits) + argv
+        start, started = time.monotonic(), []
         try:
-            out, err, timed_out = _communicate(proc, timeout)
+            done = procs.run(argv, BASE_ENV, timeout, max_output,
+                             lambda proc: _register(env, proc, started))
         finally:
-            env.procs.discard(proc)
-        code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
-        full = bool(env.spec.disk) and (b"No space left on device" in err
+            with env.lock:
+                env.procs.difference_update(started)
+        full = bool(env.spec.disk) and ("No space left on device" in done.stderr
                                         or disk.is_full(os.path.join(self._dir(env), "store")))
-        return ExecResult(code, _text(out, max_output), _text(err, max_output), timed_out,
+        return ExecResult(done.returncode, done.stdout, done.stderr, done.timed_out,
                           time.monotonic() - start, full)
 
     def read_file(self, env, path) -> bytes:
-        target = inside(self.workspace(env), path)
-        try:
-            with open(target, "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            raise NotFound(f"no file {path!r} in environment {env.env_id}") from None
-        except IsADirectoryError:
-            raise BadRequest(f"{path!r} is a directory; give a file path") from None
+        fd = self._open(env, path, os.O_RDONLY)
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
 
     def write_file(self, env, path, data) -> None:
         if not relative_parts(path):
@@ -131,22 +144,29 @@ class LocalBackend(Backend):
         target = inside(self.workspace(env), path)
         try:
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(target, "wb") as f:
+            fd = self._open(env, path, os.O_WRONLY | os.O_CREAT)
+            with os.fdopen(fd, "wb") as f:
+                f.truncate()
                 f.write(data)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFull(
                     f"environment {env.env_id} reached its disk cap of {env.spec.disk} bytes: "
                     "delete files in it, or create it with a larger limits.disk") from None
-            if exc.errno in (errno.EISDIR, errno.ENOTDIR):
-                raise BadRequest(f"cannot write {path!r}: {exc.strerror}") from None
+            if exc.errno in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST):  # EEXIST: a file
+                raise BadRequest(f"cannot write {path!r}: {exc.strerror} (a path component "
+                                 "is a file, or the path a directory)") from None
             raise
 
     def snapshot(self, env, name) -> None:
         target = self._layer_path(name)
         os.makedirs(target)
-        disk.run(["cp", "-a", os.path.join(self._dir(env), "store", "upper") + "/.", target],
-                 "copying the environment's changes into a snapshot layer")
+        try:
+            disk.run(["cp", "-a", os.path.join(self._dir(env), "store", "upper") + "/.", target],
+                     "copying the environment's changes into a snapshot layer")
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
 
     def remove_layer(self, name) -> None:
         shutil.rmtree(self._layer_path(name), ignore_errors=True)
@@ -170,6 +190,27 @@ class LocalBackend(Backend):
     def _layer_path(self, name: str) -> str:
         return os.path.join(self.layers_dir, name)
 
+    def _lowers(self, env: EnvRecord) -> list[str]:
+        return [self._layer_path(n) for n in env.layers] + [self._base(env)]
+
+    def _open(self, env: EnvRecord, path: str, flags: int) -> int:
+        """A descriptor of a regular file in the workspace; never follows a last-moment symlink
+        and never blocks on a FIFO or device a command left there."""
+        target = inside(self.workspace(env), path)
+        try:
+            fd = os.open(target, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:
+            raise NotFound(f"no file {path!r} in environment {env.env_id}") from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise BadRequest(f"cannot open {path!r}: {exc.strerror}; give a regular file") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise BadRequest(f"{path!r} is not a regular file (a directory, FIFO or device): "
+                             "give a regular file")
+        return fd
+
     def _base(self, env: EnvRecord) -> str:
         base = env.spec.base_dir or env.spec.image
         if not base or not os.path.isdir(base):
@@ -183,52 +224,24 @@ class LocalBackend(Backend):
                            self.workspace(env))
 
 
-def _communicate(proc: subprocess.Popen, timeout: float) -> tuple[bytes, bytes, bool]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-        return out, err, False
-    except subprocess.TimeoutExpired:
-        _kill_tree(proc)
-        out, err = proc.communicate(timeout=10)
-        return out, err, True
+def limits_of(spec: EnvSpec) -> dict[str, float]:
+    """The cgroup limits an environment asked for, by controller."""
+    wanted = {"memory": spec.memory, "pids": spec.pids, "cpu": spec.cpus}
+    return {controller: value for controller, value in wanted.items() if value is not None}
 
 
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL the command's session; ``--kill-child`` and the pid namespace take the rest."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def _register(env: EnvRecord, proc, started: list) -> None:
+    """Makes ``proc`` killable by destroy; kills it at once if a destroy has begun."""
+    started.append(proc)
+    with env.lock:
+        env.procs.add(proc)
+        doomed = env.destroying or env.destroyed
+    if doomed:
+        procs.kill_tree(proc)
 
 
-def _text(data: bytes, limit: int) -> str:
-    text = data[:limit].decode("utf-8", errors="replace")
-    return text + f"\n[... {len(data) - limit} more bytes cut]" if len(data) > limit else text
-
-
-def _kill_marked(marker: str) -> list[int]:
-    killed = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    os.kill(int(pid), signal.SIGKILL)
-                    killed.append(int(pid))
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-    for pid in killed:
-        _wait_gone(pid)
-    return killed
-
-
-def _wait_gone(pid: int, limit: float = 5.0) -> None:
-    deadline = time.monotonic() + limit
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        time.sleep(0.01)
+def _tag(root: str) -> str:
+    return hashlib.sha1(os.path.abspath(root).encode()).hexdigest()[:12]
 
 
 def _remove_children(directory: str, keep: frozenset[str] = frozenset()) -> list[str]:

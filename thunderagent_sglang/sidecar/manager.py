@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from contextlib import contextmanager
+from typing import Iterator
 import secrets
 import threading
 import time
@@ -25,6 +27,7 @@ from thunderagent_sglang.sidecar.settings import SidecarSettings
 
 log = logging.getLogger("thunderagent_sglang.sidecar")
 EVENTS = ("terminated", "paused", "resumed", "prepare")
+SETUP_TIMEOUT_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class EnvManager:
     # -- create / inspect / destroy ----------------------------------------------------------
     def create(self, spec: EnvSpec) -> EnvRecord:
         backend = self._backend(spec.backend)
+        backend.check_limits(spec)
         self._check_high_water()
         spec = self._inherit_base(spec)
         now = self.clock()
@@ -80,9 +84,10 @@ class EnvManager:
                 if not spec.lazy:
                     self._ensure_running(env, backend)
             except BaseException:
-                self._forget(env, "failed")
+                if not env.destroying:  # else the destroy under way forgets it, by its reason
+                    self._forget(env, "failed")
                 raise
-        self.counters.created += 1
+        self._count("created")
         return env
 
     def get(self, env_id: str) -> EnvRecord:
@@ -102,6 +107,8 @@ class EnvManager:
             env = self._envs.get(env_id)
         if env is None:
             return False
+        env.destroying = True  # a command starting from now on is killed at once
+        self._backend(env.spec.backend).interrupt(env)  # a setup command may hold the lock
         with env.lock:
             if env.destroyed:
                 return False
@@ -136,35 +143,33 @@ class EnvManager:
             with env.lock:
                 env.busy -= 1
                 env.last_used_at = self.clock()
-        self.counters.execs += 1
-        self.counters.exec_timeouts += result.timed_out
+        self._count("execs")
+        self._count("exec_timeouts", int(result.timed_out))
         return result
 
     def read_file(self, env_id: str, path: str) -> bytes:
-        env, backend = self._running(env_id)
-        with env.lock:
+        with self._running(env_id) as (env, backend):
             return backend.read_file(env, path)
 
     def write_file(self, env_id: str, path: str, data: bytes) -> None:
-        env, backend = self._running(env_id)
-        with env.lock:
+        with self._running(env_id) as (env, backend):
             backend.write_file(env, path, data)
 
     def snapshot(self, env_id: str) -> LayerInfo:
-        env, backend = self._running(env_id)
         name = f"snap-{secrets.token_hex(6)}"
-        with env.lock:
+        # Registered under the lock: a terminate cannot slip in and orphan the layer.
+        with self._running(env_id) as (env, backend):
             if env.busy:
                 raise Conflict(f"environment {env_id} is running a command: snapshot it after")
             backend.snapshot(env, name)
-        info = LayerInfo(name, env.spec.backend, env.spec.base_dir, env.spec.image,
-                         (name, *env.layers))
-        with self._lock:
-            self.layers[name] = info
-            self.layerbook.add(name, owned=True)
-            self.layerbook.ref(name, f"program:{env.spec.program_id}")
-            for lower in env.layers:
-                self.layerbook.ref(lower, f"layer:{name}")
+            info = LayerInfo(name, env.spec.backend, env.spec.base_dir, env.spec.image,
+                             (name, *env.layers))
+            with self._lock:
+                self.layers[name] = info
+                self.layerbook.add(name, owned=True)
+                self.layerbook.ref(name, f"program:{env.spec.program_id}")
+                for lower in env.layers:
+                    self.layerbook.ref(lower, f"layer:{name}")
         return info
 
     def pause(self, env_id: str) -> EnvRecord:
@@ -178,8 +183,8 @@ class EnvManager:
         return env
 
     def resume(self, env_id: str) -> EnvRecord:
-        env, _ = self._running(env_id)
-        return env
+        with self._running(env_id) as (env, _):
+            return env
 
     # -- program events ----------------------------------------------------------------------
     def event(self, program_id: str, event: str) -> list[str]:
@@ -202,7 +207,7 @@ class EnvManager:
         for env in [e for e in self.list() if e.spec.program_id == program_id]:
             try:
                 with env.lock:
-                    if env.destroyed:
+                    if env.destroyed or env.destroying:
                         continue
                     self._ensure_running(env, self._backend(env.spec.backend))
                     env.last_used_at = self.clock()
@@ -210,7 +215,7 @@ class EnvManager:
                 done.append(env.env_id)
             except Exception as exc:  # a failed preparation leaves the env for first use
                 log.warning("preparing %s of program %s failed: %s", env.env_id, program_id, exc)
-        self.counters.prepares += len(done)
+        self._count("prepares", len(done))
         return done
 
     def _terminate(self, program_id: str, envs: list[str]) -> None:
@@ -241,7 +246,7 @@ class EnvManager:
                     return
                 self._backend(env.spec.backend).pause(env)
                 env.state = PAUSED
-            self.counters.paused_by_gc += 1
+            self._count("paused_by_gc")
         except NotFound:
             pass
 
@@ -270,28 +275,45 @@ class EnvManager:
         self._remove_layers(names)
 
     # -- helpers -----------------------------------------------------------------------------
-    def _running(self, env_id: str) -> tuple[EnvRecord, Backend]:
+    @contextmanager
+    def _running(self, env_id: str) -> Iterator[tuple[EnvRecord, Backend]]:
+        """The environment, running, and its lock held: no pause or destroy until the block ends."""
         env = self.get(env_id)
         backend = self._backend(env.spec.backend)
         with env.lock:
             self._ensure_running(env, backend)
             env.last_used_at = self.clock()
-        return env, backend
+            yield env, backend
 
     def _ensure_running(self, env: EnvRecord, backend: Backend) -> None:
-        if env.destroyed:
+        if env.destroyed or env.destroying:
             raise unknown_env(env.env_id)
         if env.state == PENDING:
             backend.materialize(env)
             env.state = RUNNING
             if env.spec.setup:
-                result = backend.exec(env, env.spec.setup, ".", {}, 3600, 64 << 10)
-                if result.exit_code != 0:
-                    raise BadRequest(f"the setup command exited {result.exit_code}: "
-                                     f"{result.stderr[-2000:]}")
+                self._set_up(env, backend)
         elif env.state == PAUSED:
             backend.resume(env)
             env.state = RUNNING
+
+    def _set_up(self, env: EnvRecord, backend: Backend) -> None:
+        """Runs the setup command; on failure the environment goes back to PENDING, so that
+        its next use (or "prepare") sets it up again and its client sees the error."""
+        try:
+            result = backend.exec(env, env.spec.setup, ".", {}, SETUP_TIMEOUT_S, 64 << 10)
+        except BaseException:
+            backend.destroy(env)
+            env.state = PENDING
+            raise
+        if result.exit_code == 0:
+            return
+        backend.destroy(env)
+        env.state = PENDING
+        if env.destroying:
+            raise Conflict(f"environment {env.env_id} was destroyed during its setup command")
+        raise BadRequest(f"the setup command exited {result.exit_code}"
+                         f"{' (timed out)' if result.timed_out else ''}: {result.stderr[-2000:]}")
 
     def _chain(self, spec: EnvSpec) -> list[str]:
         if not spec.snapshot:
@@ -326,6 +348,10 @@ class EnvManager:
             if info is not None:
                 self._backend(info.backend).remove_layer(name)
             self._remove_layers(freed)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self.counters, name, getattr(self.counters, name) + n)
 
     def _backend(self, name: str) -> Backend:
         backend = self.backends.get(name)

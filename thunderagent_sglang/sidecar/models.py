@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from thunderagent_sglang.sidecar.envs import EnvSpec
 from thunderagent_sglang.sidecar.errors import BadRequest
@@ -10,6 +12,8 @@ from thunderagent_sglang.sidecar.sizes import parse_size
 
 MAX_TIMEOUT_S = 24 * 3600.0
 DEFAULT_TIMEOUT_S = 120.0
+MIN_MEMORY = 4 << 20  # below this not even the jail's shell starts
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class Limits(BaseModel):
@@ -17,6 +21,7 @@ class Limits(BaseModel):
     disk: int | str | None = None  # bytes or "512M"
     memory: int | str | None = None
     pids: int | None = Field(default=None, ge=1)
+    cpus: float | None = Field(default=None, gt=0, le=4096)  # e.g. 0.5: half of one CPU
     network: bool = True
 
 
@@ -41,6 +46,16 @@ class ExecBody(BaseModel):
     timeout: float = Field(default=DEFAULT_TIMEOUT_S, gt=0, le=MAX_TIMEOUT_S)
     expected_s: float | None = Field(default=None, ge=0)  # forwarded to the server's tool hint
 
+    @field_validator("env")
+    @classmethod
+    def _names(cls, env: dict[str, str]) -> dict[str, str]:
+        # A name with '=' would set another variable; one starting with '-' is an option of env(1).
+        bad = [name for name in env if not _ENV_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"variable names {bad} are not valid: use letters, digits and '_', "
+                             "not starting with a digit")
+        return env
+
 
 class EventBody(BaseModel):
     program_id: str = Field(min_length=1, max_length=256)
@@ -63,9 +78,12 @@ def to_spec(body: CreateBody, default_backend: str, default_disk: int | None) ->
         memory = parse_size(limits.memory) if limits.memory is not None else None
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
+    if memory is not None and memory < MIN_MEMORY:
+        raise BadRequest(f"limits.memory {limits.memory!r} is below {MIN_MEMORY >> 20}M: give "
+                         "more, or no memory limit")
     return EnvSpec(
         program_id=body.program_id, backend=body.backend or default_backend,
         base_dir=body.base_dir, image=body.image, snapshot=body.snapshot, disk=disk or None,
-        memory=memory, pids=limits.pids, network=limits.network, ports=tuple(body.ports),
-        setup=body.setup, lazy=body.lazy,
+        memory=memory, pids=limits.pids, cpus=limits.cpus, network=limits.network,
+        ports=tuple(body.ports), setup=body.setup, lazy=body.lazy,
     )
