@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -54,6 +55,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="host tier, times the device pool (issue: no larger than the pool)")
     p.add_argument("--limit-tokens", type=int, default=262144, help="the limit system's pool")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ours-flags", default="",
+                   help="extra launcher flags for our systems only, e.g. \"--thunderagent-high-"
+                        "watermark 0.9\" (a tuning sweep: give each setting its own --out)")
     p.add_argument("--sglang-metrics", action="store_true",
                    help="serve with --enable-metrics and record SGLang's scheduler time by stage "
                         "(forward vs the rest of the loop) per point")
@@ -78,7 +82,7 @@ def configuration(args: argparse.Namespace, pools: Pools) -> dict:
     subset run now: a sweep may be run a few systems at a time into one folder)."""
     return {"mode": args.mode, "concurrency": args.concurrency, "warmup_s": args.warmup,
             "window_s": args.window, "group_size": args.group_size, "seed": args.seed,
-            "sglang_metrics": args.sglang_metrics,
+            "sglang_metrics": args.sglang_metrics, "ours_flags": args.ours_flags,
             "trace": str(args.trace) if args.trace else None, "block_size": args.block_size,
             "workload": dataclasses.asdict(WorkloadSpec()), "pools": dataclasses.asdict(pools),
             "model_spec": dataclasses.asdict(MODEL_SPEC),
@@ -152,6 +156,12 @@ def run_point(system: System, args, n: int, model: Path, replayed) -> dict:
             "started_at": round(started), "seconds": round(time.time() - started, 1), **result}
 
 
+def with_flags(systems: list[System], flags: list[str]) -> list[System]:
+    """Our systems with ``flags`` appended (later flags win in argparse)."""
+    return [dataclasses.replace(s, args=(*s.args, *flags)) if s.ours and flags else s
+            for s in systems]
+
+
 def load_points(out: Path) -> list[dict]:
     points = [json.loads(p.read_text()) for p in sorted((out / "points").glob("*.json"))]
     for p in points:
@@ -189,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.background:
         return background(argv, args.out)
     pools = Pools(args.device_tokens, args.host_ratio, args.limit_tokens)
-    systems = by_name(pools, args.systems)
+    systems = with_flags(by_name(pools, args.systems), shlex.split(args.ours_flags))
     write_config(args.out, configuration(args, pools))
     replayed = trace.read(args.trace, args.block_size, args.seed) if args.trace else None
     model = model_dir(args.cache_dir)
