@@ -20,21 +20,21 @@ class _StatsCollector:
 
     def collect(self):
         counters, live = self.stats["counters"], self.stats["live"]
-        yield _labelled(GaugeMetricFamily, "thunderagent_programs",
+        yield labelled(GaugeMetricFamily, "thunderagent_programs",
                         "Live programs by status.", "status", live["status"])
-        yield _labelled(GaugeMetricFamily, "thunderagent_programs_by_phase",
+        yield labelled(GaugeMetricFamily, "thunderagent_programs_by_phase",
                         "Live programs by phase.", "phase", live["phase"])
-        yield _labelled(CounterMetricFamily, "thunderagent_program_releases",
+        yield labelled(CounterMetricFamily, "thunderagent_program_releases",
                         "Programs ended, by cause.", "cause", counters["releases"])
-        yield _labelled(CounterMetricFamily, "thunderagent_prefill_tokens",
+        yield labelled(CounterMetricFamily, "thunderagent_prefill_tokens",
                         "Prompt tokens of tagged calls, computed or served from cache.", "kind",
                         {"computed": counters["prefill_tokens_computed"],
                          "cached": counters["prefill_tokens_cached"]})
-        yield _labelled(CounterMetricFamily, "thunderagent_missed_tokens",
+        yield labelled(CounterMetricFamily, "thunderagent_missed_tokens",
                         "Recomputed prompt tokens of tagged calls, by cause.", "cause",
                         {"evicted": counters["missed_evicted_tokens"],
                          "changed": counters["missed_changed_tokens"]})
-        yield _labelled(CounterMetricFamily, "thunderagent_requests",
+        yield labelled(CounterMetricFamily, "thunderagent_requests",
                         "Tagged LLM calls that arrived in / finished in the engine.", "event",
                         {"arrived": counters["requests_arrived"],
                          "finished": counters["requests_finished"]})
@@ -44,17 +44,17 @@ class _StatsCollector:
             value=self.stats.get("demand_tokens", 0))
         kv = self.stats.get("kv")
         if kv is not None:
-            yield _labelled(CounterMetricFamily, "thunderagent_kv_decisions",
+            yield labelled(CounterMetricFamily, "thunderagent_kv_decisions",
                             "What was done with paused programs' own device KV.", "decision",
                             kv["decisions"])
-            yield _labelled(CounterMetricFamily, "thunderagent_kv_moved_tokens",
+            yield labelled(CounterMetricFamily, "thunderagent_kv_moved_tokens",
                             "Paused programs' KV tokens offloaded to the host tier, dropped, "
                             "or loaded back (prefetched) at resume.", "event",
                             {"offloaded": kv["offloaded_tokens"], "dropped": kv["dropped_tokens"],
                              "prefetched": kv["prefetched_tokens"]})
         scheduler = self.stats.get("scheduler")
         if scheduler is not None:
-            yield _labelled(CounterMetricFamily, "thunderagent_scheduler_events",
+            yield labelled(CounterMetricFamily, "thunderagent_scheduler_events",
                             "Scheduler events: calls held, held calls aborted by their client "
                             "or answered 503 at shutdown, force-resumes after max pause, marks "
                             "for pause at the next tool boundary, decode retractions reordered.",
@@ -67,10 +67,11 @@ class _StatsCollector:
             yield CounterMetricFamily(f"thunderagent_{name}", help_text, value=counters[key])
 
 
-def _labelled(family, name: str, help_text: str, label: str, values: dict):
+def labelled(family, name: str, help_text: str, label: str, values: dict):
+    """A metric family with one sample per ``values`` item, labelled ``label=key``."""
     metric = family(name, help_text, labels=[label])
     for key, value in values.items():
-        metric.add_metric([key], value)
+        metric.add_metric([str(key)], value)
     return metric
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from thunderagent_sglang.program.metrics import labelled
+
 
 def build(manager) -> dict:
     envs = manager.list()
@@ -63,10 +65,7 @@ class _Collector:
 
 
 def _family(kind, name: str, help_text: str, label: str, values: dict):
-    fam = kind(name, help_text, labels=[label])
-    for key, value in sorted(values.items()):
-        fam.add_metric([str(key)], value)
-    return fam
+    return labelled(kind, name, help_text, label, dict(sorted(values.items())))
 
 
 def render(stats: dict) -> bytes:
