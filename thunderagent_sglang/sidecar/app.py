@@ -25,11 +25,20 @@ log = logging.getLogger("thunderagent_sglang.sidecar")
 
 
 def create_app(manager: EnvManager, token: str, reporter: ToolReporter) -> FastAPI:
-    pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="sidecar")
+    # Commands (which may run for their whole timeout) get their own threads, so that any
+    # number of long execs never keeps a destroy, a file call or an event waiting.
+    pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="sidecar")
+    exec_pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="sidecar-exec")
+    background: set[asyncio.Task] = set()  # running "prepare" tasks (kept from the GC)
     settings = manager.settings
 
-    async def blocking(fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+    async def blocking(fn, *args, executor=pool):
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+    def in_background(coro) -> None:
+        task = asyncio.create_task(coro)
+        background.add(task)
+        task.add_done_callback(background.discard)
 
     async def gc_loop():
         while True:
@@ -48,7 +57,8 @@ def create_app(manager: EnvManager, token: str, reporter: ToolReporter) -> FastA
         task.cancel()
         await blocking(manager.shutdown)
         await reporter.stop()
-        pool.shutdown(wait=False, cancel_futures=True)
+        for executor in (exec_pool, pool):
+            executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="ThunderAgent sidecar", lifespan=lifespan)
     _install_error_handlers(app)
@@ -85,7 +95,7 @@ def create_app(manager: EnvManager, token: str, reporter: ToolReporter) -> FastA
         reporter.tool(program_id, "start", body.expected_s)
         try:
             result = await blocking(manager.exec, env_id, body.cmd, body.cwd, body.env,
-                                    body.timeout)
+                                    body.timeout, executor=exec_pool)
         finally:
             reporter.tool(program_id, "end")
         return result.to_json()
@@ -118,7 +128,7 @@ def create_app(manager: EnvManager, token: str, reporter: ToolReporter) -> FastA
     async def program_event(body: EventBody):
         envs = await blocking(manager.event, body.program_id, body.event)
         if body.event in ("prepare", "resumed"):
-            asyncio.create_task(blocking(manager.prepare, body.program_id))
+            in_background(blocking(manager.prepare, body.program_id))
             return JSONResponse({"program_id": body.program_id, "event": body.event,
                                  "envs": envs, "accepted": True}, status_code=202)
         return {"program_id": body.program_id, "event": body.event, "envs": envs}
