@@ -1,6 +1,6 @@
 """Invariants of the program-aware cache under a randomised multi-program workload with every
 feature of the cache issue on (HiCache host tier, selective offload, the scheduler), on the
-shared small-pool HiCache server: no KV slot leaked once idle (SGLang's own check), no lock
+small-pool HiCache configuration (its own server): no KV slot leaked once idle (SGLang's own check), no lock
 left held (nothing protected once idle), our residency counts agree with a walk of the tree,
 and every greedy output equals plain SGLang's for the same prompt.
 
@@ -19,7 +19,8 @@ import time
 import pytest
 import requests
 
-from tests.integration.conftest import API_KEY
+from tests.integration.conftest import API_KEY, HICACHE_ARGS
+from tests.integration.server import Server
 
 pytestmark = pytest.mark.server
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -84,12 +85,20 @@ def run_workload(server) -> list:
 
 
 @pytest.fixture(scope="module")
-def run(hicache_server):
-    before = len(hicache_server.idle_checks())
-    answers = run_workload(hicache_server)
-    idle = hicache_server.last_idle_check_after(before)
-    kv = requests.get(f"{hicache_server.url}/metrics", headers=AUTH, timeout=30).text
-    return answers, idle, kv, hicache_server.log()
+def run(tmp_path_factory):
+    # Its own server: in one CI run the shared HiCache server stopped answering untagged calls
+    # minutes after this workload (not reproduced since; see the cache issue's note).
+    server = Server("hicache-invariants", HICACHE_ARGS, {},
+                    tmp_path_factory.mktemp("hicache-invariants"))
+    try:
+        server.wait_ready()
+        before = len(server.idle_checks())
+        answers = run_workload(server)
+        idle = server.last_idle_check_after(before)
+        kv = requests.get(f"{server.url}/metrics", headers=AUTH, timeout=30).text
+        return answers, idle, kv, server.log()
+    finally:
+        server.stop()
 
 
 def test_the_workload_exercised_offload_and_pauses(run):
