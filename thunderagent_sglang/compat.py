@@ -322,6 +322,17 @@ CACHE_LOAD_BACK = Symbol(
     "prefetch: a resumed program's offloaded KV back to the device",
     "(self, node_id: 'NodeId', mem_quota: 'Optional[int]' = None, req=None) -> 'bool'",
 )
+CACHE_START_LOADING = Symbol(
+    "sglang.srt.mem_cache.unified_radix_cache:UnifiedRadixCache.ready_to_load_host_cache",
+    "prefetch: start the queued host-to-device loads now (SGLang starts them only when its "
+    "next prefill batch forms); its ack is the last of cache_controller.ack_load_queue",
+    "(self) -> 'int'",
+)
+CACHE_LOADING_CHECK = Symbol(
+    "sglang.srt.mem_cache.unified_radix_cache:UnifiedRadixCache.loading_check",
+    "prefetch: once the started load is done, release the locks it held",
+    "(self, finish_count: 'Optional[int]' = None) -> 'None'",
+)
 EVICT_PARAMS = Symbol(
     "sglang.srt.mem_cache.base_prefix_cache:EvictParams",
     "the argument of UnifiedRadixCache.evict",

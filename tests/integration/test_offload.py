@@ -66,6 +66,28 @@ def test_paused_program_is_offloaded_and_prefetched_back_at_resume(hicache_serve
     assert f"program {pid} resumed: 112 tokens loaded back from the host tier" in log
 
 
+def test_a_program_released_right_after_resume_leaves_nothing_locked(hicache_server):
+    """The prefetch at resume runs at once: a program released before its next call must not
+    leave its loaded KV locked (SGLang starts queued loads only with its next prefill batch;
+    with 400 of 1024 tokens locked, the 700-token call below could never be scheduled)."""
+    pid = f"released-{uuid.uuid4().hex[:8]}"
+    generate(hicache_server, pid, [400 + i for i in range(400)])
+    backed_up(hicache_server, pid, 400)
+    assert control(hicache_server, pid, "pause")["kv_decision"] == "offload"
+    assert control(hicache_server, pid, "resume")["resident_tokens"] == 400
+    release = requests.post(f"{hicache_server.url}/programs/release", headers=AUTH,
+                            json={"program_id": pid}, timeout=30)
+    assert release.status_code == 200, release.text
+    before = len(hicache_server.idle_checks())
+    reply = requests.post(f"{hicache_server.url}/generate", headers=AUTH, json={
+        "input_ids": [1000 + i % 900 for i in range(700)],
+        "sampling_params": {"max_new_tokens": 4, "temperature": 0, "ignore_eos": True},
+    }, timeout=60)
+    assert reply.status_code == 200, reply.text
+    idle = hicache_server.last_idle_check_after(before)
+    assert idle["leak"] == "False" and idle["protected"] == 0
+
+
 def test_small_program_is_dropped_because_recompute_is_cheaper(hicache_server):
     pid = f"drop-{uuid.uuid4().hex[:8]}"
     prompt = [700 + i for i in range(20)]  # 20 + 3 outputs with KV: one page of 16

@@ -174,11 +174,26 @@ def on_resume(program_id: str, decision: str | None) -> int:
     before = RESIDENCY.resident_tokens(program_id)
     for node_id in RESIDENCY.heads(program_id).values():
         cache.load_back(node_id)
+    _finish_loads(cache)
     loaded = RESIDENCY.resident_tokens(program_id) - before
     STATS["prefetched_tokens"] += loaded
     get_logger().info("ThunderAgent: program %s resumed: %d tokens loaded back from the host "
                       "tier", program_id, loaded)
     return loaded
+
+
+def _finish_loads(cache) -> None:
+    """Run the loads ``load_back`` queued, wait for them, and release their locks.
+
+    SGLang starts queued loads only when its next prefill batch forms. A resumed program may
+    never send another call (released at once), or the pool's free room may be exactly what
+    the queued load holds locked: the loaded nodes would then stay locked for good and the
+    pool would wedge. The copy is short (the link was measured at start-up), so it is done here.
+    """
+    if cache.ready_to_load_host_cache() < 0:
+        return  # nothing was queued
+    cache.cache_controller.ack_load_queue[-1].finish_event.synchronize()
+    cache.loading_check()
 
 
 def stats() -> dict:
