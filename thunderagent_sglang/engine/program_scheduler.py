@@ -10,10 +10,9 @@ from __future__ import annotations
 import functools
 import json
 import time
+from typing import NamedTuple
 
 from sglang.utils import TypeBasedDispatcher
-
-from typing import NamedTuple
 
 from thunderagent_sglang import compat, config
 from thunderagent_sglang.engine import (
