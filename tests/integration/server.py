@@ -23,6 +23,18 @@ CHECK_LINE = re.compile(
 CHECK_KEYS = ("total", "available", "evictable", "protected", "session_held", "uncached")
 
 
+def wait_until(check, what: str, deadline_s: float = 30.0, every_s: float = 0.1):
+    """``check()``'s first truthy value, polled every ``every_s``; AssertionError naming
+    ``what`` after ``deadline_s``."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"not within {deadline_s:g} s: {what}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

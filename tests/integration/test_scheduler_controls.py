@@ -17,7 +17,7 @@ import time
 import pytest
 import requests
 
-from tests.integration.server import Server
+from tests.integration.server import Server, wait_until
 
 pytestmark = pytest.mark.server
 
@@ -49,16 +49,6 @@ def in_thread(fn, *args) -> tuple[threading.Thread, list]:
     return thread, box
 
 
-def wait_for(predicate, timeout_s: float = 30.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
-
-
 def force_resume_scenario(server) -> dict:
     """``hog`` (700 tokens) goes acting and, decay slowed, keeps counting 704 tokens.
     ``late`` (a new program, 400) does not fit beside it and new programs wait: it is held
@@ -67,11 +57,13 @@ def force_resume_scenario(server) -> dict:
     hog = [3 + i % 1000 for i in range(700)]
     assert generate(server, "hog", hog).status_code == 200
     thread, late = in_thread(generate, server, "late", [1100 + i % 900 for i in range(400)])
-    new_held = wait_for(lambda: (s := scheduler_stats(server))["held_now"] == 1 and s)
+    new_held = wait_until(lambda: (s := scheduler_stats(server))["held_now"] == 1 and s,
+                          "late's call held", every_s=0.05)
     thread.join(timeout=60)
     paused = record(server, "hog")
     thread, box = in_thread(generate, server, "hog", hog + [5] * 20)
-    held = wait_for(lambda: (r := record(server, "hog"))["waiting"] == 1 and r)
+    held = wait_until(lambda: (r := record(server, "hog"))["waiting"] == 1 and r,
+                      "hog's next call held", every_s=0.05)
     thread.join(timeout=60)
     return {"new_held": new_held, "late": late[0] if late else None, "paused": paused,
             "held": held, "reply": box[0] if box else None, "after": record(server, "hog"),
@@ -82,7 +74,8 @@ def shutdown_scenario(server) -> dict:
     """An operator pauses ``late``; its next call is held; then SIGTERM to the launcher."""
     assert requests.post(f"{server.url}/programs/late/pause", timeout=30).status_code == 200
     thread, box = in_thread(generate, server, "late", [1100 + i % 900 for i in range(420)])
-    wait_for(lambda: record(server, "late")["waiting"] == 1)
+    wait_until(lambda: record(server, "late")["waiting"] == 1, "late's call held",
+               every_s=0.05)
     os.kill(server.proc.pid, signal.SIGTERM)
     sent = time.monotonic()
     thread.join(timeout=60)

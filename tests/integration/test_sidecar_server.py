@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration.server import Server
+from tests.integration.server import Server, wait_until
 from thunderagent_sglang.sidecar import disk
 
 pytestmark = pytest.mark.server
@@ -27,7 +27,6 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 ARGS = ["--thunderagent-sidecar", "--api-key", API_KEY, "--enable-metrics"]
 SIDECAR_LINE = re.compile(r"ThunderAgent sidecar: (http://\S+) \((token in (\S+)|token from "
                           r"THUNDERAGENT_SIDECAR_TOKEN), log in (\S+)\)")
-DEADLINE_S = 30.0
 
 
 class SidecarClient:
@@ -110,16 +109,6 @@ def record(server: Server, program_id: str) -> dict:
     reply = requests.get(f"{server.url}/programs/{program_id}", headers=AUTH, timeout=30)
     assert reply.status_code == 200, reply.text
     return reply.json()
-
-
-def wait_until(check, what: str, deadline_s: float = DEADLINE_S):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"not within {deadline_s:g} s: {what}")
 
 
 def test_a_tool_exec_through_the_sidecar_is_the_programs_acting_phase(served, base):
