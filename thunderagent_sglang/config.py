@@ -64,6 +64,7 @@ class ThunderAgentConfig:
     high_watermark: float = DEFAULT_HIGH_WATERMARK
     low_watermark: float = DEFAULT_LOW_WATERMARK
     max_pause_s: float = DEFAULT_MAX_PAUSE_S
+    backfill: bool = True  # an idle engine takes a waiting program that fits under high
     sidecar: bool = False  # start the tool-environment sidecar with the server
     sidecar_url: str | None = None  # a sidecar already running
 
@@ -226,6 +227,14 @@ def add_cli_group(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         f"(default: {DEFAULT_MAX_PAUSE_S:g}, below the OpenAI client's 600 s timeout).",
     )
     group.add_argument(
+        "--thunderagent-backfill",
+        choices=("on", "off"),
+        default="on",
+        help="When no call is in the engine and the head of the paused queue does not fit, "
+        "resume the first waiting program that keeps demand at or below the high watermark "
+        "(default: on; off waits for room below the low watermark in strict queue order).",
+    )
+    group.add_argument(
         "--thunderagent-sidecar",
         action="store_true",
         help="Start the tool-environment sidecar (python -m thunderagent_sglang.sidecar) with "
@@ -316,6 +325,7 @@ def from_namespace(ns: argparse.Namespace) -> ThunderAgentConfig:
         high_watermark=ns.thunderagent_high_watermark,
         low_watermark=ns.thunderagent_low_watermark,
         max_pause_s=ns.thunderagent_max_pause,
+        backfill=ns.thunderagent_backfill == "on",
         sidecar=ns.thunderagent_sidecar,
         sidecar_url=ns.thunderagent_sidecar_url,
     )

@@ -53,6 +53,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device-tokens", type=int, default=16384, help="device KV pool (tokens)")
     p.add_argument("--host-ratio", type=float, default=1.0,
                    help="host tier, times the device pool (issue: no larger than the pool)")
+    p.add_argument("--write-policy", choices=("write_through", "write_back"),
+                   default="write_back",
+                   help="SGLang's --hicache-write-policy for both host-tier systems (plain HiCache "
+                        "and ours with offload). Default write_back: the host tier holds only what "
+                        "leaves the device, so a host budget equal to the pool adds to it; "
+                        "write_through (SGLang's default) keeps a host copy of what the device "
+                        "holds, which fills such a budget with duplicates")
     p.add_argument("--limit-tokens", type=int, default=262144, help="the limit system's pool")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ours-flags", default="",
@@ -198,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     if args.background:
         return background(argv, args.out)
-    pools = Pools(args.device_tokens, args.host_ratio, args.limit_tokens)
+    pools = Pools(args.device_tokens, args.host_ratio, args.limit_tokens, args.write_policy)
     systems = with_flags(by_name(pools, args.systems), shlex.split(args.ours_flags))
     write_config(args.out, configuration(args, pools))
     replayed = trace.read(args.trace, args.block_size, args.seed) if args.trace else None

@@ -39,16 +39,22 @@ class Pools:
     device_tokens: int
     host_ratio: float
     limit_tokens: int
+    # SGLang's --hicache-write-policy for every host-tier system: write_through copies each new
+    # node to the host at once (host = pool then holds mostly copies of what the device holds);
+    # write_back copies only what leaves the device, so the host tier adds to the pool.
+    write_policy: str = "write_back"
 
 
 def systems(pools: Pools) -> list[System]:
     device = ("--max-total-tokens", str(pools.device_tokens))
-    host = (*HICACHE, "--hicache-ratio", f"{pools.host_ratio:g}")
+    host = (*HICACHE, "--hicache-ratio", f"{pools.host_ratio:g}",
+            "--hicache-write-policy", pools.write_policy)
     return [
         System("plain", "SGLang (LRU)", device, PLAIN, ours=False),
         System("plain-priority", "SGLang priority eviction", (*device, *PRIORITY), PLAIN,
                ours=False, call_fields={"priority": PROGRAM_PRIORITY}),
-        System("plain-hicache", "SGLang + HiCache", (*device, *host), PLAIN, ours=False),
+        System("plain-hicache", f"SGLang + HiCache ({pools.write_policy.replace('_', '-')})",
+               (*device, *host), PLAIN, ours=False),
         System("ours-sched-off", "ThunderAgent eviction only (scheduler off)",
                (*device, "--thunderagent-scheduler", "off", "--thunderagent-offload", "off"), {},
                ours=True),

@@ -1,6 +1,8 @@
 """Invariants of the program-aware cache under a randomised multi-program workload with every
 feature of the cache issue on (HiCache host tier, selective offload, the scheduler), on the
-shared small-pool HiCache server: no KV slot leaked once idle (SGLang's own check), no lock
+shared small-pool HiCache server (SGLang's default write-through host tier) and on the same
+server with ``--hicache-write-policy write_back`` (the host tier holds only what leaves the
+device; the benchmarks use it): no KV slot leaked once idle (SGLang's own check), no lock
 left held (nothing protected once idle), our residency counts agree with a walk of the tree,
 and every greedy output equals plain SGLang's for the same prompt.
 
@@ -20,7 +22,8 @@ import time
 import pytest
 import requests
 
-from tests.integration.conftest import API_KEY
+from tests.integration.conftest import API_KEY, HICACHE_ARGS
+from tests.integration.server import Server
 
 pytestmark = pytest.mark.server
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -84,18 +87,29 @@ def run_workload(server) -> list:
     return answers
 
 
+@pytest.fixture(scope="module", params=["write_through", "write_back"])
+def cache_server(request, tmp_path_factory):
+    """The shared HiCache server (write-through), or its write-back twin for this module."""
+    if request.param == "write_through":
+        return request.getfixturevalue("hicache_server")
+    server = Server("hicache-write-back", [*HICACHE_ARGS, "--hicache-write-policy", "write_back"],
+                    {}, tmp_path_factory.mktemp("hicache-write-back"))
+    request.addfinalizer(server.stop)
+    return server.wait_ready()
+
+
 @pytest.fixture(scope="module")
-def run(hicache_server):
-    answers = run_workload(hicache_server)
+def run(cache_server):
+    answers = run_workload(cache_server)
     # Then a call that needs most of the 1024-token pool: it runs only if nothing of the
     # workload stayed locked (a resumed program's prefetch once did), and the idle check
     # after it reads the final state.
-    before = len(hicache_server.idle_checks())
+    before = len(cache_server.idle_checks())
     big = [1000 + i % 800 for i in range(700)]
-    answers.append((big, generate(hicache_server, big)))
-    idle = hicache_server.last_idle_check_after(before)
-    kv = requests.get(f"{hicache_server.url}/metrics", headers=AUTH, timeout=30).text
-    return answers, idle, kv, hicache_server.log()
+    answers.append((big, generate(cache_server, big)))
+    idle = cache_server.last_idle_check_after(before)
+    kv = requests.get(f"{cache_server.url}/metrics", headers=AUTH, timeout=30).text
+    return answers, idle, kv, cache_server.log()
 
 
 def test_the_workload_exercised_offload_and_pauses(run):

@@ -111,11 +111,12 @@ def test_scheduler_offload_and_sidecar_flags_reach_the_config():
         "--thunderagent-high-watermark", "0.9", "--thunderagent-low-watermark", "0.7",
         "--thunderagent-max-pause", "120", "--thunderagent-offload", "off",
         "--thunderagent-recompute-rate", "5000", "--thunderagent-sidecar-url", "http://x:1",
-        "--port", "1"])
+        "--thunderagent-backfill", "off", "--port", "1"])
     assert rest == ["--port", "1"]
     assert (cfg.scheduler, cfg.tick_s, cfg.high_watermark, cfg.low_watermark, cfg.max_pause_s,
-            cfg.offload, cfg.recompute_rate, cfg.sidecar, cfg.sidecar_url) == (
-        "off", 0.25, 0.9, 0.7, 120.0, "off", 5000.0, False, "http://x:1")
+            cfg.offload, cfg.recompute_rate, cfg.sidecar, cfg.sidecar_url, cfg.backfill) == (
+        "off", 0.25, 0.9, 0.7, 120.0, "off", 5000.0, False, "http://x:1", False)
+    assert split_args([])[0].backfill is True
     assert config.ThunderAgentConfig.from_env({config.CONFIG_ENV: cfg.to_env()}) == cfg
 
 

@@ -170,6 +170,33 @@ def test_a_new_program_is_admitted_while_the_footprint_stays_below_the_low_water
     assert run([reasoning("r700", 700), new("n200", 200)]).resume == ()
 
 
+def test_an_idle_engine_backfills_the_first_waiting_program_that_fits_under_high():
+    # Nothing reasoning: a300 + a400 = 700; the head p250 would reach 950 > high 900, n150
+    # reaches 850 (above low 800, at most high): it overtakes the head; idle50 has no request
+    views = [acting("a300", 300), acting("a400", 400), paused("p250", 250),
+             paused("idle50", 50, waiting=False), new("n150", 150)]
+    d = run(views)
+    assert actions(d) == ((), (), (), ("n150",))
+    assert d.reasons["n150"] == "resumed: engine idle, footprint stays at or below high 900"
+    assert d.reasons["p250"] == "held: no room below low 800"
+    assert d.after_tokens == 850.0
+
+
+def test_no_backfill_while_the_engine_has_work():
+    views = [acting("a300", 300), reasoning("r400", 400), paused("p250", 250), new("n150", 150)]
+    assert actions(run(views)) == NOTHING
+    views = [acting("a300", 300), acting("a400", 400), paused("p250", 250), new("n150", 150)]
+    assert actions(run(views, untagged_tokens=10)) == NOTHING  # an untagged call runs
+
+
+def test_backfill_never_goes_above_high_and_can_be_turned_off():
+    views = [acting("a300", 300), acting("a400", 400), paused("p250", 250), new("n210", 210)]
+    assert actions(run(views)) == NOTHING  # 910 > 900
+    views = [acting("a300", 300), acting("a400", 400), new("n150", 150)]
+    off = SchedulerConfig(1000, 0.9, 0.8, half_life_s=10.0, backfill=False)
+    assert actions(run(views, off)) == NOTHING
+
+
 # ---- hysteresis -----------------------------------------------------------------------------
 
 

@@ -77,12 +77,13 @@ def set_capacity(tokens: int) -> None:
     S.config = SchedulerConfig(
         capacity_tokens=max(1, int(tokens)), high_watermark=cfg.high_watermark,
         low_watermark=cfg.low_watermark, half_life_s=cfg.decay_half_life_s,
-        max_pause_s=cfg.max_pause_s)
+        max_pause_s=cfg.max_pause_s, backfill=cfg.backfill)
     get_logger().info(
         "ThunderAgent scheduler: %s; KV capacity %d tokens, pause above %.0f, resume below %.0f, "
-        "tick %.2f s, max pause %.0f s", "on" if S.enabled else "off (operator pauses only)",
-        S.config.capacity_tokens, S.config.high_tokens, S.config.low_tokens, S.tick_s,
-        cfg.max_pause_s)
+        "tick %.2f s, max pause %.0f s, idle backfill %s",
+        "on" if S.enabled else "off (operator pauses only)", S.config.capacity_tokens,
+        S.config.high_tokens, S.config.low_tokens, S.tick_s, cfg.max_pause_s,
+        "on" if cfg.backfill else "off")
 
 
 # --- arrivals, finishes ------------------------------------------------------------------

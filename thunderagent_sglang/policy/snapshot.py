@@ -57,7 +57,8 @@ class ProgramView:
 class SchedulerConfig:
     """Thresholds of the scheduler. Watermarks are fractions of ``capacity_tokens`` (the KV pool).
 
-    ``max_pause_s`` / ``aging_step_s``: None turns the force-resume / aging off.
+    ``max_pause_s`` / ``aging_step_s``: None turns the force-resume / aging off. ``backfill``:
+    an idle engine takes a waiting program that fits under the high watermark out of order.
     """
 
     capacity_tokens: int
@@ -67,6 +68,7 @@ class SchedulerConfig:
     decay: bool = True
     max_pause_s: float | None = 300.0
     aging_step_s: float | None = 60.0
+    backfill: bool = True
 
     def __post_init__(self) -> None:
         if not self.capacity_tokens > 0:
