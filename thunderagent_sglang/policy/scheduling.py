@@ -35,7 +35,8 @@ Rules, in the order ``decide`` applies them (H, L: high and low watermark, in to
 
 Hysteresis: a pause needs F(counted minus marked) > H, a resume leaves F < L <= H, so a
 footprint moving between L and H changes nothing, and nothing admitted is paused by the next
-decision unless contexts grow by H - L.
+decision unless contexts grow by H - L (a program backfilled by rule 5 is admitted up to H, so
+it has no such margin: it is admitted only when the engine would otherwise idle).
 
 Cost: O(log n) footprint calls (each choice is the shortest or longest prefix of a fixed
 order, found by bisection over a monotone F), each O(shared blocks + n log n). Every program
