@@ -39,10 +39,8 @@ class Pools:
     device_tokens: int
     host_ratio: float
     limit_tokens: int
-    # SGLang's --hicache-write-policy for every host-tier system: write_through copies each new
-    # node to the host at once (host = pool then holds mostly copies of what the device holds);
-    # write_back copies only what leaves the device, so the host tier adds to the pool.
-    write_policy: str = "write_back"
+    # SGLang's --hicache-write-policy for every host-tier system (the runner's --write-policy).
+    write_policy: str
 
 
 def systems(pools: Pools) -> list[System]:

@@ -4,8 +4,8 @@ fewer prefill tokens and completes more calls per minute.
 
 Runs the benchmark runner itself (``python -m benchmarks run``), reduced: the two systems one
 after the other, each on its own fresh server with the benchmark model, the same device pool
-and a host tier equal to it (``--host-ratio 1``, write-through), N programs kept running, a short warm-up and
-window. The figures are the benchmark's own (calls finished inside the window). This is the
+and a host tier equal to it (``--host-ratio 1``, write-through), N programs kept running, a
+short warm-up and window. The figures are the benchmark's own (calls finished inside the window). This is the
 one integration test that compares speed; its margin in the committed benchmark runs is about
 1.3x, and it compares the two systems side by side in one run, as the benchmarks do.
 """

@@ -29,7 +29,7 @@ Rules, in the order ``decide`` applies them (H, L: high and low watermark, in to
    no untagged request runs (the engine has nothing to do), the first program in queue order
    with a request waiting whose whole context keeps F at or below H resumes, overtaking the
    head that does not fit. Under H, it causes no pause; waiting for the acting programs'
-   decay instead leaves the engine idle (measured: 2.9 s of a 60 s window, none with it).
+   decay instead leaves the engine idle (measured: 2.9 s of a 60 s window; none with it).
 6. Alone: if no tagged program is counted after that, the head of the queue with a request
    waiting runs anyway, e.g. a program too large to ever fit.
 
@@ -39,7 +39,9 @@ decision unless contexts grow by H - L (a program backfilled by rule 5 is admitt
 it has no such margin: it is admitted only when the engine would otherwise idle).
 
 Cost: O(log n) footprint calls (each choice is the shortest or longest prefix of a fixed
-order, found by bisection over a monotone F), each O(shared blocks + n log n). Every program
+order, found by bisection over a monotone F), each O(shared blocks + n log n); rule 5 adds up
+to one footprint call per queued program, only on a decision taken while the engine is idle
+(queue sizes differ, so F is not monotone in queue order). Every program
 acted on or held gets a line in ``Decision.reasons``.
 """
 
@@ -86,10 +88,10 @@ def decide(views: Sequence[ProgramView], config: SchedulerConfig, footprint: Foo
         pause += [pid for pid in more if by_id[pid].phase == ACTING]
         mark += [pid for pid in more if by_id[pid].phase == REASONING]
     running = counted - set(pause)
-    idle = not untagged_tokens and not forced and not any(
+    backfill = config.backfill and not untagged_tokens and not forced and not any(
         v.phase == REASONING for v in active if v.program_id in running)
     resume = forced + _resumes([v for v in queue if v.program_id not in forced], running,
-                               measure, config, reasons, idle=idle and config.backfill)
+                               measure, config, reasons, idle=backfill)
     return Decision(tuple(pause), tuple(mark), tuple(unmark), tuple(resume), reasons,
                     before, measure(running | set(resume)))
 
