@@ -40,14 +40,24 @@ FEATURES: tuple[Feature, ...] = (
             "model; its CPU ops are not in our sgl_kernel stand-in)."),
     Feature("LoRA adapters", ("--enable-lora", "--lora-paths"), "untested",
             "Passes through to SGLang; not covered by our CI."),
-    Feature("Tensor parallelism", ("--tp-size",), "untested",
-            "Passes through to SGLang; needs several devices."),
     Feature("Disabling the radix cache", ("--disable-radix-cache",), "refused",
             "Program-aware KV accounting, eviction and offload live in the "
             "radix cache."),
     Feature("Data parallelism", ("--dp-size", "--data-parallel-size"), "refused",
             "One program table per scheduler; a program-aware router across "
             "replicas is not built yet.", refused_unless="1"),
+    Feature("Tensor parallelism", ("--tp-size", "--tensor-parallel-size"), "refused",
+            "Each rank's scheduler would take program decisions (holds, pauses, offload, "
+            "eviction order) on its own clock, so ranks could diverge and hang; serve one rank "
+            "per replica until ranks agree on every decision.", refused_unless="1"),
+    Feature("Pipeline parallelism", ("--pp-size", "--pipeline-parallel-size"), "refused",
+            "Same reason as tensor parallelism: one program decision per step is not shared "
+            "across stages yet.", refused_unless="1"),
+    Feature("Several nodes", ("--nnodes",), "refused",
+            "A server spread over nodes runs several schedulers that would decide apart.",
+            refused_unless="1"),
+    Feature("DP attention", ("--enable-dp-attention",), "refused",
+            "Attention data parallelism runs several schedulers, one program table each."),
     Feature("Prefill/decode disaggregation", ("--disaggregation-mode",), "refused",
             "Programs would be split across two engines; not supported.",
             refused_unless="null"),

@@ -151,7 +151,7 @@ def _chat(c) -> None:
 
 @pytest.mark.parametrize("bad", ["", "x" * 257, "a\nb", "tab\there", "\x00", 7, b"bytes"])
 def test_invalid_program_ids_are_refused(server, bad):
-    with pytest.raises(ValueError, match="1-256 printable characters"):
+    with pytest.raises(ValueError, match="1-256 visible ASCII characters"):
         Program(_openai(server), bad)
     with pytest.raises(ValueError, match="parent_id"):
         Program(_openai(server), "ok", parent_id=bad)

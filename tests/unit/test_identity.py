@@ -128,17 +128,24 @@ def test_max_length_id_ok():
     assert extract_identity({}, {"program_id": pid}).program_id == pid
 
 
-def test_printable_unicode_and_spaces_ok():
-    assert extract_identity({}, {"program_id": "agent 7 / π"}).program_id == "agent 7 / π"
+def test_every_visible_ascii_character_is_allowed_slashes_included():
+    pid = "".join(chr(c) for c in range(0x21, 0x7F))
+    assert extract_identity({}, {"program_id": pid}).program_id == pid
+    assert extract_identity({"x-program-id": "a/b%2Fc"}, None).program_id == "a/b%2Fc"
 
 
 BAD_IDS = [
     ("", "empty string"),
     ("a" * 257, "257 characters"),
-    ("\n", "non-printable"),
-    ("ab\ncd", "non-printable"),
-    ("\x00", "non-printable"),
-    ("a\tb", "non-printable"),
+    ("\n", "got '\\n' at position 0"),
+    ("ab\ncd", "got '\\n' at position 2"),
+    ("\x00", "got '\\x00' at position 0"),
+    ("a\tb", "got '\\t' at position 1"),
+    (" x", "got ' ' at position 0"),
+    ("x ", "got ' ' at position 1"),
+    ("agent 7", "got ' ' at position 5"),
+    ("π", "got 'π' at position 0"),
+    ("a\x7f", "got '\\x7f' at position 1"),
     (7, "got int"),
     (1.5, "got float"),
     (["a"], "got list"),
@@ -153,7 +160,7 @@ def test_invalid_body_ids(value, problem):
     with pytest.raises(InvalidProgramId) as err:
         extract_identity({}, {"program_id": value})
     assert err.value.source == "body field 'program_id'"
-    assert str(err.value).startswith("body field 'program_id' must be a string of 1-256 printable characters, ")
+    assert str(err.value).startswith("body field 'program_id' must be a string of 1-256 visible ASCII characters (0x21-0x7E: no spaces, control or non-ASCII characters), ")
     assert problem in str(err.value)
     assert isinstance(err.value, ValueError)
 
@@ -161,7 +168,7 @@ def test_invalid_body_ids(value, problem):
 def test_invalid_int_message_exact():
     with pytest.raises(InvalidProgramId) as err:
         extract_identity({}, {"job_id": 42})
-    assert str(err.value) == "body field 'job_id' must be a string of 1-256 printable characters, got int"
+    assert str(err.value) == "body field 'job_id' must be a string of 1-256 visible ASCII characters (0x21-0x7E: no spaces, control or non-ASCII characters), got int"
 
 
 @pytest.mark.parametrize("value,problem", [v for v in BAD_IDS if isinstance(v[0], str)])
@@ -169,7 +176,7 @@ def test_invalid_header_ids(value, problem):
     with pytest.raises(InvalidProgramId) as err:
         extract_identity({"x-program-id": value}, None)
     assert err.value.source == "header X-Program-Id"
-    assert str(err.value).startswith("header X-Program-Id must be a string of 1-256 printable characters, ")
+    assert str(err.value).startswith("header X-Program-Id must be a string of 1-256 visible ASCII characters (0x21-0x7E: no spaces, control or non-ASCII characters), ")
     assert problem in str(err.value)
 
 

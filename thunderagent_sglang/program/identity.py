@@ -29,10 +29,11 @@ _SGLANG_SESSION_FIELD = "session_id"  # SGLang's own sessions: never a program i
 _SHORT_ALIASES = {src.split(":", 1)[1]: src for src in DEFAULT_ID_SOURCES}
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")  # an HTTP token, lower case
 _BODY_FIELD = re.compile(r"^[^\s:,]+$")
+_NOT_VISIBLE_ASCII = re.compile(r"[^\x21-\x7e]")
 
 
 class InvalidProgramId(ValueError):
-    """A program or parent id that is present but not a string of 1-256 printable characters."""
+    """A program or parent id that is present but not 1-256 visible ASCII characters."""
 
     def __init__(self, source: str, message: str):
         super().__init__(message)
@@ -67,28 +68,38 @@ def _label(source: str) -> str:
 
 
 def id_problem(value: Any) -> str | None:
-    """What makes ``value`` an invalid program id ("got ..."), or None when it is valid."""
+    """What makes ``value`` an invalid program id ("got ..."), or None when it is valid.
+
+    The one rule for every id source, route and client: 1-256 visible ASCII characters
+    (0x21-0x7E), never stripped or rewritten. Such an id is a legal HTTP header value as is.
+    """
     if not isinstance(value, str):
         return f"got {type(value).__name__}"
     if not value:
         return "got an empty string"
     if len(value) > MAX_ID_LENGTH:
         return f"got {len(value)} characters"
-    if not value.isprintable():
-        return "got a non-printable (control) character"
+    bad = _NOT_VISIBLE_ASCII.search(value)
+    if bad is not None:
+        return f"got {bad.group()!r} at position {bad.start()}"
     return None
 
 
 def invalid_id_message(what: str, problem: str) -> str:
-    return f"{what} must be a string of 1-{MAX_ID_LENGTH} printable characters, {problem}"
+    return (f"{what} must be a string of 1-{MAX_ID_LENGTH} visible ASCII characters "
+            f"(0x21-0x7E: no spaces, control or non-ASCII characters), {problem}")
+
+
+def check_program_id(value: Any, what: str = "program id") -> str:
+    """``value`` when it is a valid program id, else InvalidProgramId naming ``what``."""
+    problem = id_problem(value)
+    if problem is not None:
+        raise InvalidProgramId(what, invalid_id_message(what, problem))
+    return value
 
 
 def _check_id(source: str, value: Any) -> str:
-    problem = id_problem(value)
-    if problem is None:
-        return value
-    label = _label(source)
-    raise InvalidProgramId(label, invalid_id_message(label, problem))
+    return check_program_id(value, _label(source))
 
 
 def _lower_keys(headers: Mapping[Any, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from thunderagent_sglang.program.identity import id_problem, invalid_id_message
 from thunderagent_sglang.sidecar.envs import EnvSpec
 from thunderagent_sglang.sidecar.errors import BadRequest
 from thunderagent_sglang.sidecar.sizes import parse_size
@@ -63,8 +64,9 @@ class EventBody(BaseModel):
 
 
 def to_spec(body: CreateBody, default_backend: str, default_disk: int | None) -> EnvSpec:
-    if not body.program_id.isprintable():
-        raise BadRequest("program_id must be printable characters")
+    problem = id_problem(body.program_id)
+    if problem is not None:
+        raise BadRequest(invalid_id_message("program_id", problem))
     if body.base_dir and body.image:
         raise BadRequest("give base_dir or image, not both")
     if not (body.base_dir or body.image or body.snapshot):
