@@ -3,6 +3,7 @@ and is loaded back at resume; a small one is dropped instead, per the cost model
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -112,3 +113,42 @@ def test_cost_model_is_logged_at_start_and_counted_in_metrics(hicache_server):
            "20000 tokens/s, break-even 41 tokens" in log
     metrics = requests.get(f"{hicache_server.url}/metrics", headers=AUTH, timeout=30).text
     assert 'thunderagent_kv_decisions_total{decision="offload"}' in metrics
+
+
+def test_pausing_a_reasoning_program_moves_none_of_another_programs_kv(hicache_server):
+    """Offload is exact: pausing P frees P's own unlocked device KV only. Here P's call is
+    running, so its nodes are locked and nothing of it can move; before, the eviction asked
+    for P's token count and took another program's KV instead."""
+    other, pid = (f"{name}-{uuid.uuid4().hex[:8]}" for name in ("bystander", "running"))
+    generate(hicache_server, other, [500 + i for i in range(112)])
+    backed_up(hicache_server, other, 112)
+    before = record(hicache_server, other)["resident_tokens"]
+    assert before == 112
+    prompt = [800 + i for i in range(96)]
+    generate(hicache_server, pid, prompt)
+    backed_up(hicache_server, pid, 96)
+    done = threading.Event()
+
+    def long_call():
+        try:
+            requests.post(f"{hicache_server.url}/generate", headers={**AUTH, "X-Program-Id": pid},
+                          json={"input_ids": prompt + [7] * 16, "sampling_params": {
+                              "max_new_tokens": 400, "temperature": 0, "ignore_eos": True}},
+                          timeout=120)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=long_call)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while record(hicache_server, pid)["phase"] != "reasoning":
+        assert time.monotonic() < deadline and not done.is_set()
+        time.sleep(0.02)
+    paused = control(hicache_server, pid, "pause")
+    assert paused["status"] == "paused" and not done.is_set()
+    assert record(hicache_server, other)["resident_tokens"] == before
+    thread.join(120)
+    control(hicache_server, pid, "resume")
+    for name in (pid, other):
+        requests.post(f"{hicache_server.url}/programs/release", headers=AUTH,
+                      json={"program_id": name}, timeout=30)

@@ -440,3 +440,60 @@ def test_out_of_vocabulary_input_ids_are_400_not_a_scheduler_crash(default_serve
     assert reply.status_code == 400
     assert "not a token id of this model" in reply.text
     assert requests.get(f"{default_server.url}/health_generate", timeout=60).status_code == 200
+
+
+@pytest.mark.parametrize("bad,shown", [(" x", "' ' at position 0"), ("x ", "' ' at position 1"),
+                                       ("agent π", "' ' at position 5"),
+                                       ("π", "'π' at position 0")])
+def test_an_id_with_a_space_or_non_ascii_is_400_not_a_lost_reply(default_server, bad, shown):
+    reply = requests.post(f"{default_server.url}/generate", json={
+        "text": "x", "sampling_params": {"max_new_tokens": 1}, "program_id": bad}, timeout=60)
+    assert reply.status_code == 400
+    error = reply.json()["error"]
+    assert error["param"] == "body field 'program_id'"
+    assert "visible ASCII" in error["message"] and shown in error["message"]
+
+
+def test_an_id_with_slashes_reaches_every_route(default_server):
+    pid = f"team/{new_id()}/a%2Fb"
+    raw = chat(default_server, headers={"X-Program-Id": pid})
+    assert raw.headers["x-program-id"] == pid
+    quoted = requests.utils.quote(pid, safe="")
+    url = f"{default_server.url}/programs/{quoted}"
+    assert requests.get(url, timeout=30).json()["program_id"] == pid
+    assert requests.get(f"{default_server.url}/profiles/{quoted}", timeout=30).status_code == 200
+    hint = requests.post(f"{url}/tool", json={"event": "start", "expected_s": 5}, timeout=30)
+    assert hint.status_code == 200 and hint.json()["tool_running"] is True
+    assert requests.post(f"{url}/pause", timeout=30).json()["status"] == "paused"
+    assert requests.post(f"{url}/resume", timeout=30).json()["status"] == "active"
+    released = requests.post(f"{default_server.url}/programs/release",
+                             json={"program_id": pid}, timeout=30)
+    assert released.status_code == 200 and released.json()["status"] == "terminated"
+
+
+@pytest.mark.parametrize("route", ["", "/pause", "/resume"])
+def test_an_invalid_id_in_a_path_is_400_naming_it(default_server, route):
+    method = requests.get if not route else requests.post
+    reply = method(f"{default_server.url}/programs/a%20b{route}", timeout=30)
+    assert reply.status_code == 400
+    assert reply.json()["error"]["param"] == "program id in the path"
+
+
+@pytest.mark.parametrize("body,status", [({"program_id": " x"}, 400), ({"program_id": None}, 422)])
+def test_the_release_route_checks_the_id_like_every_other(default_server, body, status):
+    reply = requests.post(f"{default_server.url}/programs/release", json=body, timeout=30)
+    assert reply.status_code == status
+    assert "Traceback" not in reply.text and ".py" not in reply.text
+
+
+@pytest.mark.parametrize("expected", ["-1", "NaN", "Infinity"])
+def test_a_tool_hint_with_a_negative_or_non_finite_expected_time_is_400(default_server, expected):
+    pid = new_id()
+    chat(default_server, headers={"X-Program-Id": pid})
+    reply = requests.post(f"{default_server.url}/programs/{pid}/tool", timeout=30,
+                          data=f'{{"event": "start", "expected_s": {expected}}}',
+                          headers={"Content-Type": "application/json"})
+    assert reply.status_code == 400, reply.text
+    assert "expected_s must be a finite number" in reply.json()["error"]
+    assert requests.get(f"{default_server.url}/programs/{pid}", timeout=30).json()[
+        "tool_running"] is False

@@ -149,7 +149,8 @@ def _chat(c) -> None:
 
 # --- ids -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bad", ["", "x" * 257, "a\nb", "tab\there", "\x00", 7, b"bytes"])
+@pytest.mark.parametrize("bad", ["", "x" * 257, "a\nb", "tab\there", "\x00", 7, b"bytes",
+                                 " x", "é1"])
 def test_invalid_program_ids_are_refused(server, bad):
     with pytest.raises(ValueError, match="1-256 visible ASCII characters"):
         Program(_openai(server), bad)
@@ -161,7 +162,7 @@ def test_invalid_program_ids_are_refused(server, bad):
 
 def test_valid_ids_at_the_limits_and_a_fresh_default(server):
     assert Program(_openai(server), "x" * 256).program_id == "x" * 256
-    assert Program(_openai(server), "é 1").program_id == "é 1"
+    assert Program(_openai(server), "a/b:c~1").program_id == "a/b:c~1"
     a, b = Program(_openai(server)), Program(_openai(server))
     assert len(a.program_id) == 32 and int(a.program_id, 16) >= 0 and a.program_id != b.program_id
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from thunderagent_sglang.program.identity import id_problem, invalid_id_message
+from thunderagent_sglang.program import identity
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +34,8 @@ RELEASE_TIMEOUT_S = 30.0
 
 
 def check_program_id(value: Any, what: str = "program_id") -> str:
-    """Return value when it is a valid id (a string of 1-256 printable characters), as the server checks."""
-    problem = id_problem(value)
-    if problem is not None:
-        raise ValueError(invalid_id_message(what, problem))
-    return value
+    """Return value when it is a valid id, by the server's own rule (1-256 visible ASCII)."""
+    return identity.check_program_id(value, what)
 
 
 def new_program_id() -> str:

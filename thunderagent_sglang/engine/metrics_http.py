@@ -7,8 +7,6 @@ series read from the scheduler's program table; without ``--enable-metrics``
 
 from __future__ import annotations
 
-import json
-
 from thunderagent_sglang.program.metrics import render
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -18,7 +16,7 @@ PATHS = ("/metrics", "/metrics/")
 class MetricsMiddleware:
     def __init__(self, app, fetch_stats):
         self.app = app
-        self.fetch_stats = fetch_stats  # async () -> (status, body json text)
+        self.fetch_stats = fetch_stats  # async () -> (HTTP status, body dict)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] not in PATHS:
@@ -30,7 +28,7 @@ class MetricsMiddleware:
         if 300 <= status < 400:  # SGLang's mounted metrics app redirects /metrics to /metrics/
             return await _replay(send, status, headers, body)
         stats_status, stats_body = await self.fetch_stats()
-        ours = render(json.loads(stats_body)) if stats_status == 200 else b""
+        ours = render(stats_body) if stats_status == 200 else b""
         if status == 404:
             status, headers, body = 200, [(b"content-type", CONTENT_TYPE)], b""
         body = body + (b"\n" if body and not body.endswith(b"\n") else b"") + ours

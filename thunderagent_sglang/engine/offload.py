@@ -1,13 +1,14 @@
 """Selective offload of paused programs' KV (glue for ``policy.offload``).
 
-At cache build (HiCache on, ``--thunderagent-offload auto``) the host-to-device
-link is measured (or taken from the flags) and logged. When a program is
-paused, the cost model chooses keep, offload or drop for the device KV it
-holds alone; offload demotes those nodes to the host tier (SGLang's own
-eviction walk, with the program's nodes ranked first), drop frees them on both
-tiers. When it resumes, what it offloaded is loaded back at once (prefetch),
-before its next request needs it. Prefill batches are timed to know the
-recompute rate.
+``Offloader`` belongs to the ``ProgramRuntime``. At cache build (HiCache on,
+``--thunderagent-offload auto``) it measures the host-to-device link (or takes it from the
+flags) and logs the cost model. When a program is paused, the model chooses keep, offload or
+drop for the device KV it holds alone; offload demotes exactly those of its nodes that can
+leave the device (its own, unlocked, with nothing of another's below them) through SGLang's
+own eviction walk, with the program's nodes ranked first and the walk's quota equal to their
+tokens, so no other program's KV moves; drop also frees their host copies. When it resumes,
+what it offloaded is loaded back at once (prefetch), before its next call needs it. Prefill
+batches are timed to know the recompute rate.
 """
 
 from __future__ import annotations
@@ -18,38 +19,139 @@ import torch
 from sglang.srt.mem_cache.base_prefix_cache import EvictParams
 from sglang.srt.mem_cache.hicache_storage import PoolName
 
-from thunderagent_sglang.engine import program_tree
 from thunderagent_sglang.engine.logs import get_logger
-from thunderagent_sglang.engine.program_tree import RESIDENCY
+from thunderagent_sglang.engine.program_tree import lengths
 from thunderagent_sglang.policy.offload import Choice, CostModel, KvDecision, RateMeter, decide
 
 _PROBE_BYTES = 64 << 20  # bandwidth probe size
 _SAMPLE_EVERY = 16  # after the first _FIRST_SAMPLES, time one prefill batch in this many
 _FIRST_SAMPLES = 8
-_state: dict = {"cache": None, "link": None, "rate": None, "meter": RateMeter(), "extends": 0}
-STATS = {"decisions": {d.value: 0 for d in KvDecision},
-         "offloaded_tokens": 0, "dropped_tokens": 0, "prefetched_tokens": 0}
 
 
-def attach(cache, cfg) -> None:
-    """Measure (or take from ``cfg``) the link of a HiCache-enabled cache; log the model."""
-    _state["cache"] = cache
-    _state["link"] = None
-    _state["rate"] = cfg.recompute_rate
-    if cfg.offload == "off" or getattr(cache, "cache_controller", None) is None:
-        get_logger().info("ThunderAgent: selective KV offload off (%s)",
-                          "--thunderagent-offload off" if cfg.offload == "off" else "no host tier")
-        return
-    device_pool = cache.token_to_kv_pool_allocator.get_kvcache()
-    bytes_per_token = kv_bytes_per_token(device_pool)
-    _state["cuda"] = torch.device(device_pool.device).type == "cuda"
-    measured = measure_link(device_pool.device, bytes_per_token, device_pool.layer_num)
-    bandwidth = cfg.offload_bandwidth_gbps * 1e9 if cfg.offload_bandwidth_gbps else measured[0]
-    latency = cfg.offload_latency_s if cfg.offload_latency_s is not None else measured[1]
-    _state["link"] = (bytes_per_token, bandwidth, latency)
-    get_logger().info(
-        "ThunderAgent: selective KV offload on; host link measured %.2f GB/s, %.0f us per "
-        "transfer; cost model: %s", measured[0] / 1e9, measured[1] * 1e6, cost_model().describe())
+class Offloader:
+    def __init__(self, runtime, cfg):
+        self.runtime = runtime
+        self.cfg = cfg
+        self.cache = None
+        self.link: tuple[int, float, float] | None = None  # bytes/token, bytes/s, s per load
+        self.cuda = False
+        self.meter = RateMeter()
+        self.extends = 0
+        self.stats_ = {"decisions": {d.value: 0 for d in KvDecision},
+                       "offloaded_tokens": 0, "dropped_tokens": 0, "prefetched_tokens": 0}
+
+    def attach(self, cache) -> None:
+        """Measure (or take from the flags) the link of a HiCache-enabled cache; log the model."""
+        cfg = self.cfg
+        self.cache = cache
+        if cfg.offload == "off" or getattr(cache, "cache_controller", None) is None:
+            get_logger().info("ThunderAgent: selective KV offload off (%s)",
+                              "--thunderagent-offload off" if cfg.offload == "off"
+                              else "no host tier")
+            return
+        device_pool = cache.token_to_kv_pool_allocator.get_kvcache()
+        bytes_per_token = kv_bytes_per_token(device_pool)
+        self.cuda = torch.device(device_pool.device).type == "cuda"
+        measured = measure_link(device_pool.device, bytes_per_token, device_pool.layer_num)
+        bandwidth = (cfg.offload_bandwidth_gbps * 1e9 if cfg.offload_bandwidth_gbps
+                     else measured[0])
+        latency = cfg.offload_latency_s if cfg.offload_latency_s is not None else measured[1]
+        self.link = (bytes_per_token, bandwidth, latency)
+        get_logger().info(
+            "ThunderAgent: selective KV offload on; host link measured %.2f GB/s, %.0f us per "
+            "transfer; cost model: %s", measured[0] / 1e9, measured[1] * 1e6,
+            self.cost_model().describe())
+
+    def cost_model(self) -> CostModel | None:
+        if self.link is None:
+            return None
+        bytes_per_token, bandwidth, latency = self.link
+        rate = self.cfg.recompute_rate or self.meter.rate()
+        return CostModel(bytes_per_token, bandwidth, latency, rate)
+
+    def time_prefill(self, original, scheduler, batch, *args, **kwargs):
+        """AROUND ``Scheduler.run_batch``: time a sample of prefill batches (recompute rate)."""
+        if self.link is None or self.cfg.recompute_rate or not batch.forward_mode.is_extend():
+            return original(scheduler, batch, *args, **kwargs)  # nothing to measure: no cost
+        tokens = batch.extend_num_tokens
+        if not tokens or not self._sampled():
+            return original(scheduler, batch, *args, **kwargs)
+        start = time.perf_counter()
+        result = original(scheduler, batch, *args, **kwargs)
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.meter.add(tokens, time.perf_counter() - start)
+        return result
+
+    def _sampled(self) -> bool:
+        self.extends += 1
+        return self.extends <= _FIRST_SAMPLES or self.extends % _SAMPLE_EVERY == 0
+
+    # ---- pause and resume ------------------------------------------------------------------
+
+    def on_pause(self, program) -> Choice | None:
+        """Choose and carry out keep/offload/drop for a program just paused."""
+        pid = program.program_id
+        tree = self.runtime.tree
+        if self.cache is None or tree is None:
+            return None
+        nodes = tree.own_nodes(pid)
+        movable = tree.movable(nodes)
+        device = sum(lengths(n)[0] for n in movable)
+        unbacked = sum(d for d, h in map(lengths, movable) if h < d)
+        choice = decide(self.cost_model(), device, unbacked, self._host_free())
+        self.runtime.table.set_kv_decision(pid, choice.decision.value)
+        self.stats_["decisions"][choice.decision.value] += 1
+        moved = 0
+        if choice.decision is not KvDecision.KEEP and device:
+            moved = self._evict_own(pid, device, choice.decision)
+        get_logger().info("ThunderAgent: program %s paused: KV %s (%s); %d of %d own device "
+                          "tokens moved", pid, choice.decision.value, choice.reason, moved,
+                          sum(lengths(n)[0] for n in nodes))
+        return choice
+
+    def _host_free(self) -> int:
+        group = getattr(self.cache, "host_pool_group", None)
+        pool = group.get_pool(PoolName.KV) if group is not None else None
+        return pool.available_size() if pool is not None else 0
+
+    def _evict_own(self, pid: str, device_tokens: int, decision: KvDecision) -> int:
+        """Free exactly the program's movable device KV (for a drop, its host copies too)."""
+        runtime, cache = self.runtime, self.cache
+        before = runtime.residency.resident_tokens(pid)
+        runtime.evict_first = pid
+        try:
+            cache.evict(EvictParams(num_tokens=device_tokens))
+            if decision is KvDecision.DROP:
+                host = sum(lengths(n)[1] for n in runtime.tree.own_nodes(pid))
+                if host:
+                    cache.evict_host(host)
+        finally:
+            runtime.evict_first = None
+        moved = before - runtime.residency.resident_tokens(pid)
+        key = "dropped_tokens" if decision is KvDecision.DROP else "offloaded_tokens"
+        self.stats_[key] += moved
+        return moved
+
+    def on_resume(self, program_id: str, decision: str | None) -> int:
+        """Load back what a resumed program offloaded (prefetch); the tokens loaded."""
+        cache, residency = self.cache, self.runtime.residency
+        if decision != KvDecision.OFFLOAD.value or cache is None:
+            return 0
+        before = residency.resident_tokens(program_id)
+        for node_id in residency.heads(program_id).values():
+            cache.load_back(node_id)
+        _finish_loads(cache)
+        loaded = residency.resident_tokens(program_id) - before
+        self.stats_["prefetched_tokens"] += loaded
+        get_logger().info("ThunderAgent: program %s resumed: %d tokens loaded back from the "
+                          "host tier", program_id, loaded)
+        return loaded
+
+    def stats(self) -> dict:
+        model = self.cost_model()
+        return {**self.stats_, "decisions": dict(self.stats_["decisions"]),
+                "cost_model": None if model is None else model.describe()}
 
 
 def kv_bytes_per_token(device_pool) -> int:
@@ -80,108 +182,6 @@ def _timed(fn, cuda: bool) -> float:
     return max(time.perf_counter() - start, 1e-9)
 
 
-def cost_model() -> CostModel | None:
-    if _state["link"] is None:
-        return None
-    bytes_per_token, bandwidth, latency = _state["link"]
-    rate = _state["rate"] or _state["meter"].rate()
-    return CostModel(bytes_per_token, bandwidth, latency, rate)
-
-
-def time_prefill(original, scheduler, batch, *args, **kwargs):
-    """AROUND ``Scheduler.run_batch``: time a sample of prefill batches (recompute rate)."""
-    if _state["link"] is None or _state["rate"] or not batch.forward_mode.is_extend():
-        return original(scheduler, batch, *args, **kwargs)  # nothing to measure: no cost
-    tokens = batch.extend_num_tokens
-    if not tokens or not _sampled():
-        return original(scheduler, batch, *args, **kwargs)
-    cuda = _state.get("cuda", False)
-    start = time.perf_counter()
-    result = original(scheduler, batch, *args, **kwargs)
-    if cuda:
-        torch.cuda.synchronize()
-    _state["meter"].add(tokens, time.perf_counter() - start)
-    return result
-
-
-def _sampled() -> bool:
-    _state["extends"] += 1
-    n = _state["extends"]
-    return n <= _FIRST_SAMPLES or n % _SAMPLE_EVERY == 0
-
-
-def own_nodes(program_id: str) -> list:
-    """The tree nodes tagged by this program alone, leaf first."""
-    tree = program_tree.tree()
-    if tree is None:
-        return []
-    seen, nodes = set(), []
-    for node_id in RESIDENCY.heads(program_id).values():
-        for node in program_tree.path_to_root(tree, tree.node_by_id(node_id)):
-            if node.id not in seen and RESIDENCY.tags(node.id) == frozenset((program_id,)):
-                seen.add(node.id)
-                nodes.append(node)
-    return nodes
-
-
-def on_pause(program) -> Choice:
-    """Choose and carry out keep/offload/drop for a program just paused."""
-    pid = program.program_id
-    nodes = own_nodes(pid)
-    device = sum(program_tree.lengths(n)[0] for n in nodes)
-    unbacked = sum(d for d, h in map(program_tree.lengths, nodes) if h < d)
-    choice = decide(cost_model(), device, unbacked, _host_free())
-    program.kv_decision = choice.decision.value
-    STATS["decisions"][choice.decision.value] += 1
-    moved = 0
-    if choice.decision is not KvDecision.KEEP:
-        moved = _evict_own(pid, device, KvDecision.DROP if choice.decision is KvDecision.DROP
-                           else KvDecision.OFFLOAD)
-    get_logger().info("ThunderAgent: program %s paused: KV %s (%s); %d of %d own device tokens "
-                      "moved", pid, choice.decision.value, choice.reason, moved, device)
-    return choice
-
-
-def _host_free() -> int:
-    group = getattr(_state["cache"], "host_pool_group", None)
-    pool = group.get_pool(PoolName.KV) if group is not None else None
-    return pool.available_size() if pool is not None else 0
-
-
-def _evict_own(pid: str, device_tokens: int, decision: KvDecision) -> int:
-    """Free the program's own device KV (and for a drop its host copies), its nodes first."""
-    cache = _state["cache"]
-    before = RESIDENCY.resident_tokens(pid), RESIDENCY.host_tokens(pid)
-    with program_tree.evicting_first(pid):
-        cache.evict(EvictParams(num_tokens=device_tokens))
-        if decision is KvDecision.DROP:
-            host = sum(program_tree.lengths(n)[1] for n in own_nodes(pid))
-            if host:
-                cache.evict_host(host)
-    moved = before[0] - RESIDENCY.resident_tokens(pid)
-    if decision is KvDecision.DROP:
-        STATS["dropped_tokens"] += moved
-    else:
-        STATS["offloaded_tokens"] += moved
-    return moved
-
-
-def on_resume(program_id: str, decision: str | None) -> int:
-    """Load back what a resumed program offloaded (prefetch); the tokens loaded."""
-    cache = _state["cache"]
-    if decision != KvDecision.OFFLOAD.value or cache is None:
-        return 0
-    before = RESIDENCY.resident_tokens(program_id)
-    for node_id in RESIDENCY.heads(program_id).values():
-        cache.load_back(node_id)
-    _finish_loads(cache)
-    loaded = RESIDENCY.resident_tokens(program_id) - before
-    STATS["prefetched_tokens"] += loaded
-    get_logger().info("ThunderAgent: program %s resumed: %d tokens loaded back from the host "
-                      "tier", program_id, loaded)
-    return loaded
-
-
 def _finish_loads(cache) -> None:
     """Run the loads ``load_back`` queued, wait for them, and release their locks.
 
@@ -194,9 +194,3 @@ def _finish_loads(cache) -> None:
         return  # nothing was queued
     cache.cache_controller.ack_load_queue[-1].finish_event.synchronize()
     cache.loading_check()
-
-
-def stats() -> dict:
-    model = cost_model()
-    return {**STATS, "decisions": dict(STATS["decisions"]),
-            "cost_model": None if model is None else model.describe()}

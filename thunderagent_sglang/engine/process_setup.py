@@ -39,10 +39,11 @@ def setup_process() -> None:
     role = process_role()
     platform = _setup_platform(role)
     disabled = _features_disabled(log)
-    if os.environ.get(debug_memcheck.ENV) == "1" and role == "scheduler":
-        debug_memcheck.install()
+    runtime = None
     if not disabled:
-        _install_program_features(role, config.ThunderAgentConfig.from_env())
+        runtime = _install_program_features(role, config.ThunderAgentConfig.from_env())
+    if os.environ.get(debug_memcheck.ENV) == "1" and role == "scheduler":
+        debug_memcheck.install(runtime)
     features = f"off ({config.DISABLE_ENV}=1, plain SGLang)" if disabled else "on"
     log.info(
         "ThunderAgent-SGLang %s plugin active in %s process (pid %d): "
@@ -55,17 +56,21 @@ def setup_process() -> None:
     )
 
 
-def _install_program_features(role: str, cfg: config.ThunderAgentConfig) -> None:
+def _install_program_features(role: str, cfg: config.ThunderAgentConfig):
+    """Our part of this process; in the scheduler, its one ``ProgramRuntime``."""
     if role == "main":
         from thunderagent_sglang.engine import program_http
 
         program_http.install(cfg)
     elif role == "scheduler":
-        from thunderagent_sglang.engine import program_cache, program_scheduler, sidecar_events
+        from thunderagent_sglang.engine import program_cache, sidecar_events
+        from thunderagent_sglang.engine.runtime import ProgramRuntime
 
-        program_scheduler.install(cfg)
-        program_cache.install(cfg)
-        sidecar_events.install(cfg)
+        runtime = ProgramRuntime(cfg, notify=sidecar_events.install(cfg))
+        runtime.install()
+        program_cache.install(runtime)
+        return runtime
+    return None
 
 
 def _features_disabled(log) -> bool:

@@ -10,11 +10,9 @@ invalid one, and stamps ``X-Program-Id`` on the response. A hook on
 from __future__ import annotations
 
 import asyncio
-import json
 
 import orjson
 
-from fastapi import Request
 from fastapi.responses import JSONResponse, ORJSONResponse
 from pydantic import BaseModel
 from sglang.srt.entrypoints.http_server import app, get_global_state
@@ -25,12 +23,12 @@ from thunderagent_sglang import compat, config
 from thunderagent_sglang.engine import hooks, program_ipc
 from thunderagent_sglang.engine.logs import get_logger
 from thunderagent_sglang.engine.metrics_http import MetricsMiddleware
-from thunderagent_sglang.engine.program_ipc import ProgramControlOutput, ProgramControlReq
 from thunderagent_sglang.program.identity import (
     FINAL_BODY_FIELD,
     Identity,
     InvalidFinalMarker,
     InvalidProgramId,
+    check_program_id,
     extract_identity,
 )
 
@@ -177,25 +175,29 @@ def _add_communicator(result, tokenizer_manager):
     comm = FanOutCommunicator(tokenizer_manager._dispatch_to_scheduler, 1, "queueing")
     tokenizer_manager.thunderagent_communicator = comm
     tokenizer_manager._result_dispatcher += TypeBasedDispatcher(
-        [(ProgramControlOutput, comm.handle_recv)])
+        [(program_ipc.ProgramReply, comm.handle_recv)])
 
 
-async def ask_scheduler(op: str, program_id: str | None = None, **payload) -> tuple[int, str]:
-    """Send one control request to the scheduler: (HTTP status, JSON body)."""
+async def ask_scheduler(message) -> program_ipc.ProgramReply:
+    """Send one typed control message to the scheduler and wait for its reply."""
     manager = get_global_state().tokenizer_manager
     manager.auto_create_handle_loop()
-    (out,) = await manager.thunderagent_communicator(
-        ProgramControlReq(op=op, program_id=program_id, payload=json.dumps(payload)))
+    (out,) = await manager.thunderagent_communicator(message)
+    return out
+
+
+async def control(message) -> ORJSONResponse:
+    out = await ask_scheduler(message)
+    return ORJSONResponse(status_code=out.status, content=out.body)
+
+
+def _invalid(exc: ValueError) -> ORJSONResponse:
+    return ORJSONResponse(status_code=400, content=_error(exc))
+
+
+async def _fetch_stats() -> tuple[int, dict]:
+    out = await ask_scheduler(program_ipc.ProgramStats())
     return out.status, out.body
-
-
-async def control(op: str, program_id: str | None = None, **payload) -> ORJSONResponse:
-    status, body = await ask_scheduler(op, program_id, **payload)
-    return ORJSONResponse(status_code=status, content=json.loads(body))
-
-
-async def _fetch_stats() -> tuple[int, str]:
-    return await ask_scheduler("stats")
 
 
 class ReleaseBody(BaseModel):
@@ -208,27 +210,39 @@ class ToolBody(BaseModel):
 
 
 async def list_programs():
-    return await control("list")
+    return await control(program_ipc.ListPrograms())
+
+
+async def _on_program(message_type, program_id: str, what: str = "program id in the path",
+                      **fields):
+    """One program's operation, its id checked by the one rule every id source follows."""
+    try:
+        check_program_id(program_id, what)
+    except InvalidProgramId as exc:
+        return _invalid(exc)
+    return await control(message_type(program_id=program_id, **fields))
 
 
 async def get_program(program_id: str):
-    return await control("get", program_id)
+    return await _on_program(program_ipc.GetProgram, program_id)
 
 
 async def release_program(body: ReleaseBody):
-    return await control("release", body.program_id)
+    return await _on_program(program_ipc.ReleaseProgram, body.program_id,
+                             "body field 'program_id'")
 
 
 async def tool_event(program_id: str, body: ToolBody):
-    return await control("tool", program_id, event=body.event, expected_s=body.expected_s)
+    return await _on_program(program_ipc.ToolHint, program_id, event=body.event,
+                             expected_s=body.expected_s)
 
 
 async def pause_program(program_id: str):
-    return await control("pause", program_id)
+    return await _on_program(program_ipc.PauseProgram, program_id)
 
 
 async def resume_program(program_id: str):
-    return await control("resume", program_id)
+    return await _on_program(program_ipc.ResumeProgram, program_id)
 
 
 def _on_sigterm(result, signal_handler, *args, **kwargs):
@@ -241,8 +255,8 @@ def _on_sigterm(result, signal_handler, *args, **kwargs):
 
 
 async def _shut_down_held() -> None:
-    status, body = await ask_scheduler("shutdown")
-    get_logger().info("ThunderAgent: shutdown: scheduler answered %s %s", status, body)
+    out = await ask_scheduler(program_ipc.ShutDownHeld())
+    get_logger().info("ThunderAgent: shutdown: scheduler answered %s %s", out.status, out.body)
 
 
 def install(cfg: config.ThunderAgentConfig) -> None:
@@ -255,11 +269,13 @@ def install(cfg: config.ThunderAgentConfig) -> None:
     routes = [
         ("/programs", list_programs, ["GET"]),
         ("/programs/release", release_program, ["POST"]),
-        ("/programs/{program_id}", get_program, ["GET"]),
-        ("/profiles/{program_id}", get_program, ["GET"]),
-        ("/programs/{program_id}/tool", tool_event, ["POST"]),
-        ("/programs/{program_id}/pause", pause_program, ["POST"]),
-        ("/programs/{program_id}/resume", resume_program, ["POST"]),
+        # ":path": an id may hold "/" (sent as %2F or as is); the POST routes end in a fixed
+        # word, and GET has no such route, so every accepted id reaches every route.
+        ("/programs/{program_id:path}/tool", tool_event, ["POST"]),
+        ("/programs/{program_id:path}/pause", pause_program, ["POST"]),
+        ("/programs/{program_id:path}/resume", resume_program, ["POST"]),
+        ("/programs/{program_id:path}", get_program, ["GET"]),
+        ("/profiles/{program_id:path}", get_program, ["GET"]),
     ]
     for path, endpoint, methods in routes:
         app.add_api_route(path, endpoint, methods=methods)

@@ -1,12 +1,12 @@
 """Program control messages over SGLang's own IPC (HTTP process <-> scheduler).
 
-Program state lives in one table in the scheduler process; the HTTP process
-reads and changes it only through these messages, never through a copy.
+Program state lives in the scheduler process's runtime; the HTTP process reads and changes it
+only through these messages, never through a copy. One struct per operation, registered with
+SGLang's IPC as its own ``io_struct`` types are; every one is answered by a ``ProgramReply``.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Optional
 
 from sglang.srt.managers.io_struct import BaseReq, hook_custom_types
@@ -19,21 +19,53 @@ FINAL_KEY = "__thunderagent_final"
 PRIORITY_KEY = "__thunderagent_priority"
 
 
-class ProgramControlReq(BaseReq, kw_only=True):
-    op: str  # list | get | release | tool | pause | resume | stats
-    program_id: Optional[str] = None
-    payload: str = "{}"  # JSON object with the op's arguments
+class ListPrograms(BaseReq, kw_only=True):
+    """Every kept record, the demand and residency totals, the scheduler's counters."""
 
 
-class ProgramControlOutput(BaseReq, kw_only=True):
+class GetProgram(BaseReq, kw_only=True):
+    program_id: str
+
+
+class ReleaseProgram(BaseReq, kw_only=True):
+    program_id: str
+
+
+class ToolHint(BaseReq, kw_only=True):
+    program_id: str
+    event: str  # start | end
+    expected_s: Optional[float] = None
+
+
+class PauseProgram(BaseReq, kw_only=True):
+    program_id: str
+
+
+class ResumeProgram(BaseReq, kw_only=True):
+    program_id: str
+
+
+class ProgramStats(BaseReq, kw_only=True):
+    """The counters behind ``/metrics``."""
+
+
+class ShutDownHeld(BaseReq, kw_only=True):
+    """The server is shutting down: answer every held call 503 now."""
+
+
+class ProgramReply(BaseReq, kw_only=True):
     status: int  # an HTTP status code
-    body: str  # JSON
+    body: dict
+
+
+REQUESTS = (ListPrograms, GetProgram, ReleaseProgram, ToolHint, PauseProgram, ResumeProgram,
+            ProgramStats, ShutDownHeld)
 
 
 def register_types() -> None:
     """Let SGLang's msgpack IPC decode our messages (every process that sends or receives)."""
-    hook_custom_types(ProgramControlReq, ProgramControlOutput)
+    hook_custom_types(*REQUESTS, ProgramReply)
 
 
-def reply(status: int, body: dict) -> ProgramControlOutput:
-    return ProgramControlOutput(status=status, body=json.dumps(body))
+def reply(status: int, body: dict) -> ProgramReply:
+    return ProgramReply(status=status, body=body)

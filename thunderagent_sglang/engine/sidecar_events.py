@@ -135,15 +135,17 @@ class EventSender:
                               self.events_url, exc, TOKEN_ENV)
 
 
-def install(cfg: config.ThunderAgentConfig, environ: dict[str, str] | None = None) -> None:
-    """Starts the sender when ``cfg.sidecar_url`` is set; idempotent; otherwise a no-op."""
+def install(cfg: config.ThunderAgentConfig, environ: dict[str, str] | None = None):
+    """Starts the sender when ``cfg.sidecar_url`` is set; idempotent; otherwise a no-op.
+    Returns ``notify``, the function the runtime is handed."""
     if not cfg.sidecar_url or _state["sender"] is not None:
-        return
+        return notify
     token = (os.environ if environ is None else environ).get(TOKEN_ENV, "").strip()
     if not token:
         get_logger().warning("ThunderAgent: %s is not set: events to the sidecar at %s will be "
                              "refused (set it to the sidecar's token)", TOKEN_ENV, cfg.sidecar_url)
     _state["sender"] = EventSender(cfg.sidecar_url, token or None)
+    return notify
 
 
 def notify(program_id: str, event: str) -> int:

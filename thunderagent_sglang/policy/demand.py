@@ -39,11 +39,10 @@ was already extended by a different continuation copies the pointer list once.
 
 Ledger
 ------
-``DemandLedger`` keeps, per key, four integers: how many programs hold it, the XOR of their
-small integer ids, and the same two over active programs only. The XOR names the sole holder
-whenever the count is one, which lets the ledger keep each program's ``unique_tokens`` and
-"solo active" tokens up to date in O(1) per key change, so ``unique_tokens`` and
-``demand_without`` are O(1). Updates cost O(blocks changed): the ledger diffs the old and new
+``DemandLedger`` keeps, per key, three integers: how many programs hold it, the XOR of their
+small integer ids, and how many active programs hold it. The XOR names the sole holder
+whenever the count is one, which lets the ledger keep each program's ``unique_tokens`` up to
+date in O(1) per key change, so ``unique_tokens`` is O(1). Updates cost O(blocks changed): the ledger diffs the old and new
 chains by their longest common block prefix, found in O(1) for the usual "context grew" case
 (the new chain's key at the old chain's last index equals the old one) and by binary search
 over the chained keys otherwise (equality at index i implies equality at every j < i), then
@@ -60,7 +59,7 @@ import sys
 import threading
 from array import array
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 __all__ = ["BlockChain", "DemandLedger", "block_keys"]
 
@@ -293,18 +292,17 @@ def _common_blocks(old: BlockChain | None, new: BlockChain | None) -> int:
 
 
 class _Program:
-    __slots__ = ("ident", "chain", "active", "unique", "solo_active")
+    __slots__ = ("ident", "chain", "active", "unique")
 
     def __init__(self, ident: int, active: bool) -> None:
         self.ident = ident
         self.chain: BlockChain | None = None
         self.active = active
         self.unique = 0  # tokens in blocks no other program holds
-        self.solo_active = 0  # tokens in blocks no other ACTIVE program holds (0 if inactive)
 
 
 # Indices into a key's reference record.
-_ALL, _ALL_XOR, _ACT, _ACT_XOR = 0, 1, 2, 3
+_ALL, _ALL_XOR, _ACT = 0, 1, 2
 
 
 class DemandLedger:
@@ -358,30 +356,6 @@ class DemandLedger:
     def unique_tokens(self, program_id: str) -> int:
         """Tokens of its context that no other program (active or not) holds. O(1)."""
         return self._programs[program_id].unique
-
-    def demand_without(self, program_id: str) -> int:
-        """``demand_tokens()`` if this program were not active. O(1)."""
-        return self._demand - self._programs[program_id].solo_active
-
-    def demand_tokens_of(self, program_ids: Iterable[str]) -> int:
-        """Union of the given programs' contexts, active or not (what-if). KeyError if unknown.
-
-        O(blocks in the union + number of programs): each chain is walked from its end and the
-        walk stops at the first key already counted, since its whole prefix was counted too.
-        """
-        seen: set[int] = set()
-        total = 0
-        for pid in program_ids:
-            chain = self._programs[pid].chain
-            if chain is None:
-                continue
-            for i in range(len(chain) - 1, -1, -1):
-                k = chain.key(i)
-                if k in seen:
-                    break
-                seen.add(k)
-                total += chain.length(i)
-        return total
 
     # ---- updates -------------------------------------------------------------------------
 
@@ -448,7 +422,7 @@ class DemandLedger:
     def _hold(self, prog: _Program, key: int, length: int) -> None:
         r = self._refs.get(key)
         if r is None:
-            r = self._refs[key] = [0, 0, 0, 0]
+            r = self._refs[key] = [0, 0, 0]
         n = r[_ALL]
         if n == 0:
             prog.unique += length
@@ -475,21 +449,11 @@ class DemandLedger:
         self.touched_keys += 1
 
     def _act_inc(self, r: list[int], prog: _Program, length: int) -> None:
-        n = r[_ACT]
-        if n == 0:
+        if r[_ACT] == 0:
             self._demand += length
-            prog.solo_active += length
-        elif n == 1:
-            self._by_ident[r[_ACT_XOR]].solo_active -= length
-        r[_ACT] = n + 1
-        r[_ACT_XOR] ^= prog.ident
+        r[_ACT] += 1
 
     def _act_dec(self, r: list[int], prog: _Program, length: int) -> None:
-        n = r[_ACT] - 1
-        r[_ACT] = n
-        r[_ACT_XOR] ^= prog.ident
-        if n == 0:
+        r[_ACT] -= 1
+        if r[_ACT] == 0:
             self._demand -= length
-            prog.solo_active -= length
-        elif n == 1:
-            self._by_ident[r[_ACT_XOR]].solo_active += length

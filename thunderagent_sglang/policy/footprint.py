@@ -30,7 +30,7 @@ Footprint = Callable[[Sequence[str]], Sequence[int]]
 
 
 def footprint_from_union(union: Callable[[Iterable[str]], int]) -> Footprint:
-    """A Footprint from a set function (e.g. ``DemandLedger.demand_tokens_of``): one call per
+    """A Footprint from a set function (the union of some programs' contexts): one call per
     prefix, so O(n * union). For tests and simulators; the engine uses ``ledger_footprint``."""
 
     def nested(ids: Sequence[str]) -> list[int]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 from thunderagent_sglang.program.record import (
     RECORD_KEYS,
@@ -116,17 +117,24 @@ class ProgramTable:
         return self._by_rid.get(rid)
 
     def on_finish(self, rid: str, *, prompt_tokens: int, cached_tokens: int,
-                  output_tokens: int, missed: tuple[int, int] = (0, 0)) -> Program | None:
+                  output_tokens: int, missed: tuple[int, int] = (0, 0),
+                  sequence: Any = None, full_sequence: Any = None) -> Program | None:
         """Request ``rid`` left the engine; None if the table does not know it (untagged).
 
         Accounts the call (steps, prefill computed/cached, decode, context = prompt + output).
-        When it was the last in flight the program turns ACTING (tool time starts now) and, if
-        a release was requested, terminates with the requested cause.
+        ``sequence`` (the call's tokens with KV) and ``full_sequence`` (prompt and output, for
+        linking), when given, become the program's latest ones. When it was the last in flight
+        the program turns ACTING (tool time starts now) and, if a release was requested,
+        terminates with the requested cause.
         """
         p = self._by_rid.pop(rid, None)
         if p is None:
             return None
         now = self.clock()
+        if sequence is not None:
+            p.last_sequence = sequence
+        if full_sequence is not None:
+            p.last_full_sequence = full_sequence
         p.in_flight.discard(rid)
         self.counters["requests_finished"] += 1
         p.steps += 1
@@ -180,6 +188,12 @@ class ProgramTable:
         self._touch_idle(p, now)
         return p
 
+    def set_kv_decision(self, program_id: str, decision: str | None) -> Program:
+        """What the cache did with a paused program's KV (keep|offload|drop)."""
+        p = self._require_live(program_id)
+        p.kv_decision = decision
+        return p
+
     def pause(self, program_id: str) -> Program:
         """Mark a live program paused (state only; no-op if already paused). Paused time is
         neither reasoning nor acting time and does not count toward idle expiry."""
@@ -224,6 +238,10 @@ class ProgramTable:
         if key is None:
             raise UnknownProgram(program_id)
         return self._terminated[key]
+
+    def get_live(self, program_id: str) -> Program:
+        """The live program with this id; UnknownProgram for an unknown or terminated id."""
+        return self._require_live(program_id)
 
     def live_programs(self) -> list[Program]:
         """Live programs, in creation order (O(live))."""

@@ -1,0 +1,102 @@
+"""The program routes' operations, run in the scheduler loop on the runtime.
+
+``handle(runtime, message)`` answers one typed message of ``program_ipc`` with a
+``ProgramReply``: 404 for an unknown program, 400 for a bad argument, 500 (logged, with no
+source locations in the body) if an operation fails; never an exception into SGLang's loop.
+"""
+
+from __future__ import annotations
+
+import math
+
+from thunderagent_sglang.engine import program_ipc as ipc
+from thunderagent_sglang.engine.logs import get_logger
+from thunderagent_sglang.program.record import UnknownProgram
+
+
+def handle(runtime, msg) -> ipc.ProgramReply:
+    op = _OPS[type(msg)]
+    try:
+        runtime.expire_idle()  # an idle scheduler may not have ticked for a while
+        return ipc.reply(200, op(runtime, msg))
+    except UnknownProgram as exc:
+        return ipc.reply(404, {"error": str(exc)})
+    except ValueError as exc:
+        return ipc.reply(400, {"error": str(exc)})
+    except Exception as exc:  # noqa: BLE001 - answer, never crash the scheduler
+        get_logger().exception("ThunderAgent: program operation %s failed", type(msg).__name__)
+        return ipc.reply(500, {"error": f"program operation {type(msg).__name__} failed "
+                                        f"({type(exc).__name__}); the server log has details"})
+
+
+def record(runtime, program) -> dict:
+    """The table's record plus the scheduler's and the cache's figures."""
+    pid, live = program.program_id, program.live
+    counted = live and pid in runtime.ledger
+    return {**runtime.table.record(program), **runtime.scheduler.record_fields(pid),
+            "resident_tokens": runtime.residency.resident_tokens(pid) if live else 0,
+            "host_tokens": runtime.residency.host_tokens(pid) if live else 0,
+            "unique_tokens": runtime.ledger.unique_tokens(pid) if counted else 0}
+
+
+def _list(runtime, msg) -> dict:
+    return {"programs": [record(runtime, p) for p in runtime.table.programs()],
+            "demand_tokens": runtime.ledger.demand_tokens(),
+            "resident_tokens": runtime.residency.active_footprint(),
+            "tagged_resident_tokens": runtime.residency.tagged_tokens(),
+            "scheduler": runtime.scheduler.stats()}
+
+
+def _get(runtime, msg: ipc.GetProgram) -> dict:
+    return record(runtime, runtime.table.get(msg.program_id))
+
+
+def _release(runtime, msg: ipc.ReleaseProgram) -> dict:
+    program = runtime.release(msg.program_id)
+    return {**record(runtime, program), "released": program.release_cause is not None}
+
+
+def _tool(runtime, msg: ipc.ToolHint) -> dict:
+    expected = msg.expected_s
+    if expected is not None and not (math.isfinite(expected) and expected >= 0):
+        raise ValueError(f"expected_s must be a finite number of seconds, 0 or more, "
+                         f"got {expected!r}")
+    return record(runtime, runtime.table.tool_event(msg.program_id, msg.event, expected))
+
+
+def _pause(runtime, msg: ipc.PauseProgram) -> dict:
+    """Operator pause: held until the operator resumes it (the scheduler leaves it alone)."""
+    program = runtime.table.get_live(msg.program_id)
+    runtime.pause(program, "operator", operator=True)
+    return record(runtime, program)
+
+
+def _resume(runtime, msg: ipc.ResumeProgram) -> dict:
+    program = runtime.table.get_live(msg.program_id)
+    runtime.resume(program, "operator", operator=True)
+    return record(runtime, program)
+
+
+def _stats(runtime, msg) -> dict:
+    table = runtime.table
+    return {"counters": table.counters, "live": table.live_count_by(),
+            "demand_tokens": runtime.ledger.demand_tokens(),
+            "resident_tokens": runtime.residency.active_footprint(),
+            "kv": runtime.offload.stats(), "scheduler": runtime.scheduler.stats()}
+
+
+def _shut_down(runtime, msg) -> dict:
+    """The HTTP process got SIGTERM: answer held calls 503 now rather than drain them."""
+    return {"answered": runtime.scheduler.shut_down(runtime.answer_unavailable)}
+
+
+_OPS = {
+    ipc.ListPrograms: _list,
+    ipc.GetProgram: _get,
+    ipc.ReleaseProgram: _release,
+    ipc.ToolHint: _tool,
+    ipc.PauseProgram: _pause,
+    ipc.ResumeProgram: _resume,
+    ipc.ProgramStats: _stats,
+    ipc.ShutDownHeld: _shut_down,
+}

@@ -1,0 +1,108 @@
+"""The runtime's SGLang hooks: bound methods installed on the targets ``compat`` lists.
+
+A mixin of ``ProgramRuntime`` (kept apart so that each file stays short): every method here
+reads SGLang's objects (a ``TokenizedGenerateReqInput``, a ``Req``, the ``Scheduler``) and
+calls the runtime. None may raise into SGLang: a failure is logged and serving goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from sglang.srt.managers.io_struct import AbortReq
+from sglang.srt.managers.schedule_batch import FINISH_ABORT
+from sglang.utils import TypeBasedDispatcher
+
+from thunderagent_sglang import compat
+from thunderagent_sglang.engine import controls, hooks, program_ipc, program_retraction
+from thunderagent_sglang.engine.guards import guard, guarded
+
+SHUTDOWN_MESSAGE = ("The server is shutting down; this program was paused and its call had "
+                    "not started. Retry against a running server.")
+
+
+class SchedulerHooks:
+    def install(self) -> None:
+        """Register every hook of the scheduler process (before SGLang applies them)."""
+        program_ipc.register_types()
+        hooks.install(compat.SCHEDULER_INIT_REQUEST_DISPATCHER, self.on_dispatcher_built, "after")
+        hooks.install(compat.SCHEDULER_HANDLE_GENERATE_REQUEST, self.on_generate_request,
+                      "around")
+        hooks.install(compat.SCHEDULER_ABORT_REQUEST, self.on_abort_request, "before")
+        hooks.install(compat.OUTPUT_STREAMER_STREAM_OUTPUT, self.on_stream_output, "after")
+        hooks.install(compat.SCHEDULER_SEND_ABORT_OUTPUT, self.on_abort_output, "after")
+        hooks.install(compat.SCHEDULER_PROCESS_INPUT_REQUESTS, self.on_loop, "after")
+        if self.cfg.scheduler == "thunder":
+            hooks.install(compat.DECODE_RETRACTION_ORDER, self.retraction_order, "around")
+
+    def on_dispatcher_built(self, result, scheduler):
+        """AFTER ``init_request_dispatcher``: the pool's size, and our control messages."""
+        self.sglang = scheduler
+        self.page_size = getattr(scheduler, "page_size", None) or 1
+        self.scheduler.set_capacity(scheduler.max_total_num_tokens)
+        scheduler._request_dispatcher += TypeBasedDispatcher(
+            [(cls, functools.partial(controls.handle, self)) for cls in program_ipc.REQUESTS])
+
+    def on_generate_request(self, original, scheduler, recv_req, **kwargs):
+        """AROUND ``handle_generate_request``: hold a paused program's call, else admit it."""
+        arrival = guard(self.identify, recv_req)
+        max_new = getattr(recv_req.sampling_params, "max_new_tokens", None) or 0
+        if arrival is None:  # untagged: never held; its prompt and output use the pool
+            guard(self.track_call, recv_req.rid, None,
+                  max_new + len(recv_req.input_ids or ()))
+            return original(scheduler, recv_req, **kwargs)
+        admit = functools.partial(self._admit, original, scheduler, recv_req, kwargs, arrival,
+                                  max_new)
+        held = guard(self._maybe_hold, arrival, recv_req, max_new, admit)
+        result = None if held else admit()
+        guard(self.scheduler.check, "arrival")
+        return result
+
+    def _maybe_hold(self, arrival, recv_req, max_new: int, admit) -> bool:
+        self.scheduler.set_priority(arrival.program_id, arrival.priority)
+        if not self.scheduler.should_hold(arrival.program_id):
+            return False
+        self.set_prompt(arrival.program_id, recv_req)
+        self.scheduler.hold(arrival.program_id, recv_req.rid, max_new, admit)
+        return True
+
+    def _admit(self, original, scheduler, recv_req, kwargs, arrival, max_new: int,
+               track: bool = True):
+        """Hand a call to SGLang; ``track``: our bookkeeping first (not for a call that an
+        abort or a shutdown answers at once)."""
+        if track:
+            guard(self.track_arrival, arrival, recv_req, max_new)
+        return original(scheduler, recv_req, **kwargs)
+
+    def on_abort_request(self, scheduler, recv_req):
+        """BEFORE ``abort_request``: held calls it names go to SGLang first, so its own abort
+        answers them (a client that went away loses nothing else)."""
+        guard(self.scheduler.release_for_abort, recv_req.rid or "", bool(recv_req.abort_all))
+
+    @guarded
+    def on_stream_output(self, result, streamer, reqs, return_logprob, skip_req=None):
+        ended = False
+        for req in reqs:
+            if req is not skip_req and req.finished():
+                ended = True
+                guard(self.finish, req)
+        if ended:
+            self.scheduler.check("finish")
+
+    @guarded
+    def on_abort_output(self, result, scheduler, abort_req, req):
+        self.finish(req)
+
+    @guarded
+    def on_loop(self, result, scheduler, recv_reqs):
+        self.tick()
+
+    def retraction_order(self, original, reqs):
+        """AROUND ``ScheduleBatch._get_decode_retraction_order`` (a staticmethod: no self)."""
+        return program_retraction.reorder(self, original, reqs)
+
+    def answer_unavailable(self, item) -> None:
+        """Hand a held call to SGLang without our bookkeeping and abort it there with 503."""
+        item.admit(False)
+        reason = FINISH_ABORT(SHUTDOWN_MESSAGE, status_code=503).to_json()
+        self.sglang.abort_request(AbortReq(rid=item.rid, finished_reason=reason))
