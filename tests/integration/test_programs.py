@@ -479,10 +479,10 @@ def test_an_invalid_id_in_a_path_is_400_naming_it(default_server, route):
     assert reply.json()["error"]["param"] == "program id in the path"
 
 
-@pytest.mark.parametrize("body,status", [({"program_id": " x"}, 400), ({"program_id": None}, 422)])
-def test_the_release_route_checks_the_id_like_every_other(default_server, body, status):
+@pytest.mark.parametrize("body", [{"program_id": " x"}, {"program_id": None}])
+def test_the_release_route_checks_the_id_like_every_other(default_server, body):
     reply = requests.post(f"{default_server.url}/programs/release", json=body, timeout=30)
-    assert reply.status_code == status
+    assert reply.status_code == 400
     assert "Traceback" not in reply.text and ".py" not in reply.text
 
 
@@ -494,6 +494,7 @@ def test_a_tool_hint_with_a_negative_or_non_finite_expected_time_is_400(default_
                           data=f'{{"event": "start", "expected_s": {expected}}}',
                           headers={"Content-Type": "application/json"})
     assert reply.status_code == 400, reply.text
-    assert "expected_s must be a finite number" in reply.json()["error"]
+    if expected == "-1":  # NaN and Infinity are refused by SGLang's request validation first
+        assert "expected_s must be a finite number" in reply.json()["error"]
     assert requests.get(f"{default_server.url}/programs/{pid}", timeout=30).json()[
         "tool_running"] is False

@@ -10,6 +10,7 @@ invalid one, and stamps ``X-Program-Id`` on the response. A hook on
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
 
@@ -201,12 +202,13 @@ async def _fetch_stats() -> tuple[int, dict]:
 
 
 class ReleaseBody(BaseModel):
-    program_id: str
+    # Checked here, by the one id rule, so a bad value is our 400 (not a validation trace).
+    program_id: Any = None
 
 
 class ToolBody(BaseModel):
-    event: str
-    expected_s: float | None = None
+    event: Any = None
+    expected_s: Any = None
 
 
 async def list_programs():
@@ -233,8 +235,15 @@ async def release_program(body: ReleaseBody):
 
 
 async def tool_event(program_id: str, body: ToolBody):
+    expected = body.expected_s
+    if not isinstance(body.event, str):
+        return _invalid(ValueError(f"event must be 'start' or 'end', got {body.event!r}"))
+    if expected is not None and (isinstance(expected, bool)
+                                 or not isinstance(expected, (int, float))):
+        return _invalid(ValueError("expected_s must be a finite number of seconds, 0 or more, "
+                                   f"got {type(expected).__name__}"))
     return await _on_program(program_ipc.ToolHint, program_id, event=body.event,
-                             expected_s=body.expected_s)
+                             expected_s=None if expected is None else float(expected))
 
 
 async def pause_program(program_id: str):
@@ -256,7 +265,8 @@ def _on_sigterm(result, signal_handler, *args, **kwargs):
 
 async def _shut_down_held() -> None:
     out = await ask_scheduler(program_ipc.ShutDownHeld())
-    get_logger().info("ThunderAgent: shutdown: scheduler answered %s %s", out.status, out.body)
+    get_logger().info("ThunderAgent: shutdown: scheduler answered %s %s", out.status,
+                      orjson.dumps(out.body).decode())
 
 
 def install(cfg: config.ThunderAgentConfig) -> None:
