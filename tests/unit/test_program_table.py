@@ -493,3 +493,14 @@ def test_live_program_is_none_once_terminated(table):
     finish(table, "r1")
     table.release("a")
     assert table.live_program("a") is None and table.live_program("never") is None
+
+
+@pytest.mark.parametrize("bad", [-1, -0.5, float("inf"), float("nan"), True, "5", [5]])
+def test_a_tool_hint_with_an_expected_time_that_is_not_a_finite_non_negative_number_is_refused(
+        bad):
+    table = ProgramTable(idle_expiry_s=60)
+    table.on_arrival("a", "r1")
+    with pytest.raises(ValueError, match="expected_s must be a finite number of seconds"):
+        table.tool_event("a", "start", expected_s=bad)
+    assert table.get("a").tool_running is False
+    assert table.tool_event("a", "start", expected_s=0).tool_expected_s == 0.0

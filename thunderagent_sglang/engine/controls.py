@@ -7,8 +7,6 @@ source locations in the body) if an operation fails; never an exception into SGL
 
 from __future__ import annotations
 
-import math
-
 from thunderagent_sglang.engine import program_ipc as ipc
 from thunderagent_sglang.engine.logs import get_logger
 from thunderagent_sglang.program.record import UnknownProgram
@@ -32,11 +30,11 @@ def handle(runtime, msg) -> ipc.ProgramReply:
 def record(runtime, program) -> dict:
     """The table's record plus the scheduler's and the cache's figures."""
     pid, live = program.program_id, program.live
-    counted = live and pid in runtime.ledger
+    in_ledger = live and pid in runtime.ledger
     return {**runtime.table.record(program), **runtime.scheduler.record_fields(pid),
             "resident_tokens": runtime.residency.resident_tokens(pid) if live else 0,
             "host_tokens": runtime.residency.host_tokens(pid) if live else 0,
-            "unique_tokens": runtime.ledger.unique_tokens(pid) if counted else 0}
+            "unique_tokens": runtime.ledger.unique_tokens(pid) if in_ledger else 0}
 
 
 def _list(runtime, msg) -> dict:
@@ -57,11 +55,7 @@ def _release(runtime, msg: ipc.ReleaseProgram) -> dict:
 
 
 def _tool(runtime, msg: ipc.ToolHint) -> dict:
-    expected = msg.expected_s
-    if expected is not None and not (math.isfinite(expected) and expected >= 0):
-        raise ValueError(f"expected_s must be a finite number of seconds, 0 or more, "
-                         f"got {expected!r}")
-    return record(runtime, runtime.table.tool_event(msg.program_id, msg.event, expected))
+    return record(runtime, runtime.table.tool_event(msg.program_id, msg.event, msg.expected_s))
 
 
 def _pause(runtime, msg: ipc.PauseProgram) -> dict:

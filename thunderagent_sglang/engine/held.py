@@ -45,17 +45,22 @@ class HeldCalls:
         return calls
 
     def take(self, matches: Callable[[Held], bool]) -> list[Held]:
-        """Remove and return every held call ``matches`` accepts, in held order."""
+        """Remove and return every held call ``matches`` accepts, in held order (the programs
+        keep their places)."""
         taken = []
         for program_id in list(self._by_program):
-            calls = self._by_program[program_id]
-            if not any(matches(item) for item in calls):
+            keep, hit = [], []
+            for item in self._by_program[program_id]:
+                (hit if matches(item) else keep).append(item)
+            if not hit:
                 continue
-            keep = [item for item in calls if not matches(item)]
-            taken.extend(item for item in calls if matches(item))
-            self.pop(program_id)
-            for item in keep:
-                self.add(item)
+            taken.extend(hit)
+            if not keep:
+                self.pop(program_id)
+                continue
+            self._by_program[program_id] = keep
+            self._count -= len(hit)
+            self._headroom[program_id] -= sum(item.max_new for item in hit)
         return taken
 
     def take_all(self) -> list[Held]:

@@ -32,6 +32,7 @@ from thunderagent_sglang.program.identity import (
     check_program_id,
     extract_identity,
 )
+from thunderagent_sglang.program.table import check_expected_s
 
 TAGGED_PATHS = frozenset({"/generate", "/v1/chat/completions", "/v1/completions"})
 STATE_KEY = "thunderagent_identity"
@@ -235,15 +236,16 @@ async def release_program(body: ReleaseBody):
 
 
 async def tool_event(program_id: str, body: ToolBody):
-    expected = body.expected_s
-    if not isinstance(body.event, str):
-        return _invalid(ValueError(f"event must be 'start' or 'end', got {body.event!r}"))
-    if expected is not None and (isinstance(expected, bool)
-                                 or not isinstance(expected, (int, float))):
-        return _invalid(ValueError("expected_s must be a finite number of seconds, 0 or more, "
-                                   f"got {type(expected).__name__}"))
+    """The typed message carries a string event and a float or None (checked here, by the
+    table's own rule; the table checks again for any other sender)."""
+    try:
+        if not isinstance(body.event, str):
+            raise ValueError(f"tool event must be 'start' or 'end', got {body.event!r}")
+        expected_s = check_expected_s(body.expected_s)
+    except ValueError as exc:
+        return _invalid(exc)
     return await _on_program(program_ipc.ToolHint, program_id, event=body.event,
-                             expected_s=None if expected is None else float(expected))
+                             expected_s=expected_s)
 
 
 async def pause_program(program_id: str):

@@ -187,7 +187,7 @@ class ProgramEvictionStrategy:
     def get_priority(self, node):
         residency = self.runtime.residency
         tagged = residency.is_tagged(node.id)
-        retired = node.id in self.tree.retired and self.tree.is_retired(node)
+        retired = self.tree.is_retired(node)
         if not tagged and not retired:  # the common case, fast
             return (*_UNTAGGED_KEY, self.base.get_priority(node))
         tags = residency.tags(node.id)

@@ -12,6 +12,7 @@ when its request finishes.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -30,6 +31,18 @@ from thunderagent_sglang.program.record import (
 __all__ = ["Phase", "Program", "ProgramTable", "RECORD_KEYS", "Status", "UnknownProgram"]
 
 TOOL_EVENTS = ("start", "end")
+
+
+def check_expected_s(value: Any) -> float | None:
+    """A tool hint's ``expected_s``: None, or a finite number of seconds, 0 or more (the one
+    rule, for the route and the table); ValueError otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and value >= 0):
+        raise ValueError(f"expected_s must be a finite number of seconds, 0 or more, "
+                         f"got {value!r}")
+    return float(value)
 
 
 class ProgramTable:
@@ -176,6 +189,7 @@ class ProgramTable:
         idle time restarts). ValueError for another event; UnknownProgram for a non-live id."""
         if event not in TOOL_EVENTS:
             raise ValueError(f"tool event must be 'start' or 'end', got {event!r}")
+        expected_s = check_expected_s(expected_s)
         p = self._require_live(program_id)
         now = self.clock()
         self.counters["tool_events"] += 1
