@@ -88,6 +88,17 @@ def over_too_long(samples) -> list[float]:
     return spans
 
 
+def timed_call(server, tokens: int, pid: str | None) -> tuple[int, float]:
+    """(HTTP status, seconds) of one call of ``tokens`` prompt tokens."""
+    started = time.monotonic()
+    reply = requests.post(f"{server.url}/generate",
+                          headers={"X-Program-Id": pid} if pid else None, json={
+                              "input_ids": [3 + i % 1000 for i in range(tokens)],
+                              "sampling_params": {"max_new_tokens": OUTPUT, "ignore_eos": True}},
+                          timeout=120)
+    return reply.status_code, time.monotonic() - started
+
+
 def run_ours(tmp_path_factory) -> dict:
     server = Server("sched-ours", OURS, {}, tmp_path_factory.mktemp("sched-ours")).wait_ready()
     try:
@@ -110,9 +121,12 @@ def run_ours(tmp_path_factory) -> dict:
         listing = requests.get(f"{server.url}/programs", timeout=30).json()
         idle = server.last_idle_check_after(max(0, before - 1))
         stats = requests.get(f"{server.url}/metrics", timeout=30).text
+        large = {name: timed_call(server, tokens, pid) for name, tokens, pid in (
+            ("oversized", 950, "oversized"), ("over-pool", 1100, "over-pool"),
+            ("over-pool-untagged", 1100, None))}
         return {"calls": calls, "answers": answers, "alive": [t.is_alive() for t in threads],
                 "samples": sampler.samples, "listing": listing, "idle": idle,
-                "metrics": stats, "log": server.log()}
+                "metrics": stats, "log": server.log(), "large": large}
     finally:
         server.stop()
 
@@ -170,3 +184,15 @@ def test_outputs_equal_plain_sglang_for_the_same_greedy_calls(runs):
     ours, plain = runs
     for pid, turn, _, out in ours["answers"]:
         assert out == plain[(pid, turn)], (pid, turn)
+
+
+def test_a_tagged_call_that_never_fits_runs_alone_and_one_over_the_pool_is_refused_at_once(runs):
+    """Six programs are left acting; a 950-token call (above the low watermark, within the
+    1024-token pool) runs once no tagged call is in the engine, the others paused for it (it
+    waited for max pause before, 300 s); a call over the pool gets plain SGLang's own answer
+    for the same call untagged, at once (before, it was held until the client gave up)."""
+    ours, _ = runs
+    large = ours["large"]
+    assert large["oversized"][0] == 200 and large["oversized"][1] < 30, large
+    assert large["over-pool-untagged"][0] == 400, large
+    assert large["over-pool"][0] == 400 and large["over-pool"][1] < 1.0, large

@@ -215,3 +215,25 @@ def test_a_retired_node_ranks_as_retired_until_anything_uses_it_again():
     assert ProgramTreeCore.is_retired(core, node) is False
     assert core.retired == {8: 12}  # the mark is gone for good
     assert ProgramTreeCore.is_retired(core, SimpleNamespace(id=9, last_access_time=1)) is False
+
+
+def test_a_program_whose_first_call_is_held_is_listed_as_waiting():
+    runtime, _, _ = make_runtime(capacity=256)
+    engine = Engine()
+    held_behind_a_reasoning_program(runtime, engine)
+    listed = handle(runtime, program_ipc.ListPrograms()).body["programs"]
+    assert [p["program_id"] for p in listed] == ["a", "big"]
+    assert handle(runtime, program_ipc.GetProgram(program_id="big")).body == {
+        "program_id": "big", "status": "waiting", "context_tokens": 100, "waiting": 1,
+        "marked": False, "operator_paused": False, "priority": 0}
+
+
+def test_a_tagged_call_sglang_refuses_for_its_length_is_never_held_and_leaves_no_program():
+    runtime, _, _ = make_runtime(capacity=256)
+    engine = Engine()
+    arrive(runtime, engine, recv("a-1", "a", range(240)))  # would hold any new program
+    runtime.on_generate_request(engine, SimpleNamespace(max_req_input_len=300),
+                                recv("long-1", "long", range(300)))
+    assert engine.queued == ["a-1", "long-1"]  # straight to SGLang, which answers it 400
+    assert runtime.table.live_program("long") is None and "long" not in runtime.ledger
+    assert runtime.scheduler.held.count() == 0

@@ -345,6 +345,20 @@ def test_a_program_too_large_to_ever_fit_runs_alone():
     assert d.reasons["big"] == "held: never fits below low; runs alone or after max pause"
 
 
+def test_an_oversized_program_runs_alone_once_no_tagged_call_is_in_the_engine():
+    # big (1500 > the 800-token low watermark) never fits beside a100 and a50, who are acting
+    d = run([acting("a100", 100), acting("a50", 50), new("big", 1500)])
+    assert actions(d) == (("a100", "a50"), (), (), ("big",))
+    assert d.reasons["big"] == "resumed alone: never fits below low; no tagged call running"
+    assert d.reasons["a50"] == "paused: big runs alone"
+    # while another program's call is in the engine, big waits (held, not resumed)
+    d = run([reasoning("r100", 100), acting("a50", 50), new("big", 1500)])
+    assert actions(d) == NOTHING
+    assert d.reasons["big"] == "held: never fits below low; runs alone or after max pause"
+    # a head that fits is not run alone: it waits for room as before
+    assert actions(run([acting("a700", 700), new("w300", 300)])) == NOTHING
+
+
 def test_an_oversized_program_alone_is_paused_once_per_tool_phase_not_per_tick():
     d = run([acting("big", 1500)])
     assert actions(d) == (("big",), (), (), ())

@@ -37,8 +37,22 @@ def record(runtime, program) -> dict:
             "unique_tokens": runtime.ledger.unique_tokens(pid) if in_ledger else 0}
 
 
+def waiting_record(runtime, program_id: str) -> dict:
+    """A program not admitted yet (its first calls are held): no table record exists."""
+    return {"program_id": program_id, "status": "waiting",
+            "context_tokens": runtime.ledger.context_tokens(program_id)
+            if program_id in runtime.ledger else 0,
+            **runtime.scheduler.record_fields(program_id)}
+
+
+def _not_admitted(runtime) -> list[str]:
+    table = runtime.table
+    return [pid for pid in runtime.scheduler.held.programs() if table.live_program(pid) is None]
+
+
 def _list(runtime, msg) -> dict:
-    return {"programs": [record(runtime, p) for p in runtime.table.programs()],
+    return {"programs": [record(runtime, p) for p in runtime.table.programs()]
+            + [waiting_record(runtime, pid) for pid in _not_admitted(runtime)],
             "demand_tokens": runtime.ledger.demand_tokens(),
             "resident_tokens": runtime.residency.active_footprint(),
             "tagged_resident_tokens": runtime.residency.tagged_tokens(),
@@ -46,7 +60,10 @@ def _list(runtime, msg) -> dict:
 
 
 def _get(runtime, msg: ipc.GetProgram) -> dict:
-    return record(runtime, runtime.table.get(msg.program_id))
+    pid = msg.program_id
+    if runtime.table.live_program(pid) is None and pid in runtime.scheduler.held:
+        return waiting_record(runtime, pid)
+    return record(runtime, runtime.table.get(pid))
 
 
 def _release(runtime, msg: ipc.ReleaseProgram) -> dict:

@@ -10,12 +10,11 @@ invalid one, and stamps ``X-Program-Id`` on the response. A hook on
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import orjson
 
+from fastapi import Request
 from fastapi.responses import JSONResponse, ORJSONResponse
-from pydantic import BaseModel
 from sglang.srt.entrypoints.http_server import app, get_global_state
 from sglang.srt.managers.communicator import FanOutCommunicator
 from sglang.utils import TypeBasedDispatcher
@@ -32,7 +31,7 @@ from thunderagent_sglang.program.identity import (
     check_program_id,
     extract_identity,
 )
-from thunderagent_sglang.program.table import check_expected_s
+from thunderagent_sglang.program.table import check_expected_s, check_tool_event
 
 TAGGED_PATHS = frozenset({"/generate", "/v1/chat/completions", "/v1/completions"})
 STATE_KEY = "thunderagent_identity"
@@ -202,14 +201,17 @@ async def _fetch_stats() -> tuple[int, dict]:
     return out.status, out.body
 
 
-class ReleaseBody(BaseModel):
-    # Checked here, by the one id rule, so a bad value is our 400 (not a validation trace).
-    program_id: Any = None
-
-
-class ToolBody(BaseModel):
-    event: Any = None
-    expected_s: Any = None
+async def _body_object(request: Request) -> dict:
+    """The route's body as a JSON object; ValueError (our 400) for anything else, so a bad body
+    never reaches SGLang's validation handler (its message names our source lines)."""
+    body = await request.body()
+    try:
+        value = orjson.loads(body) if body else {}
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"the body must be a JSON object: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"the body must be a JSON object, got {type(value).__name__}")
+    return value
 
 
 async def list_programs():
@@ -230,21 +232,26 @@ async def get_program(program_id: str):
     return await _on_program(program_ipc.GetProgram, program_id)
 
 
-async def release_program(body: ReleaseBody):
-    return await _on_program(program_ipc.ReleaseProgram, body.program_id,
+async def release_program(request: Request):
+    """``{"program_id": ...}``, the id checked by the one rule."""
+    try:
+        body = await _body_object(request)
+    except ValueError as exc:
+        return _invalid(exc)
+    return await _on_program(program_ipc.ReleaseProgram, body.get("program_id"),
                              "body field 'program_id'")
 
 
-async def tool_event(program_id: str, body: ToolBody):
-    """The typed message carries a string event and a float or None (checked here, by the
-    table's own rule; the table checks again for any other sender)."""
+async def tool_event(program_id: str, request: Request):
+    """``{"event": "start"|"end", "expected_s"?}``, checked here by the table's own rules (so
+    the typed message carries only valid values; the table checks again for any sender)."""
     try:
-        if not isinstance(body.event, str):
-            raise ValueError(f"tool event must be 'start' or 'end', got {body.event!r}")
-        expected_s = check_expected_s(body.expected_s)
+        body = await _body_object(request)
+        event = check_tool_event(body.get("event"))
+        expected_s = check_expected_s(body.get("expected_s"))
     except ValueError as exc:
         return _invalid(exc)
-    return await _on_program(program_ipc.ToolHint, program_id, event=body.event,
+    return await _on_program(program_ipc.ToolHint, program_id, event=event,
                              expected_s=expected_s)
 
 

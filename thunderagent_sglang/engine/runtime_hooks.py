@@ -8,6 +8,7 @@ calls the runtime. None may raise into SGLang: a failure is logged and serving g
 from __future__ import annotations
 
 import functools
+import math
 
 from sglang.srt.managers.io_struct import AbortReq
 from sglang.srt.managers.schedule_batch import FINISH_ABORT
@@ -50,6 +51,10 @@ class SchedulerHooks:
         if arrival is None:  # untagged: never held; its prompt and output use the pool
             guard(self.track_call, recv_req.rid, None,
                   max_new + len(recv_req.input_ids or ()))
+            return original(scheduler, recv_req, **kwargs)
+        if len(recv_req.input_ids or ()) >= getattr(scheduler, "max_req_input_len", math.inf):
+            # SGLang refuses it at once (HTTP 400), as it would untagged: never hold it, and
+            # leave no program behind. (With --allow-auto-truncate it runs, untracked.)
             return original(scheduler, recv_req, **kwargs)
         admit = functools.partial(self._admit, original, scheduler, recv_req, kwargs, arrival,
                                   max_new)

@@ -32,6 +32,10 @@ Rules, in the order ``decide`` applies them (H, L: high and low watermark, in to
    decay instead leaves the engine idle (measured: 2.9 s of a 60 s window; none with it).
 6. Alone: if no tagged program is counted after that, the head of the queue with a request
    waiting runs anyway, e.g. a program too large to ever fit.
+7. Oversized alone: if nothing resumed, the head of the queue with a request waiting can never
+   fit below L, and no counted program is reasoning (no tagged call in the engine), the
+   counted (acting) programs are paused and the head runs alone; without this it would wait
+   for max pause while others merely think about their next call.
 
 Hysteresis: a pause needs F(counted minus marked) > H, a resume leaves F < L <= H, so a
 footprint moving between L and H changes nothing, and nothing admitted is paused by the next
@@ -92,6 +96,11 @@ def decide(views: Sequence[ProgramView], config: SchedulerConfig, footprint: Foo
         v.phase == REASONING for v in active if v.program_id in running)
     resume = forced + _resumes([v for v in queue if v.program_id not in forced], running,
                                measure, config, reasons, idle=backfill)
+    if not resume:
+        alone = _oversized_alone(queue, [by_id[pid] for pid in running], config, reasons)
+        if alone is not None:
+            pause += sorted(running)
+            running, resume = set(), [alone]
     return Decision(tuple(pause), tuple(mark), tuple(unmark), tuple(resume), reasons,
                     before, measure(running | set(resume)))
 
@@ -210,6 +219,21 @@ def _backfill(queue: list[ProgramView], running: set[str], measure: Measure,
                                     f"{high:.0f}"
             return [v.program_id]
     return []
+
+
+def _oversized_alone(queue: list[ProgramView], running: list[ProgramView],
+                     config: SchedulerConfig, reasons: dict[str, str]) -> str | None:
+    """Rule 7: the head of the waiting queue can never fit below L, and no counted program
+    has a call in the engine: it runs alone, the acting programs paused for it."""
+    head = next((v for v in queue if v.waiting), None)
+    if head is None or _fits_ever(head, config) or not running:
+        return None
+    if any(v.phase == REASONING for v in running):
+        return None
+    reasons[head.program_id] = "resumed alone: never fits below low; no tagged call running"
+    for v in running:
+        reasons[v.program_id] = f"paused: {head.program_id} runs alone"
+    return head.program_id
 
 
 def _fits_ever(view: ProgramView, config: SchedulerConfig) -> bool:

@@ -33,6 +33,14 @@ __all__ = ["Phase", "Program", "ProgramTable", "RECORD_KEYS", "Status", "Unknown
 TOOL_EVENTS = ("start", "end")
 
 
+def check_tool_event(event: Any) -> str:
+    """A tool hint's event, "start" or "end"; ValueError otherwise (the value shown short)."""
+    if event not in TOOL_EVENTS:
+        shown = repr(event) if len(repr(event)) <= 40 else repr(event)[:37] + "..."
+        raise ValueError(f"tool event must be 'start' or 'end', got {shown}")
+    return event
+
+
 def check_expected_s(value: Any) -> float | None:
     """A tool hint's ``expected_s``: None, or a finite number of seconds, 0 or more (the one
     rule, for the route and the table); ValueError otherwise."""
@@ -187,8 +195,7 @@ class ProgramTable:
     def tool_event(self, program_id: str, event: str, expected_s: float | None = None) -> Program:
         """A tool phase hint: "start" (tool_running, expected_s kept) or "end" (tool stopped,
         idle time restarts). ValueError for another event; UnknownProgram for a non-live id."""
-        if event not in TOOL_EVENTS:
-            raise ValueError(f"tool event must be 'start' or 'end', got {event!r}")
+        check_tool_event(event)
         expected_s = check_expected_s(expected_s)
         p = self._require_live(program_id)
         now = self.clock()
