@@ -15,6 +15,14 @@ contexts grow to a few hundred tokens. Reports per run requests/s and the
 scheduler process's CPU milliseconds per request (the steadier figure on a
 shared machine, and the scheduler-step cost per request), and each system's
 ratio to ``plain``; saves benchmarks/results/overhead.json.
+
+    .venv/bin/python benchmarks/overhead.py --live-programs 16 256 [--rounds 3] [...]
+
+Growth with the number of programs instead: one ``ours`` server; per round and per count N
+(alternating order), N other programs are made live (one short tagged call each, left acting,
+never released) and the same tagged workload runs beside them (the same 8 calls in flight);
+reports the scheduler's CPU ms per request at each N and the ratio to the smallest N; saves
+benchmarks/results/overhead_programs.json.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ sys.path.insert(0, str(REPO))
 from tests.integration.server import Server  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "overhead.json"
+PROGRAMS_RESULTS = Path(__file__).parent / "results" / "overhead_programs.json"
 CORPUS = REPO / "thunderagent_sglang" / "demo_corpus.txt"
 WORKERS = 8
 SYSTEM_PROMPT = (
@@ -138,11 +147,76 @@ def run_workload(server: Server, seed: int, conversations: int, words: list[str]
             "prompt_tokens": prompt, "cached_fraction": round(cached / prompt, 3)}
 
 
+def make_live(server: Server, prefix: str, count: int) -> None:
+    """``count`` programs with one short call each, left live and acting."""
+    def one(i: int) -> None:
+        requests.post(f"{server.url}/generate", headers={"X-Program-Id": f"{prefix}-{i}"}, json={
+            "input_ids": [3 + (i * 7 + j) % 1500 for j in range(48)],
+            "sampling_params": {"max_new_tokens": 1}}, timeout=120).raise_for_status()
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(one, range(count)))
+
+
+def release_all(server: Server, prefix: str, count: int) -> None:
+    for i in range(count):
+        requests.post(f"{server.url}/programs/release", json={"program_id": f"{prefix}-{i}"},
+                      timeout=60)
+
+
+def live_program_counts(args, extra: list[str]) -> None:
+    """The scheduler's CPU per request with N live programs beside the same workload."""
+    log_dir = Path("/tmp/thunderagent-overhead")
+    log_dir.mkdir(exist_ok=True)
+    server = Server("ours", ["--enable-cache-report", *extra], {}, log_dir)
+    words, rows = corpus_words(), []
+    try:
+        server.wait_ready()
+        run_workload(server, seed=-1, conversations=1, words=words, tagged=True)
+        for rnd in range(args.rounds):
+            counts = args.live_programs if rnd % 2 == 0 else args.live_programs[::-1]
+            for count in counts:
+                prefix = f"live-{rnd}-{count}"
+                make_live(server, prefix, count)
+                live = sum(p["status"] != "terminated" for p in requests.get(
+                    f"{server.url}/programs", timeout=60).json()["programs"])
+                row = {"live_programs": count, "live_before_run": live, "round": rnd,
+                       **run_workload(server, seed=rnd, conversations=args.conversations,
+                                      words=words, tagged=True)}
+                release_all(server, prefix, count)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    finally:
+        server.stop()
+    base = min(args.live_programs)
+
+    def cpu_of(count: int, rnd: int) -> float:
+        return next(r["scheduler_cpu_ms_per_request"] for r in rows
+                    if r["live_programs"] == count and r["round"] == rnd)
+
+    rounds = range(args.rounds)
+    cpu = {n: statistics.median(cpu_of(n, rnd) for rnd in rounds) for n in args.live_programs}
+    per_round = {n: [round(cpu_of(n, rnd) / cpu_of(base, rnd), 3) for rnd in rounds]
+                 for n in args.live_programs}
+    summary = {"scheduler_cpu_ms_per_request_median": cpu,
+               f"ratio_to_{base}_per_round": per_round,
+               f"ratio_to_{base}_median": {n: round(statistics.median(v), 3)
+                                           for n, v in per_round.items()}}
+    print(json.dumps(summary, indent=1))
+    PROGRAMS_RESULTS.write_text(json.dumps({
+        "command": " ".join(["benchmarks/overhead.py", *sys.argv[1:]]), "workers": WORKERS,
+        "runs": rows, "summary": summary}, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--conversations", type=int, default=40, help="chats per worker and run")
+    parser.add_argument("--live-programs", type=int, nargs="+", metavar="N",
+                        help="measure growth with the number of live programs instead")
     args, extra = parser.parse_known_args()
+    if args.live_programs:
+        return live_program_counts(args, extra)
     log_dir = Path("/tmp/thunderagent-overhead")
     log_dir.mkdir(exist_ok=True)
     base = ["--enable-cache-report", *extra]

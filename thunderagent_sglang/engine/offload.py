@@ -96,6 +96,7 @@ class Offloader:
         if self.cache is None or tree is None:
             return None
         nodes = tree.own_nodes(pid)
+        own_device = sum(lengths(n)[0] for n in nodes)
         movable = tree.movable(nodes)
         device = sum(lengths(n)[0] for n in movable)
         unbacked = sum(d for d, h in map(lengths, movable) if h < d)
@@ -106,8 +107,8 @@ class Offloader:
         if choice.decision is not KvDecision.KEEP and device:
             moved = self._evict_own(pid, device, choice.decision)
         get_logger().info("ThunderAgent: program %s paused: KV %s (%s); %d of %d own device "
-                          "tokens moved", pid, choice.decision.value, choice.reason, moved,
-                          sum(lengths(n)[0] for n in nodes))
+                          "tokens moved (%d movable: unlocked, nothing of another's below)",
+                          pid, choice.decision.value, choice.reason, moved, own_device, device)
         return choice
 
     def _host_free(self) -> int:
