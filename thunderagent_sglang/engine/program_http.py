@@ -193,7 +193,8 @@ async def control(message) -> ORJSONResponse:
 
 
 def _invalid(exc: ValueError) -> ORJSONResponse:
-    return ORJSONResponse(status_code=400, content=_error(exc))
+    """A program route's 400, in the same shape as the scheduler's answers (404s included)."""
+    return ORJSONResponse(status_code=400, content={"error": str(exc)})
 
 
 async def _fetch_stats() -> tuple[int, dict]:
