@@ -117,6 +117,39 @@ HTTP_APP = Symbol(
     "sglang.srt.entrypoints.http_server:app",
     "the FastAPI app: our identity middleware and /programs routes are added to it",
 )
+HTTP_AUTH_LEVEL = Symbol(
+    "sglang.srt.utils.auth:auth_level",
+    "marks the operator routes (pause, resume, release by path) ADMIN_OPTIONAL: SGLang's "
+    "--admin-api-key when one is set",
+    "(level: 'AuthLevel')",
+)
+HTTP_AUTH_LEVELS = Symbol(
+    "sglang.srt.utils.auth:AuthLevel",
+    "NORMAL/ADMIN_OPTIONAL/ADMIN_FORCE",
+)
+RWLOCK_ACQUIRE_WRITER = Symbol(
+    "sglang.srt.utils.aio_rwlock:RWLock.acquire_writer",
+    "a weight update (or LoRA unload) waits here for every call in flight, held calls "
+    "included: we let held calls go first and hold none until the writer is done",
+    "(self)",
+)
+RWLOCK_RELEASE_WRITER = Symbol(
+    "sglang.srt.utils.aio_rwlock:RWLock.release_writer",
+    "the writer is done: calls may be held again",
+    "(self)",
+)
+WEIGHTS_RELEASE_MEMORY = Symbol(
+    "sglang.srt.managers.scheduler_components.weight_updater:"
+    "SchedulerWeightUpdaterManager.release_memory_occupation",
+    "the engine's memory is released (RL): held calls stay held until it is resumed",
+    "(self, recv_req: 'ReleaseMemoryOccupationReqInput')",
+)
+WEIGHTS_RESUME_MEMORY = Symbol(
+    "sglang.srt.managers.scheduler_components.weight_updater:"
+    "SchedulerWeightUpdaterManager.resume_memory_occupation",
+    "the engine's memory is back: held calls of active programs go, the scheduler decides",
+    "(self, recv_req: 'ResumeMemoryOccupationReqInput')",
+)
 HTTP_GLOBAL_STATE = Symbol(
     "sglang.srt.entrypoints.http_server:get_global_state",
     "reaches the TokenizerManager from our routes",
@@ -408,6 +441,10 @@ HOOK_TARGETS: tuple[Symbol, ...] = (
     SCHEDULER_RUN_BATCH,
     DECODE_RETRACTION_ORDER,
     SIGTERM_HANDLER,
+    RWLOCK_ACQUIRE_WRITER,
+    RWLOCK_RELEASE_WRITER,
+    WEIGHTS_RELEASE_MEMORY,
+    WEIGHTS_RESUME_MEMORY,
 )
 
 

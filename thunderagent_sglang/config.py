@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 from thunderagent_sglang.program.identity import DEFAULT_ID_SOURCES, parse_id_sources
 
@@ -44,217 +45,16 @@ DEFAULT_HIGH_WATERMARK = 0.95
 DEFAULT_LOW_WATERMARK = 0.85
 # Below OpenAI's Python client's 600 s timeout, so a held call is answered before it gives up.
 DEFAULT_MAX_PAUSE_S = 300.0
-
-
-@dataclasses.dataclass(frozen=True)
-class ThunderAgentConfig:
-    cache_dir: str | None = None  # where the demo model is built; None = default
-    demo_model: str = "llama"  # architecture of the embedded demo model
-    id_sources: tuple[str, ...] = DEFAULT_ID_SOURCES
-    idle_expiry_s: float = DEFAULT_IDLE_EXPIRY_S
-    max_terminated: int = DEFAULT_MAX_TERMINATED
-    link_untagged: bool = False
-    decay_half_life_s: float = DEFAULT_DECAY_HALF_LIFE_S
-    offload: str = "auto"  # off | auto (selective offload where a host tier exists)
-    offload_bandwidth_gbps: float | None = None  # None: measured at start-up
-    offload_latency_s: float | None = None  # None: measured at start-up
-    recompute_rate: float | None = None  # prefill tokens/s; None: measured while serving
-    scheduler: str = "thunder"  # off | thunder
-    tick_s: float = DEFAULT_TICK_S
-    high_watermark: float = DEFAULT_HIGH_WATERMARK
-    low_watermark: float = DEFAULT_LOW_WATERMARK
-    max_pause_s: float = DEFAULT_MAX_PAUSE_S
-    backfill: bool = True  # an idle engine takes a waiting program that fits under high
-    sidecar: bool = False  # start the tool-environment sidecar with the server
-    sidecar_url: str | None = None  # a sidecar already running
-
-    def to_env(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "ThunderAgentConfig":
-        raw = (os.environ if environ is None else environ).get(CONFIG_ENV)
-        if not raw:
-            return cls()
-        try:
-            values = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{CONFIG_ENV} is not valid JSON: {exc}") from None
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in values.items() if k in known}
-        if "id_sources" in values:
-            values["id_sources"] = tuple(values["id_sources"])
-        return cls(**values)
-
-
-def program_features_disabled(environ: dict[str, str] | None = None) -> bool:
-    """True when ``THUNDERAGENT_DISABLE`` asks for plain SGLang."""
-    value = (os.environ if environ is None else environ).get(DISABLE_ENV, "")
-    value = value.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ConfigError(
-        f"{DISABLE_ENV}={value!r} is not understood: use 1 (plain SGLang) or 0"
-    )
-
-
-def add_cli_group(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    group = parser.add_argument_group(
-        "ThunderAgent-SGLang",
-        "Program-aware serving. Set THUNDERAGENT_DISABLE=1 to run plain SGLang "
-        "(CPU platform support stays on).",
-    )
-    group.add_argument(
-        "--thunderagent-cache-dir",
-        metavar="DIR",
-        default=None,
-        help="Where the embedded demo model is built and kept "
-        "(default: $THUNDERAGENT_CACHE_DIR or ~/.cache/thunderagent_sglang).",
-    )
-    group.add_argument(
-        "--thunderagent-demo-model",
-        choices=DEMO_ARCHES,
-        default="llama",
-        help="Architecture of the demo model served when no --model-path is "
-        "given (default: llama).",
-    )
-    group.add_argument(
-        "--thunderagent-id-sources",
-        metavar="LIST",
-        type=_id_sources,
-        default=DEFAULT_ID_SOURCES,
-        help="Where a request's program id is read from, first found wins: "
-        "comma-separated header:NAME / body:FIELD or short names (default: "
-        + ",".join(DEFAULT_ID_SOURCES) + ").",
-    )
-    group.add_argument(
-        "--thunderagent-idle-expiry",
-        metavar="SECONDS",
-        type=_positive_float,
-        default=DEFAULT_IDLE_EXPIRY_S,
-        help="End a program that has made no call for this long; paused time and "
-        "tool time reported through POST /programs/{id}/tool do not count "
-        f"(default: {DEFAULT_IDLE_EXPIRY_S:g}).",
-    )
-    group.add_argument(
-        "--thunderagent-max-terminated",
-        metavar="N",
-        type=_positive_int,
-        default=DEFAULT_MAX_TERMINATED,
-        help="How many ended programs' records GET /programs keeps, oldest dropped "
-        f"first (default: {DEFAULT_MAX_TERMINATED}).",
-    )
-    group.add_argument(
-        "--thunderagent-decay-half-life",
-        metavar="SECONDS",
-        type=_positive_float,
-        default=DEFAULT_DECAY_HALF_LIFE_S,
-        help="An acting program's KV is worth context_tokens * 2^(-tool_seconds / this) when "
-        f"ranking what to evict (default: {DEFAULT_DECAY_HALF_LIFE_S:g}, the paper's).",
-    )
-    group.add_argument(
-        "--thunderagent-offload",
-        choices=("off", "auto"),
-        default="auto",
-        help="When a program is paused and SGLang's host tier is on (--enable-hierarchical-cache), "
-        "keep, offload or drop the KV it holds alone by a cost model (load-back time against "
-        "recompute time), and load offloaded KV back when it resumes (default: auto).",
-    )
-    group.add_argument(
-        "--thunderagent-offload-bandwidth",
-        metavar="GB_PER_S",
-        type=_positive_float,
-        default=None,
-        help="Host-to-device bandwidth for the offload cost model (default: measured at start-up "
-        "and logged).",
-    )
-    group.add_argument(
-        "--thunderagent-offload-latency",
-        metavar="SECONDS",
-        type=_non_negative_float,
-        default=None,
-        help="Fixed cost of one load-back for the offload cost model (default: measured at "
-        "start-up and logged).",
-    )
-    group.add_argument(
-        "--thunderagent-recompute-rate",
-        metavar="TOKENS_PER_S",
-        type=_positive_float,
-        default=None,
-        help="Prefill rate for the offload cost model (default: measured on this server's "
-        "prefill batches; until the first is timed, paused KV is offloaded, never dropped).",
-    )
-    group.add_argument(
-        "--thunderagent-scheduler",
-        choices=("off", "thunder"),
-        default="thunder",
-        help="Program-aware scheduling: pause whole programs at tool boundaries while the "
-        "active programs' KV demand exceeds the high watermark, resume them below the low one "
-        "(default: thunder; off serves programs without pausing, for comparison).",
-    )
-    group.add_argument(
-        "--thunderagent-tick",
-        metavar="SECONDS",
-        type=_positive_float,
-        default=DEFAULT_TICK_S,
-        help="How often the scheduler re-checks demand besides every arrival and finish "
-        f"(default: {DEFAULT_TICK_S:g}).",
-    )
-    group.add_argument(
-        "--thunderagent-high-watermark",
-        metavar="FRACTION",
-        type=_fraction,
-        default=DEFAULT_HIGH_WATERMARK,
-        help="Pause programs while active demand exceeds this fraction of the KV pool "
-        f"(default: {DEFAULT_HIGH_WATERMARK:g}).",
-    )
-    group.add_argument(
-        "--thunderagent-low-watermark",
-        metavar="FRACTION",
-        type=_fraction,
-        default=DEFAULT_LOW_WATERMARK,
-        help="Resume paused programs while demand stays below this fraction of the KV pool "
-        f"(default: {DEFAULT_LOW_WATERMARK:g}; must not exceed the high watermark).",
-    )
-    group.add_argument(
-        "--thunderagent-max-pause",
-        metavar="SECONDS",
-        type=_positive_float,
-        default=DEFAULT_MAX_PAUSE_S,
-        help="Resume a program whose call has been held this long, whatever the demand "
-        f"(default: {DEFAULT_MAX_PAUSE_S:g}, below the OpenAI client's 600 s timeout).",
-    )
-    group.add_argument(
-        "--thunderagent-backfill",
-        choices=("on", "off"),
-        default="on",
-        help="When no call is in the engine and the head of the paused queue does not fit, "
-        "resume the first waiting program that keeps demand at or below the high watermark "
-        "(default: on; off waits for room below the low watermark in strict queue order).",
-    )
-    group.add_argument(
-        "--thunderagent-sidecar",
-        action="store_true",
-        help="Start the tool-environment sidecar (python -m thunderagent_sglang.sidecar) with "
-        "the server and stop it with the server; the server sends it program events.",
-    )
-    group.add_argument(
-        "--thunderagent-sidecar-url",
-        metavar="URL",
-        default=None,
-        help="Send program events to a sidecar already running at URL (its token from "
-        "THUNDERAGENT_SIDECAR_TOKEN).",
-    )
-    group.add_argument(
-        "--thunderagent-link-untagged",
-        action="store_true",
-        help="Give a call without a program id to the live program whose last sequence "
-        "(prompt and output) its prompt continues, so unmodified agents are programs too "
-        "(default: off; untagged calls keep plain SGLang behaviour).",
-    )
-    return group
+# Held calls are cheap (ids and a prompt each) but not free; one engine rarely has more than
+# a few hundred agents paused at once. Beyond the bound a call is told to come back later.
+DEFAULT_MAX_HELD = 1024
+RETRY_AFTER_S = 5  # ten scheduler ticks: time for a pause or a finish to make room
+# Our radix-cache backend's name, and SGLang's options that bring a cache of their own (ours
+# is then not chosen): server_args attribute names; their flags are derived.
+CACHE_BACKEND = "thunderagent"
+OWN_CACHE_OPTIONS = ("enable_lmcache", "enable_flexkv", "enable_unified_cache_external_linker")
+OWN_CACHE_FLAGS = ("--radix-cache-backend", "--disable-radix-cache",
+                   *("--" + name.replace("_", "-") for name in OWN_CACHE_OPTIONS))
 
 
 def _id_sources(text: str) -> tuple[str, ...]:
@@ -296,36 +96,189 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def option(default, help: str, *, flag: str | None = None, metavar: str | None = None,
+           parse: Callable[[str], Any] | None = None, choices: tuple[str, ...] | None = None,
+           switch: bool = False, on_off: bool = False,
+           convert: Callable[[Any], Any] | None = None):
+    """A setting declared once: its default, and how its ``--thunderagent-*`` flag reads it.
+
+    ``flag`` defaults to the field's name without a ``_s`` suffix (``idle_expiry_s`` ->
+    ``--thunderagent-idle-expiry``); ``switch``: a flag without a value; ``on_off``: a bool
+    given as ``on``/``off``; ``convert``: applied to the parsed value."""
+    return dataclasses.field(default=default, metadata={
+        "flag": flag, "help": help, "metavar": metavar, "parse": parse, "choices": choices,
+        "switch": switch, "on_off": on_off, "convert": convert})
+
+
+def _resolved_dir(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+@dataclasses.dataclass(frozen=True)
+class ThunderAgentConfig:
+    cache_dir: str | None = option(
+        None, "Where the embedded demo model is built and kept "
+        "(default: $THUNDERAGENT_CACHE_DIR or ~/.cache/thunderagent_sglang).",
+        metavar="DIR", convert=_resolved_dir)
+    demo_model: str = option(
+        "llama", "Architecture of the demo model served when no --model-path is given "
+        "(default: llama).", choices=DEMO_ARCHES)
+    id_sources: tuple[str, ...] = option(
+        DEFAULT_ID_SOURCES, "Where a request's program id is read from, first found wins: "
+        "comma-separated header:NAME / body:FIELD or short names (default: "
+        + ",".join(DEFAULT_ID_SOURCES) + ").", metavar="LIST", parse=_id_sources, convert=tuple)
+    idle_expiry_s: float = option(
+        DEFAULT_IDLE_EXPIRY_S, "End a program that has made no call for this long. A scheduler "
+        "pause does not stop the clock; a held call and an operator's pause do; a tool 'start' "
+        "hint (POST /programs/{id}/tool) without its 'end' protects the program for twice its "
+        f"expected_s when that is longer (default: {DEFAULT_IDLE_EXPIRY_S:g}).",
+        metavar="SECONDS", parse=_positive_float)
+    max_terminated: int = option(
+        DEFAULT_MAX_TERMINATED, "How many ended programs' records GET /programs keeps, oldest "
+        f"dropped first (default: {DEFAULT_MAX_TERMINATED}).", metavar="N", parse=_positive_int)
+    link_untagged: bool = option(
+        False, "Give a call without a program id to the live program whose last sequence "
+        "(prompt and output) its prompt continues, so unmodified agents are programs too "
+        "(default: off; untagged calls keep plain SGLang behaviour).", switch=True)
+    decay_half_life_s: float = option(
+        DEFAULT_DECAY_HALF_LIFE_S, "An acting program's KV is worth context_tokens * "
+        "2^(-tool_seconds / this) when ranking what to evict "
+        f"(default: {DEFAULT_DECAY_HALF_LIFE_S:g}, the paper's).",
+        metavar="SECONDS", parse=_positive_float)
+    offload: str = option(
+        "auto", "When a program is paused and SGLang's host tier is on "
+        "(--enable-hierarchical-cache), keep, offload or drop the KV it holds alone by a cost "
+        "model (load-back time against recompute time), and load offloaded KV back when it "
+        "resumes (default: auto).", choices=("off", "auto"))
+    offload_bandwidth_gbps: float | None = option(
+        None, "Host-to-device bandwidth for the offload cost model (default: measured at "
+        "start-up and logged).", flag="offload-bandwidth", metavar="GB_PER_S",
+        parse=_positive_float)
+    offload_latency_s: float | None = option(
+        None, "Fixed cost of one load-back for the offload cost model (default: measured at "
+        "start-up and logged).", metavar="SECONDS", parse=_non_negative_float)
+    recompute_rate: float | None = option(
+        None, "Prefill rate for the offload cost model (default: measured on this server's "
+        "prefill batches; until the first is timed, paused KV is offloaded, never dropped).",
+        metavar="TOKENS_PER_S", parse=_positive_float)
+    scheduler: str = option(
+        "thunder", "Program-aware scheduling: pause whole programs at tool boundaries while the "
+        "active programs' KV demand exceeds the high watermark, resume them below the low one "
+        "(default: thunder; off serves programs without pausing, for comparison).",
+        choices=("off", "thunder"))
+    tick_s: float = option(
+        DEFAULT_TICK_S, "How often the scheduler re-checks demand besides every arrival and "
+        f"finish (default: {DEFAULT_TICK_S:g}).", metavar="SECONDS", parse=_positive_float)
+    high_watermark: float = option(
+        DEFAULT_HIGH_WATERMARK, "Pause programs while active demand exceeds this fraction of "
+        f"the KV pool (default: {DEFAULT_HIGH_WATERMARK:g}).", metavar="FRACTION",
+        parse=_fraction)
+    low_watermark: float = option(
+        DEFAULT_LOW_WATERMARK, "Resume paused programs while demand stays below this fraction "
+        f"of the KV pool (default: {DEFAULT_LOW_WATERMARK:g}; must not exceed the high "
+        "watermark).", metavar="FRACTION", parse=_fraction)
+    max_pause_s: float = option(
+        DEFAULT_MAX_PAUSE_S, "Resume a program whose call has been held this long, whatever the "
+        f"demand (default: {DEFAULT_MAX_PAUSE_S:g}, below the OpenAI client's 600 s timeout).",
+        metavar="SECONDS", parse=_positive_float)
+    max_held: int = option(
+        DEFAULT_MAX_HELD, "At most this many calls are held at once (their programs paused or "
+        "not admitted yet); beyond it a tagged call that would be held is answered 429 with "
+        f"Retry-After: {RETRY_AFTER_S} (untagged calls are never held; default: "
+        f"{DEFAULT_MAX_HELD}).", metavar="N", parse=_positive_int)
+    backfill: bool = option(
+        True, "When no call is in the engine and the head of the paused queue does not fit, "
+        "resume the first waiting program that keeps demand at or below the high watermark "
+        "(default: on; off waits for room below the low watermark in strict queue order).",
+        on_off=True)
+    sidecar: bool = option(
+        False, "Start the tool-environment sidecar (python -m thunderagent_sglang.sidecar) with "
+        "the server and stop it with the server; the server sends it program events.",
+        switch=True)
+    sidecar_url: str | None = option(
+        None, "Send program events to a sidecar already running at URL (its token from "
+        "THUNDERAGENT_SIDECAR_TOKEN).", metavar="URL")
+
+    def to_env(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "ThunderAgentConfig":
+        raw = (os.environ if environ is None else environ).get(CONFIG_ENV)
+        if not raw:
+            return cls()
+        try:
+            values = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{CONFIG_ENV} is not valid JSON: {exc}") from None
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in values.items() if k in known}
+        if "id_sources" in values:
+            values["id_sources"] = tuple(values["id_sources"])
+        return cls(**values)
+
+
+def program_features_disabled(environ: dict[str, str] | None = None) -> bool:
+    """True when ``THUNDERAGENT_DISABLE`` asks for plain SGLang."""
+    value = (os.environ if environ is None else environ).get(DISABLE_ENV, "")
+    value = value.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(
+        f"{DISABLE_ENV}={value!r} is not understood: use 1 (plain SGLang) or 0"
+    )
+
+
+def flag_of(field: dataclasses.Field) -> str:
+    name = field.metadata.get("flag") or field.name.removesuffix("_s").replace("_", "-")
+    return FLAG_PREFIX + name
+
+
+def add_cli_group(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Our flags, one per field of ``ThunderAgentConfig``, in its order."""
+    group = parser.add_argument_group(
+        "ThunderAgent-SGLang",
+        "Program-aware serving. Set THUNDERAGENT_DISABLE=1 to run plain SGLang "
+        "(CPU platform support stays on). Operator routes (pause, resume, releasing another "
+        "client's program) take SGLang's --admin-api-key when one is set.",
+    )
+    for field in dataclasses.fields(ThunderAgentConfig):
+        meta = field.metadata
+        if meta["switch"]:
+            group.add_argument(flag_of(field), action="store_true", help=meta["help"])
+            continue
+        kwargs = {"help": meta["help"], "default": field.default}
+        if meta["on_off"]:
+            kwargs.update(choices=("on", "off"), default="on" if field.default else "off")
+        elif meta["choices"]:
+            kwargs["choices"] = meta["choices"]
+        if meta["metavar"]:
+            kwargs["metavar"] = meta["metavar"]
+        if meta["parse"]:
+            kwargs["type"] = meta["parse"]
+        group.add_argument(flag_of(field), **kwargs)
+    return group
+
+
 def from_namespace(ns: argparse.Namespace) -> ThunderAgentConfig:
-    if ns.thunderagent_low_watermark > ns.thunderagent_high_watermark:
+    """The settings from parsed flags (``add_cli_group``), checked across flags."""
+    values = {}
+    for field in dataclasses.fields(ThunderAgentConfig):
+        meta = field.metadata
+        value = getattr(ns, flag_of(field)[2:].replace("-", "_"))
+        if meta["on_off"]:
+            value = value == "on"
+        if meta["convert"] is not None and value is not None:
+            value = meta["convert"](value)
+        values[field.name] = value
+    if values["low_watermark"] > values["high_watermark"]:
         raise ConfigError(
-            f"--thunderagent-low-watermark {ns.thunderagent_low_watermark:g} is above "
-            f"--thunderagent-high-watermark {ns.thunderagent_high_watermark:g}: the low one "
+            f"--thunderagent-low-watermark {values['low_watermark']:g} is above "
+            f"--thunderagent-high-watermark {values['high_watermark']:g}: the low one "
             "must not exceed the high one")
-    if ns.thunderagent_sidecar and ns.thunderagent_sidecar_url:
+    if values["sidecar"] and values["sidecar_url"]:
         raise ConfigError("--thunderagent-sidecar starts a sidecar and --thunderagent-sidecar-url "
                           "uses one already running: give one of them")
-    cache_dir = ns.thunderagent_cache_dir
-    if cache_dir is not None:
-        cache_dir = str(Path(cache_dir).expanduser().resolve())
-    return ThunderAgentConfig(
-        cache_dir=cache_dir,
-        demo_model=ns.thunderagent_demo_model,
-        id_sources=tuple(ns.thunderagent_id_sources),
-        idle_expiry_s=ns.thunderagent_idle_expiry,
-        max_terminated=ns.thunderagent_max_terminated,
-        link_untagged=ns.thunderagent_link_untagged,
-        decay_half_life_s=ns.thunderagent_decay_half_life,
-        offload=ns.thunderagent_offload,
-        offload_bandwidth_gbps=ns.thunderagent_offload_bandwidth,
-        offload_latency_s=ns.thunderagent_offload_latency,
-        recompute_rate=ns.thunderagent_recompute_rate,
-        scheduler=ns.thunderagent_scheduler,
-        tick_s=ns.thunderagent_tick,
-        high_watermark=ns.thunderagent_high_watermark,
-        low_watermark=ns.thunderagent_low_watermark,
-        max_pause_s=ns.thunderagent_max_pause,
-        backfill=ns.thunderagent_backfill == "on",
-        sidecar=ns.thunderagent_sidecar,
-        sidecar_url=ns.thunderagent_sidecar_url,
-    )
+    return ThunderAgentConfig(**values)

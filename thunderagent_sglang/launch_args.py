@@ -16,10 +16,8 @@ from thunderagent_sglang import config
 # system RAM (0.05 gave 2 M tokens), far more than a CPU can use.
 CPU_MAX_TOTAL_TOKENS = 65536
 CPU_ENGINE_ENV = "SGLANG_USE_CPU_ENGINE"
-CACHE_BACKEND = "thunderagent"
-# Options that bring a cache class of their own; ours is then not chosen.
-OWN_CACHE_FLAGS = ("--radix-cache-backend", "--disable-radix-cache", "--enable-lmcache",
-                   "--enable-flexkv", "--enable-unified-cache-external-linker")
+CACHE_BACKEND = config.CACHE_BACKEND
+OWN_CACHE_FLAGS = config.OWN_CACHE_FLAGS  # ours is then not chosen
 
 
 @dataclasses.dataclass(frozen=True)

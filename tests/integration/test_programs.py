@@ -219,8 +219,9 @@ def test_idle_program_expires_and_a_tool_hint_keeps_it_alive(hicache_server):
     for pid in (idle, busy):
         requests.post(f"{hicache_server.url}/generate", headers={**auth, "X-Program-Id": pid},
                       json={"text": "x", "sampling_params": {"max_new_tokens": 1}}, timeout=60)
+    # A tool start without its end protects for twice expected_s (60 s), past the 2 s expiry.
     requests.post(f"{hicache_server.url}/programs/{busy}/tool", headers=auth,
-                  json={"event": "start"}, timeout=30)
+                  json={"event": "start", "expected_s": 30}, timeout=30)
     time.sleep(4.5)  # idle expiry is 2 s; the idle scheduler expires on the next look
     idle_rec = record(hicache_server, idle, headers=auth).json()
     assert idle_rec["status"] == "terminated" and idle_rec["release_cause"] == "idle"
@@ -397,6 +398,9 @@ def test_resident_and_host_tokens_follow_the_tree_and_agree_with_a_recount(hicac
     rec = record(hicache_server, pid, headers=auth).json()
     # 96 prompt + 3 outputs with KV = 99 tokens: 6 whole pages are in the tree.
     assert rec["resident_tokens"] == 96
+    # This server's idle expiry is 2 s: a tool hint keeps the program through the calls below.
+    requests.post(f"{hicache_server.url}/programs/{pid}/tool", headers=auth,
+                  json={"event": "start", "expected_s": 60}, timeout=30)
     for i in range(5):  # an acting program's pages outrank untagged work: they stay
         call([1000 + 100 * i + j for j in range(300)], {})
     assert record(hicache_server, pid, headers=auth).json()["resident_tokens"] == 96

@@ -178,10 +178,12 @@ def test_prepare_reaches_the_sidecar_before_a_paused_programs_call_is_admitted(s
     caller = threading.Thread(target=lambda: answer.update(generate(server, pid)), daemon=True)
     caller.start()
     try:
-        time.sleep(3)
+        wait_until(lambda: record(server, pid)["waiting"] == 1, f"{pid}'s call held")
+        # "prepare" is sent when a paused program's first call is held: wait for its effect.
+        stamps = [wait_until(lambda: sidecar.env(env_id).json()["prepared_at"],
+                             "the sidecar prepared the held program's environment")]
         assert caller.is_alive(), "the paused program's call completed while paused"
         assert record(server, pid)["status"] == "paused"
-        stamps = [sidecar.env(env_id).json()["prepared_at"]]  # "prepare" may come while held
     finally:
         requests.post(f"{server.url}/programs/{pid}/resume", headers=AUTH, timeout=30)
     caller.join(60)

@@ -341,19 +341,85 @@ def test_idle_time_restarts_on_activity(table, clock):
     assert [p.program_id for p in table.expire_idle()] == ["a"]
 
 
-def test_paused_time_does_not_count_toward_idle(table, clock):
+def test_a_scheduler_pause_does_not_stop_the_idle_clock(table, clock):
+    # A crashed agent's paused program must end too: paused time counts while no call waits.
     table.on_arrival("a", "r1")
     finish(table, "r1")
     clock.advance(50)
     table.pause("a")
+    clock.advance(10)
+    assert table.expire_idle() == []  # idle 60: not more than the expiry
+    clock.advance(0.5)
+    [p] = table.expire_idle()
+    assert (p.program_id, p.release_cause, p.status) == ("a", "idle", Status.TERMINATED)
+    assert times(table, "a") == (0.0, 50.0, 10.5)
+
+
+def test_a_scheduler_resume_does_not_restart_the_idle_clock(table, clock):
+    table.on_arrival("a", "r1")
+    finish(table, "r1")
+    table.pause("a")
+    clock.advance(40)
+    table.resume("a")  # the scheduler made room; the agent has not called
+    clock.advance(20.5)
+    assert [p.program_id for p in table.expire_idle()] == ["a"]
+
+
+def test_an_operator_pause_stops_the_idle_clock_until_the_operator_resumes(table, clock):
+    table.on_arrival("a", "r1")
+    finish(table, "r1")
+    clock.advance(50)
+    p = table.pause("a", operator=True)
+    assert (p.status, p.operator_paused) == (Status.PAUSED, True)
     clock.advance(1000)
     assert table.expire_idle() == []
     table.resume("a")  # idle restarts
-    clock.advance(59)
+    assert table.get("a").operator_paused is False
+    clock.advance(60)
     assert table.expire_idle() == []
-    clock.advance(2)
+    clock.advance(1)
     assert [p.release_cause for p in table.expire_idle()] == ["idle"]
     assert times(table, "a") == (0.0, 111.0, 1000.0)
+
+
+def test_an_operator_pause_of_a_program_the_scheduler_paused_is_exempt_too(table, clock):
+    table.on_arrival("a", "r1")
+    finish(table, "r1")
+    table.pause("a")
+    clock.advance(30)
+    table.pause("a", operator=True)
+    clock.advance(1000)
+    assert table.expire_idle() == []
+    assert table.counters["pauses"] == 1
+
+
+def test_a_held_call_stops_the_idle_clock_and_its_leaving_restarts_it(table, clock):
+    table.on_arrival("a", "r1")
+    finish(table, "r1")
+    table.pause("a")
+    clock.advance(50)
+    assert table.set_waiting("a", True).waiting is True
+    clock.advance(500)
+    assert table.expire_idle() == []
+    table.set_waiting("a", False)  # its held call was aborted: idle restarts
+    clock.advance(60)
+    assert table.expire_idle() == []
+    clock.advance(1)
+    assert [p.program_id for p in table.expire_idle()] == ["a"]
+    assert table.set_waiting("a", True) is None  # no longer live
+
+
+def test_admitting_a_held_call_clears_waiting(table, clock):
+    table.on_arrival("a", "r1")
+    finish(table, "r1")
+    table.pause("a")
+    table.set_waiting("a", True)
+    table.resume("a")
+    p = table.on_arrival("a", "r2")
+    assert (p.waiting, p.phase) == (False, Phase.REASONING)
+    finish(table, "r2")
+    clock.advance(61)
+    assert [p.program_id for p in table.expire_idle()] == ["a"]
 
 
 def test_tool_running_time_does_not_count_toward_idle(table, clock):
@@ -371,6 +437,55 @@ def test_tool_running_time_does_not_count_toward_idle(table, clock):
     clock.advance(1)
     assert table.expire_idle() == [p]
     assert times(table, "a") == (0.0, 1091.0, 0.0)  # tool time is acting time
+
+
+def test_a_tool_start_without_end_protects_twice_its_expected_time(table, clock):
+    table.on_arrival("a", "r1")
+    finish(table, "r1")
+    clock.advance(5)
+    table.tool_event("a", "start", expected_s=100.0)  # the "end" never comes
+    clock.advance(200)
+    assert table.expire_idle() == []  # exactly 2 x expected_s
+    clock.advance(0.5)
+    [p] = table.expire_idle()
+    assert (p.program_id, p.release_cause, p.tool_running) == ("a", "idle", False)
+
+
+def test_a_tool_start_without_expected_time_protects_for_the_idle_expiry(table, clock):
+    table.on_arrival("a", "r1")
+    finish(table, "r1")
+    clock.advance(30)
+    table.tool_event("a", "start")
+    clock.advance(60)
+    assert table.expire_idle() == []
+    clock.advance(0.5)
+    assert [p.program_id for p in table.expire_idle()] == ["a"]
+
+
+def test_a_short_expected_tool_time_never_shortens_the_idle_expiry(table, clock):
+    table.on_arrival("a", "r1")
+    finish(table, "r1")
+    table.tool_event("a", "start", expected_s=1.0)
+    clock.advance(59)
+    assert table.expire_idle() == []
+    clock.advance(1.5)
+    assert [p.program_id for p in table.expire_idle()] == ["a"]
+
+
+def test_long_and_plain_spans_expire_in_their_own_time(table, clock):
+    for pid in "abc":
+        table.on_arrival(pid, "r" + pid)
+        finish(table, "r" + pid)
+    table.tool_event("a", "start", expected_s=45.0)  # protected until 90
+    table.tool_event("b", "start", expected_s=40.0)  # until 80
+    table.tool_event("b", "start", expected_s=50.0)  # a second start: until 100 from now
+    clock.advance(61)
+    assert [p.program_id for p in table.expire_idle()] == ["c"]
+    clock.advance(30)
+    assert [p.program_id for p in table.expire_idle()] == ["a"]
+    clock.advance(9.5)
+    assert [p.program_id for p in table.expire_idle()] == ["b"]
+    assert len(table) == 0
 
 
 def test_expiry_picks_only_the_overdue_programs(table, clock):
@@ -443,13 +558,13 @@ def test_counters_and_live_counts(table, clock):
     table.on_arrival("c", "r3")
     finish(table, "r2")
     finish(table, "r3")
-    table.pause("c")
+    table.pause("c", operator=True)
     assert table.live_count_by() == {"status": {"active": 2, "paused": 1},
                                       "phase": {"reasoning": 1, "acting": 2}}
     table.release("b")
     table.release("a")  # pending
     clock.advance(61)
-    assert table.expire_idle() == []  # c is paused, a is reasoning
+    assert table.expire_idle() == []  # c is paused by an operator, a is reasoning
     table.resume("c")
     clock.advance(61)
     assert [p.program_id for p in table.expire_idle()] == ["c"]

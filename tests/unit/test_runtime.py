@@ -237,3 +237,157 @@ def test_a_tagged_call_sglang_refuses_for_its_length_is_never_held_and_leaves_no
     assert engine.queued == ["a-1", "long-1"]  # straight to SGLang, which answers it 400
     assert runtime.table.live_program("long") is None and "long" not in runtime.ledger
     assert runtime.scheduler.held.count() == 0
+
+
+def acting_program(runtime, engine, pid="p", rid="r1"):
+    arrive(runtime, engine, recv(rid, pid, range(32)))
+    runtime.on_stream_output(None, None, [finished(rid, range(32), range(4))], False)
+    return runtime.table.get(pid)
+
+
+def test_a_paused_program_whose_agent_is_gone_expires_and_leaves_nothing_behind():
+    runtime, clock, events = make_runtime(scheduler="off", idle_expiry_s=60.0)
+    engine = Engine()
+    program = acting_program(runtime, engine)
+    runtime.scheduler.priority["p"] = 2
+    runtime.pause(program, "test")
+    clock.now += 60.5
+    runtime.tick()
+    assert (program.status, program.release_cause) == (Status.TERMINATED, "idle")
+    assert "p" not in runtime.ledger and "p" not in runtime.scheduler.priority
+    assert events[-1] == ("p", "terminated")
+
+
+def test_a_paused_program_with_a_held_call_does_not_expire_until_the_call_leaves():
+    runtime, clock, _ = make_runtime(scheduler="off", idle_expiry_s=60.0)
+    engine = Engine()
+    program = acting_program(runtime, engine)
+    runtime.pause(program, "test")
+    clock.now += 50
+    arrive(runtime, engine, recv("r2", "p", range(40)))
+    assert runtime.scheduler.held.count("p") == 1 and program.waiting
+    clock.now += 500
+    runtime.tick()
+    assert program.status is Status.PAUSED
+    runtime.on_abort_request(None, SimpleNamespace(rid="r2", abort_all=False))
+    assert engine.queued == ["r1", "r2"] and not program.waiting  # SGLang's abort answers it
+    clock.now += 59
+    runtime.tick()
+    assert program.status is Status.PAUSED
+    clock.now += 2
+    runtime.tick()
+    assert program.release_cause == "idle"
+
+
+def test_an_operator_paused_program_never_expires():
+    runtime, clock, _ = make_runtime(idle_expiry_s=60.0)
+    engine = Engine()
+    acting_program(runtime, engine, "op")
+    handle(runtime, program_ipc.PauseProgram(program_id="op"))
+    clock.now += 10_000
+    runtime.tick()
+    program = runtime.table.get("op")
+    assert (program.status, program.operator_paused) == (Status.PAUSED, True)
+    handle(runtime, program_ipc.ResumeProgram(program_id="op"))
+    clock.now += 61
+    runtime.tick()
+    assert program.release_cause == "idle"
+
+
+class Aborts:
+    """SGLang's Scheduler.abort_request: records the rid and the status it answers with."""
+
+    def __init__(self):
+        self.answered = []
+
+    def abort_request(self, req):
+        self.answered.append((req.rid, req.finished_reason["status_code"]))
+
+
+def test_beyond_max_held_a_call_that_would_be_held_is_answered_429_and_leaves_nothing():
+    runtime, _, _ = make_runtime(capacity=256, max_held=2)
+    runtime.sglang = Aborts()
+    engine = Engine()
+    arrive(runtime, engine, recv("a-1", "a", range(240)))  # fills the pool: new programs wait
+    for n in (1, 2):
+        arrive(runtime, engine, recv(f"w{n}-1", f"w{n}", range(1000 * n, 1000 * n + 100)))
+    assert runtime.scheduler.held.count() == 2 and runtime.sglang.answered == []
+    req = recv("w3-1", "w3", range(3000, 3100))
+    req.sampling_params.custom_params[program_ipc.PRIORITY_KEY] = 4
+    arrive(runtime, engine, req)
+    assert runtime.sglang.answered == [("w3-1", 429)] and engine.queued == ["a-1", "w3-1"]
+    assert "w3" not in runtime.ledger and "w3" not in runtime.scheduler.priority
+    assert runtime.table.live_program("w3") is None and runtime.scheduler.held.count() == 2
+    assert runtime.scheduler.stats()["held_refused"] == 1
+    arrive(runtime, engine, recv("u-1", None, range(10)))  # untagged: never held, never refused
+    arrive(runtime, engine, recv("a-2", "a", range(240)))  # an active program's call goes in
+    assert engine.queued == ["a-1", "w3-1", "u-1", "a-2"]
+    assert runtime.scheduler.stats()["held_refused"] == 1
+
+
+def test_a_paused_programs_refused_call_leaves_its_context_as_it_was():
+    runtime, _, _ = make_runtime(scheduler="off", max_held=1)
+    runtime.sglang = Aborts()
+    engine = Engine()
+    for pid in ("p", "q"):
+        program = acting_program(runtime, engine, pid, rid=pid + "-1")
+        runtime.pause(program, "test")
+    arrive(runtime, engine, recv("p-2", "p", range(50)))  # held: the bound is reached
+    before = runtime.ledger.context_tokens("q")
+    arrive(runtime, engine, recv("q-2", "q", range(80)))
+    assert runtime.sglang.answered == [("q-2", 429)]
+    assert runtime.ledger.context_tokens("q") == before and not runtime.table.get("q").waiting
+
+
+def test_a_new_program_that_fits_is_admitted_even_when_the_held_queue_is_full():
+    runtime, _, _ = make_runtime(max_held=1)
+    runtime.sglang = Aborts()
+    engine = Engine()
+    acting_program(runtime, engine, "op", rid="op-1")
+    handle(runtime, program_ipc.PauseProgram(program_id="op"))
+    arrive(runtime, engine, recv("op-2", "op", range(40)))  # held until the operator resumes
+    assert runtime.scheduler.full()
+    arrive(runtime, engine, recv("n-1", "n", range(20)))
+    assert engine.queued == ["op-1", "n-1"] and runtime.sglang.answered == []
+    assert runtime.table.get("n").in_flight == {"n-1"}
+    assert runtime.scheduler.stats()["held_refused"] == 0
+
+
+def test_a_weight_update_lets_every_held_call_go_and_nothing_is_held_until_it_is_done():
+    runtime, _, _ = make_runtime(capacity=256)
+    engine = Engine()
+    acting = acting_program(runtime, engine, "op", rid="op-1")
+    handle(runtime, program_ipc.PauseProgram(program_id="op"))
+    held_behind_a_reasoning_program(runtime, engine)  # "big" new, its call held
+    arrive(runtime, engine, recv("op-2", "op", range(40)))
+    assert runtime.scheduler.held.count() == 2
+    reply = handle(runtime, program_ipc.DrainHeld(on=True))
+    assert reply.body == {"released": 2, "draining": 1}
+    assert engine.queued == ["op-1", "a-1", "big-1", "op-2"] and runtime.scheduler.held.count() == 0
+    assert (acting.status, acting.operator_paused) == (Status.ACTIVE, False)
+    runtime.pause(acting, "test")  # a paused program's call while draining: resumed, not held
+    arrive(runtime, engine, recv("op-3", "op", range(44)))
+    arrive(runtime, engine, recv("new-1", "new", range(2000, 2100)))
+    assert engine.queued[-2:] == ["op-3", "new-1"] and acting.status is Status.ACTIVE
+    assert handle(runtime, program_ipc.DrainHeld(on=False)).body == {"released": 0,
+                                                                    "draining": 0}
+    arrive(runtime, engine, recv("late-1", "late", range(3000, 3100)))  # held again
+    assert runtime.scheduler.held.count("late") == 1
+
+
+def test_while_sglangs_memory_is_released_held_calls_stay_held():
+    runtime, _, _ = make_runtime(scheduler="off")
+    engine = Engine()
+    program = acting_program(runtime, engine)
+    runtime.pause(program, "test")
+    arrive(runtime, engine, recv("r2", "p", range(40)))
+    runtime.on_memory_released(None, SimpleNamespace(offload_tags={"kv_cache"}), None)
+    runtime.resume(program, "operator", operator=True)
+    assert program.status is Status.ACTIVE and runtime.scheduler.held.count("p") == 1
+    updater = SimpleNamespace(offload_tags={"weights"})
+    runtime.on_memory_resumed(None, updater, None)  # the KV is back, the weights not yet
+    assert runtime.scheduler.held.count("p") == 1 and engine.queued == ["r1"]
+    updater.offload_tags.clear()
+    runtime.on_memory_resumed(None, updater, None)
+    assert engine.queued == ["r1", "r2"] and runtime.scheduler.held.count() == 0
+    assert runtime.scheduler.stats()["frozen"] is False

@@ -14,7 +14,6 @@ from thunderagent_sglang import config
 from thunderagent_sglang.engine import sidecar_events
 from thunderagent_sglang.engine.logs import get_logger
 from thunderagent_sglang.engine.sidecar_events import EventSender, RateLimitedWarning
-from thunderagent_sglang.sidecar import manager
 
 
 class FakeSidecar:
@@ -74,10 +73,6 @@ def no_sender_left():
     sidecar_events.uninstall()
     yield
     sidecar_events.uninstall()
-
-
-def test_event_names_are_the_sidecars():
-    assert sidecar_events.EVENTS == manager.EVENTS
 
 
 def test_notify_without_install_is_a_no_op_and_settled_at_once():

@@ -59,7 +59,8 @@ def server_root(base_url: Any) -> str:
 
 
 def _release_request(root: str, program_id: str, api_key: str | None) -> tuple[str, dict, dict]:
-    headers = {"Content-Type": "application/json"}
+    # Its own id header: with an admin key set, the server ends only the caller's own program.
+    headers = {"Content-Type": "application/json", "X-Program-Id": program_id}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     return root.rstrip("/") + RELEASE_PATH, {"program_id": program_id}, headers

@@ -101,6 +101,11 @@ def _shut_down(runtime, msg) -> dict:
     return {"answered": runtime.scheduler.shut_down(runtime.answer_unavailable)}
 
 
+def _drain(runtime, msg: ipc.DrainHeld) -> dict:
+    released = runtime.scheduler.drain(msg.on)
+    return {"released": released, "draining": runtime.scheduler.draining}
+
+
 _OPS = {
     ipc.ListPrograms: _list,
     ipc.GetProgram: _get,
@@ -110,4 +115,5 @@ _OPS = {
     ipc.ResumeProgram: _resume,
     ipc.ProgramStats: _stats,
     ipc.ShutDownHeld: _shut_down,
+    ipc.DrainHeld: _drain,
 }

@@ -138,3 +138,34 @@ def enable_hicache_on_cpu() -> None:
     mha = compat.import_module(compat.HICACHE_MHA_HOST_MODULE)
     if getattr(mha, "transfer_kv_direct", None) is None:
         mha.transfer_kv_direct = transfer_kv_direct
+
+
+# SGLang's memory-occupation routes release and restore device memory through its torch memory
+# saver and CUDA calls: on the CPU engine the scheduler dies of "Found no NVIDIA driver".
+GPU_ONLY_ROUTES = ("/release_memory_occupation", "/resume_memory_occupation")
+GPU_ONLY_MESSAGE = ("{path} releases or restores GPU memory (SGLang's torch memory saver); this "
+                    "server runs the CPU engine, which has none to release. Serve on a GPU to "
+                    "use it; /flush_cache, /pause_generation and the weight updates work here.")
+
+
+class GpuOnlyRoutes:
+    """Pure ASGI: the memory-occupation routes answer 400 on the CPU engine instead of
+    taking the scheduler down."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] in GPU_ONLY_ROUTES:
+            from fastapi.responses import JSONResponse
+
+            response = JSONResponse(status_code=400, content={
+                "error": GPU_ONLY_MESSAGE.format(path=scope["path"])})
+            return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def refuse_gpu_only_routes() -> None:
+    from sglang.srt.entrypoints.http_server import app
+
+    app.add_middleware(GpuOnlyRoutes)

@@ -93,4 +93,7 @@ def _setup_platform(role: str) -> str:
     if role == "scheduler":
         cpu_platform.enable_hicache_on_cpu()
         parts.append("HiCache host tier on CPU")
+    if role == "main":
+        cpu_platform.refuse_gpu_only_routes()
+        parts.append("memory-occupation routes refused (no GPU memory to release)")
     return ", ".join(parts)

@@ -27,15 +27,15 @@ from sglang.srt.mem_cache.unified_cache.tree_core_registry import (
 )
 from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
 
-from thunderagent_sglang import compat
+from thunderagent_sglang import compat, config
 from thunderagent_sglang.engine import hooks, program_tree
 from thunderagent_sglang.engine.logs import get_logger
 
-BACKEND_NAME = "thunderagent"
-TREE_CORE = program_tree.BACKEND_NAME  # SGLang's Python core, reporting KV changes
-# Options whose own cache class SGLang's default selection would build; ours
-# would silently drop them.
-OWN_CACHE_OPTIONS = ("enable_lmcache", "enable_flexkv", "enable_unified_cache_external_linker")
+BACKEND_NAME = config.CACHE_BACKEND
+TREE_CORE = config.CACHE_BACKEND  # SGLang's Python tree core, reporting KV changes
+# Options whose own cache class SGLang's default selection would build; ours would silently
+# drop them.
+OWN_CACHE_OPTIONS = config.OWN_CACHE_OPTIONS
 
 
 class ProgramRadixCache(UnifiedRadixCache):

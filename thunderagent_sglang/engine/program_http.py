@@ -17,6 +17,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, ORJSONResponse
 from sglang.srt.entrypoints.http_server import app, get_global_state
 from sglang.srt.managers.communicator import FanOutCommunicator
+from sglang.srt.utils.auth import AuthLevel, auth_level
 from sglang.utils import TypeBasedDispatcher
 
 from thunderagent_sglang import compat, config
@@ -30,6 +31,7 @@ from thunderagent_sglang.program.identity import (
     InvalidProgramId,
     check_program_id,
     extract_identity,
+    names_program,
 )
 from thunderagent_sglang.program.table import check_expected_s, check_tool_event
 
@@ -110,6 +112,8 @@ def _stamping(send, identity: Identity):
             headers = list(message.get("headers", []))
             headers.append((b"x-program-id", identity.program_id.encode("utf-8")))
             headers.append((b"x-program-id-source", identity.source.encode("latin-1")))
+            if message.get("status") == 429:  # too many held calls (--thunderagent-max-held)
+                headers.append((b"retry-after", str(config.RETRY_AFTER_S).encode()))
             message = {**message, "headers": headers}
         await send(message)
 
@@ -233,14 +237,40 @@ async def get_program(program_id: str):
     return await _on_program(program_ipc.GetProgram, program_id)
 
 
-async def release_program(request: Request):
-    """``{"program_id": ...}``, the id checked by the one rule."""
-    try:
-        body = await _body_object(request)
-    except ValueError as exc:
-        return _invalid(exc)
-    return await _on_program(program_ipc.ReleaseProgram, body.get("program_id"),
-                             "body field 'program_id'")
+def _own_release(cfg: config.ThunderAgentConfig):
+    """``POST /programs/release {"program_id": ...}``: a client ends its own program. With
+    SGLang's --admin-api-key set, the call must name the program in an id header (as its calls
+    do); another client's program is released through the operator route."""
+
+    async def release_program(request: Request):
+        try:
+            body = await _body_object(request)
+        except ValueError as exc:
+            return _invalid(exc)
+        program_id = body.get("program_id")
+        if (_admin_key() and isinstance(program_id, str)
+                and not names_program(request.headers, program_id, cfg.id_sources)):
+            return ORJSONResponse(status_code=403, content={"error": OWN_RELEASE_ONLY})
+        return await _on_program(program_ipc.ReleaseProgram, program_id,
+                                 "body field 'program_id'")
+
+    return release_program
+
+
+OWN_RELEASE_ONLY = (
+    "this server has an admin key: POST /programs/release ends only the caller's own program "
+    "(send its id in X-Program-Id, as on its calls); an operator releases another client's "
+    "program with POST /programs/{id}/release and the admin key")
+
+
+def _admin_key() -> str | None:
+    return getattr(get_global_state().tokenizer_manager.server_args, "admin_api_key", None)
+
+
+@auth_level(AuthLevel.ADMIN_OPTIONAL)
+async def operator_release(program_id: str):
+    """An operator ends any program (SGLang's admin key when one is set)."""
+    return await _on_program(program_ipc.ReleaseProgram, program_id)
 
 
 async def tool_event(program_id: str, request: Request):
@@ -256,10 +286,12 @@ async def tool_event(program_id: str, request: Request):
                              expected_s=expected_s)
 
 
+@auth_level(AuthLevel.ADMIN_OPTIONAL)
 async def pause_program(program_id: str):
     return await _on_program(program_ipc.PauseProgram, program_id)
 
 
+@auth_level(AuthLevel.ADMIN_OPTIONAL)
 async def resume_program(program_id: str):
     return await _on_program(program_ipc.ResumeProgram, program_id)
 
@@ -279,21 +311,61 @@ async def _shut_down_held() -> None:
                       orjson.dumps(out.body).decode())
 
 
+def _is_model_update_lock(lock) -> bool:
+    manager = get_global_state().tokenizer_manager
+    return manager is not None and lock is getattr(manager, "model_update_lock", None)
+
+
+async def _drain(on: bool) -> None:
+    try:
+        out = await ask_scheduler(program_ipc.DrainHeld(on=on))
+        if on and out.body.get("released"):
+            get_logger().info("ThunderAgent: a weight update waits for calls in flight; "
+                              "%s held call(s) let go", out.body["released"])
+    except Exception:  # noqa: BLE001 - never block SGLang's writer on our message
+        get_logger().exception("ThunderAgent: could not reach the scheduler about a weight "
+                               "update; held calls wait for their programs to resume")
+
+
+async def _drain_for_writer(original, lock):
+    """AROUND ``RWLock.acquire_writer``: a weight update waits for every call in flight, and a
+    held call is one; let held calls go first, and hold none until the writer is done."""
+    if not _is_model_update_lock(lock):
+        return await original(lock)
+    await _drain(True)
+    try:
+        return await original(lock)
+    except BaseException:
+        await asyncio.shield(_drain(False))
+        raise
+
+
+async def _writer_done(original, lock):
+    """AROUND ``RWLock.release_writer``: calls may be held again."""
+    result = await original(lock)
+    if _is_model_update_lock(lock):
+        await _drain(False)
+    return result
+
+
 def install(cfg: config.ThunderAgentConfig) -> None:
     program_ipc.register_types()
     hooks.install(compat.TOKENIZER_GENERATE_REQUEST, _tag_request, "around")
     hooks.install(compat.SIGTERM_HANDLER, _on_sigterm, "after")
     hooks.install(compat.TOKENIZER_INIT_COMMUNICATORS, _add_communicator, "after")
+    hooks.install(compat.RWLOCK_ACQUIRE_WRITER, _drain_for_writer, "around")
+    hooks.install(compat.RWLOCK_RELEASE_WRITER, _writer_done, "around")
     app.add_middleware(IdentityMiddleware, id_sources=cfg.id_sources)
     app.add_middleware(MetricsMiddleware, fetch_stats=_fetch_stats)
     routes = [
         ("/programs", list_programs, ["GET"]),
-        ("/programs/release", release_program, ["POST"]),
+        ("/programs/release", _own_release(cfg), ["POST"]),
         # ":path": an id may hold "/" (sent as %2F or as is); the POST routes end in a fixed
         # word, and GET has no such route, so every accepted id reaches every route.
         ("/programs/{program_id:path}/tool", tool_event, ["POST"]),
         ("/programs/{program_id:path}/pause", pause_program, ["POST"]),
         ("/programs/{program_id:path}/resume", resume_program, ["POST"]),
+        ("/programs/{program_id:path}/release", operator_release, ["POST"]),
         ("/programs/{program_id:path}", get_program, ["GET"]),
         ("/profiles/{program_id:path}", get_program, ["GET"]),
     ]

@@ -53,13 +53,20 @@ class ShutDownHeld(BaseReq, kw_only=True):
     """The server is shutting down: answer every held call 503 now."""
 
 
+class DrainHeld(BaseReq, kw_only=True):
+    """A writer (a weight update, a LoRA unload) waits for SGLang's calls in flight: ``on``,
+    let every held call go and hold none until the matching ``on=False``."""
+
+    on: bool
+
+
 class ProgramReply(BaseReq, kw_only=True):
     status: int  # an HTTP status code
     body: dict
 
 
 REQUESTS = (ListPrograms, GetProgram, ReleaseProgram, ToolHint, PauseProgram, ResumeProgram,
-            ProgramStats, ShutDownHeld)
+            ProgramStats, ShutDownHeld, DrainHeld)
 
 
 def register_types() -> None:

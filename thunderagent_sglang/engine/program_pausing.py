@@ -1,7 +1,8 @@
 """Program scheduling inside the engine (glue for ``policy.scheduling``): hold, pause, resume.
 
 ``ProgramScheduler`` belongs to the ``ProgramRuntime`` and holds what only scheduling needs:
-the held calls, marks, operator pauses, priorities and the decision's counters. A tagged call
+the held calls, marks, priorities and the decision's counters (operator pauses are the
+table's). A tagged call
 of a paused program (or of a program not admitted yet) is held outside SGLang's waiting queue
 and handed to SGLang when its program resumes. On every arrival, every finish and each tick
 the policy's ``decide`` reads a snapshot of the live programs (their demand from the ledger,
@@ -15,14 +16,18 @@ from __future__ import annotations
 
 from typing import Callable
 
+from thunderagent_sglang import config
 from thunderagent_sglang.engine.held import Held, HeldCalls
 from thunderagent_sglang.engine.logs import get_logger
 from thunderagent_sglang.policy.footprint import ledger_footprint
 from thunderagent_sglang.policy.scheduling import decide
 from thunderagent_sglang.policy.snapshot import PAUSED, ProgramView, SchedulerConfig
+from thunderagent_sglang.program import events
 from thunderagent_sglang.program.record import Phase, Status
 
 HEADROOM_CAP = 1 << 14  # a call's max_new_tokens counted as decode headroom, at most
+BUSY_MESSAGE = ("Too many calls are waiting for their programs to resume (--thunderagent-max-held "
+                "{limit}); this call was not started. Retry after {retry} s.")
 
 
 class ProgramScheduler:
@@ -33,13 +38,15 @@ class ProgramScheduler:
         self.config: SchedulerConfig | None = None  # once the pool's size is known
         self.held = HeldCalls()
         self.marked: set[str] = set()
-        self.operator: set[str] = set()  # paused by an operator
         self.priority: dict[str, int] = {}
         self.counters = {"held_requests": 0, "held_aborted": 0, "held_shutdown": 0,
+                         "held_refused": 0,
                          "decisions": 0, "force_resumes": 0, "marks": 0,
                          "retraction_orders": 0}
         self.last_tick = 0.0
         self.last_footprint = 0.0
+        self.draining = 0  # writers waiting for SGLang's calls in flight: hold nothing
+        self.frozen = False  # SGLang's memory is released: held calls stay held
         # Set at shutdown: answers a held call at once (HTTP 503); nothing is held after that.
         self.shutdown_answer: Callable[[Held], None] | None = None
 
@@ -63,13 +70,37 @@ class ProgramScheduler:
             self.priority[program_id] = priority
 
     def should_hold(self, program_id: str) -> bool:
-        """Hold a tagged call? Its program is paused, or new while the scheduler decides."""
+        """Hold a tagged call? Its program is paused, or new while the scheduler decides;
+        never while a writer waits for the calls in flight."""
+        if self.draining:
+            return False
         if program_id in self.held:
             return True  # keep its calls in order behind the held one
         program = self.runtime.table.live_program(program_id)
         if program is not None:
             return program.status is Status.PAUSED
         return self.enabled and self.config is not None
+
+    def full(self) -> bool:
+        """As many calls are held as ``--thunderagent-max-held`` allows."""
+        return self.held.count() >= self.cfg.max_held
+
+    def refuse(self, admit: Callable[..., object], rid: str) -> None:
+        """Answer a call 429 at once (``Retry-After`` is added by the HTTP process)."""
+        self.counters["held_refused"] += 1
+        self.runtime.answer_now(admit, rid, 429, BUSY_MESSAGE.format(
+            limit=self.cfg.max_held, retry=config.RETRY_AFTER_S))
+
+    def refuse_over_bound(self, rid: str) -> None:
+        """After the arrival's decision: if more calls are held than the bound allows and
+        ``rid`` is still held, it leaves the queue answered 429 (its program, if never
+        admitted, leaves nothing behind)."""
+        if self.held.count() <= self.cfg.max_held:
+            return
+        items = self.held.take(lambda item: item.rid == rid)
+        for item in items:
+            self.refuse(item.admit, item.rid)
+        self._left_queue(items)
 
     def hold(self, program_id: str, rid: str, max_new: int, admit: Callable[..., object]) -> None:
         item = Held(program_id, rid, self.runtime.clock(), self.headroom_of(max_new), admit)
@@ -78,8 +109,8 @@ class ProgramScheduler:
             self._answer_at_shutdown([item])
             return
         first = self.held.add(item)
-        if first and self.runtime.table.live_program(program_id) is not None:
-            self.runtime.notify(program_id, "prepare")  # a paused program with a call waiting
+        if first and self.runtime.table.set_waiting(program_id, True) is not None:
+            self.runtime.notify(program_id, events.PREPARE)  # a paused program with a call waiting
         get_logger().debug("ThunderAgent scheduler: held %s of program %s", rid, program_id)
 
     @staticmethod
@@ -89,12 +120,16 @@ class ProgramScheduler:
     def forget(self, program_id: str) -> None:
         """A program ended: nothing of it stays here but its held calls (released next)."""
         self.marked.discard(program_id)
-        self.operator.discard(program_id)
         self.priority.pop(program_id, None)
 
     def release_held(self, program_id: str) -> int:
-        """Hand a program's held calls to SGLang, oldest first."""
+        """Hand a program's held calls to SGLang, oldest first (not while SGLang's memory is
+        released, unless a writer waits for them)."""
+        if self.frozen and not self.draining:
+            return 0
         held = self.held.pop(program_id)
+        if held:
+            self.runtime.table.set_waiting(program_id, False)
         for item in held:
             item.admit()
         return len(held)
@@ -109,7 +144,7 @@ class ProgramScheduler:
 
     def check(self, event: str) -> None:
         """Run the policy on the current snapshot and apply its decision."""
-        if not self.enabled or self.config is None:
+        if not self.enabled or self.config is None or self.frozen:
             return
         try:
             views = self.snapshot(self.runtime.clock())
@@ -134,7 +169,7 @@ class ProgramScheduler:
         views = []
         for program in runtime.table.live_programs():
             pid = program.program_id
-            if pid in self.operator or pid not in runtime.ledger:
+            if program.operator_paused or pid not in runtime.ledger:
                 continue
             views.append(self._view(program, now))
         for pid in self.held.programs():
@@ -183,6 +218,53 @@ class ProgramScheduler:
             elif program.status is Status.PAUSED:
                 runtime.resume(program, reason)
 
+    # ---- SGLang's engine controls ------------------------------------------------------------
+
+    def drain(self, on: bool) -> int:
+        """A writer (a weight update) starts (``on``) or stops waiting for SGLang's calls in
+        flight. At the first, every held call goes to SGLang, its paused program resumed (an
+        operator's pause too): the update would otherwise wait for them forever, as calls
+        in flight. Returns how many calls were let go."""
+        if not on:
+            self.draining = max(0, self.draining - 1)
+            return 0
+        self.draining += 1
+        if self.draining > 1:
+            return 0
+        runtime, count = self.runtime, self.held.count()
+        for pid in self.held.programs():
+            program = runtime.table.live_program(pid)
+            if program is not None and program.status is Status.PAUSED:
+                runtime.resume(program, "a weight update waits for calls in flight",
+                               operator=program.operator_paused)
+            else:
+                self.release_held(pid)
+        if count:
+            get_logger().info("ThunderAgent scheduler: a weight update waits for calls in "
+                              "flight: %d held call(s) let go, their programs resumed", count)
+        return count
+
+    def resume_for_drain(self, program_id: str) -> None:
+        """While draining a call is never held: its paused program is resumed first."""
+        program = self.runtime.table.live_program(program_id)
+        if program is not None and program.status is Status.PAUSED:
+            self.runtime.resume(program, "a weight update waits for calls in flight",
+                                operator=program.operator_paused)
+
+    def memory_released(self) -> None:
+        self.frozen = True
+        get_logger().info("ThunderAgent scheduler: SGLang's memory is released; %d held "
+                          "call(s) stay held until it is resumed", self.held.count())
+
+    def memory_resumed(self) -> None:
+        """SGLang's memory is back: held calls of active programs go, then a decision."""
+        self.frozen = False
+        for pid in self.held.programs():
+            program = self.runtime.table.live_program(pid)
+            if program is not None and program.status is Status.ACTIVE:
+                self.release_held(pid)
+        self.check("memory resumed")
+
     # ---- held calls that must end ----------------------------------------------------------
 
     def release_for_abort(self, rid_prefix: str, abort_all: bool) -> int:
@@ -191,8 +273,7 @@ class ProgramScheduler:
         for item in items:
             item.admit(False)
         self.counters["held_aborted"] += len(items)
-        for pid in {item.program_id for item in items}:
-            self.runtime.forget_unadmitted(pid)
+        self._left_queue(items)
         return len(items)
 
     def shut_down(self, answer: Callable[[Held], None]) -> int:
@@ -210,21 +291,29 @@ class ProgramScheduler:
         for item in items:
             self.shutdown_answer(item)
         self.counters["held_shutdown"] += len(items)
-        for pid in {item.program_id for item in items}:
-            self.runtime.forget_unadmitted(pid)
+        self._left_queue(items)
+
+    def _left_queue(self, items: list[Held]) -> None:
+        """Held calls left without being admitted: a program with none left is not waiting
+        (its idle time restarts), and one never admitted leaves nothing behind."""
+        for pid in dict.fromkeys(item.program_id for item in items):
+            if pid not in self.held:
+                self.runtime.table.set_waiting(pid, False)
+                self.runtime.forget_unadmitted(pid)
 
     # ---- reading ---------------------------------------------------------------------------
 
     def record_fields(self, program_id: str) -> dict:
+        program = self.runtime.table.live_program(program_id)
         return {"waiting": self.held.count(program_id), "marked": program_id in self.marked,
-                "operator_paused": program_id in self.operator,
+                "operator_paused": program is not None and program.operator_paused,
                 "priority": self.priority.get(program_id, 0)}
 
     def stats(self) -> dict:
         """Counters, and the scheduler's own measure after its last decision (tokens)."""
         cfg = self.config
         return {**self.counters, "held_now": self.held.count(), "marked_now": len(self.marked),
-                "enabled": self.enabled, "footprint_tokens": round(self.last_footprint, 1),
+                "enabled": self.enabled, "draining": self.draining > 0, "frozen": self.frozen, "footprint_tokens": round(self.last_footprint, 1),
                 "capacity_tokens": cfg.capacity_tokens if cfg else None,
                 "high_tokens": cfg.high_tokens if cfg else None,
                 "low_tokens": cfg.low_tokens if cfg else None}

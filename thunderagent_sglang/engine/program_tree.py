@@ -20,7 +20,6 @@ from sglang.srt.mem_cache.unified_cache.unified_tree_core import UnifiedTreeCore
 
 from thunderagent_sglang.policy.eviction import host_node_key, node_key
 
-BACKEND_NAME = "thunderagent"
 FINAL_HEAD = "last"  # the head of a program's latest finished call
 _UNTAGGED_KEY = node_key((), retired=False)  # device and host rank alike (policy.eviction)
 

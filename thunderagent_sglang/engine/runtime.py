@@ -24,7 +24,7 @@ from thunderagent_sglang.engine.runtime_hooks import SchedulerHooks
 from thunderagent_sglang.policy.demand import BlockChain, DemandLedger, block_keys
 from thunderagent_sglang.policy.eviction import ProgramState, program_key
 from thunderagent_sglang.policy.residency import Residency
-from thunderagent_sglang.program import misses
+from thunderagent_sglang.program import events, misses
 from thunderagent_sglang.program.linking import PrefixLinker
 from thunderagent_sglang.program.record import Phase, Program, Status
 from thunderagent_sglang.program.table import ProgramTable
@@ -106,29 +106,28 @@ class ProgramRuntime(SchedulerHooks):
     def pause(self, program: Program, reason: str, *, operator: bool = False) -> None:
         """Pause a live program: every view at once, then keep/offload/drop its KV."""
         pid = program.program_id
-        if operator:
-            self.scheduler.operator.add(pid)
-        if program.status is Status.PAUSED:
+        was_paused = program.status is Status.PAUSED
+        self.table.pause(pid, operator=operator)
+        if was_paused:
             return
-        self.table.pause(pid)
         self.scheduler.marked.discard(pid)
         self._count(pid)
         self.offload.on_pause(program)
-        self.notify(pid, "paused")
+        self.notify(pid, events.PAUSED)
         get_logger().debug("ThunderAgent scheduler: paused %s (%s)", pid, reason)
 
     def resume(self, program: Program, reason: str, *, operator: bool = False) -> None:
         """Resume a paused program: every view at once, its KV loaded back, its calls let go."""
         pid = program.program_id
-        if operator:
-            self.scheduler.operator.discard(pid)
-        if program.status is not Status.PAUSED:
-            return
+        was_paused = program.status is Status.PAUSED
         decision = program.kv_decision
-        self.table.resume(pid)
+        if operator or was_paused:
+            self.table.resume(pid)  # also ends an operator's pause
+        if not was_paused:
+            return
         self._count(pid)
         self.offload.on_resume(pid, decision)
-        self.notify(pid, "resumed")
+        self.notify(pid, events.RESUMED)
         get_logger().debug("ThunderAgent scheduler: resumed %s (%s)", pid, reason)
         self.scheduler.release_held(pid)
 
@@ -153,7 +152,7 @@ class ProgramRuntime(SchedulerHooks):
         self._finish_chain.pop(pid, None)
         self._retire(pid)
         self.scheduler.forget(pid)
-        self.notify(pid, "terminated")
+        self.notify(pid, events.TERMINATED)
         self.scheduler.release_held(pid)  # its next calls start a new incarnation
         if self.linker is not None:
             self.linker.forget(pid)

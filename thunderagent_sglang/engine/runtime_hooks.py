@@ -33,6 +33,8 @@ class SchedulerHooks:
         hooks.install(compat.OUTPUT_STREAMER_STREAM_OUTPUT, self.on_stream_output, "after")
         hooks.install(compat.SCHEDULER_SEND_ABORT_OUTPUT, self.on_abort_output, "after")
         hooks.install(compat.SCHEDULER_PROCESS_INPUT_REQUESTS, self.on_loop, "after")
+        hooks.install(compat.WEIGHTS_RELEASE_MEMORY, self.on_memory_released, "after")
+        hooks.install(compat.WEIGHTS_RESUME_MEMORY, self.on_memory_resumed, "after")
         if self.cfg.scheduler == "thunder":
             hooks.install(compat.DECODE_RETRACTION_ORDER, self.retraction_order, "around")
 
@@ -61,12 +63,23 @@ class SchedulerHooks:
         held = guard(self._maybe_hold, arrival, recv_req, max_new, admit)
         result = None if held else admit()
         guard(self.scheduler.check, "arrival")
+        if held:  # a new program's call the decision left waiting beyond the bound: 429
+            guard(self.scheduler.refuse_over_bound, recv_req.rid)
         return result
 
     def _maybe_hold(self, arrival, recv_req, max_new: int, admit) -> bool:
+        """True when the call was held, or refused (429) because as many calls as the bound
+        allows are held: at once for a paused program (its context stays as it was); a new
+        program's call is held first, as the decision may admit it at once."""
         self.scheduler.set_priority(arrival.program_id, arrival.priority)
+        if self.scheduler.draining:
+            self.scheduler.resume_for_drain(arrival.program_id)
+            return False
         if not self.scheduler.should_hold(arrival.program_id):
             return False
+        if self.scheduler.full() and self.table.live_program(arrival.program_id) is not None:
+            self.scheduler.refuse(admit, recv_req.rid)
+            return True
         self.set_prompt(arrival.program_id, recv_req)
         self.scheduler.hold(arrival.program_id, recv_req.rid, max_new, admit)
         return True
@@ -102,12 +115,29 @@ class SchedulerHooks:
     def on_loop(self, result, scheduler, recv_reqs):
         self.tick()
 
+    @guarded
+    def on_memory_released(self, result, updater, recv_req):
+        """AFTER SGLang released its memory (RL): no decision, no held call let go, until
+        it is resumed."""
+        self.scheduler.memory_released()
+
+    @guarded
+    def on_memory_resumed(self, result, updater, recv_req):
+        """AFTER a resume: once SGLang holds nothing released (its ``offload_tags``)."""
+        if not getattr(updater, "offload_tags", None):
+            self.scheduler.memory_resumed()
+
     def retraction_order(self, original, reqs):
         """AROUND ``ScheduleBatch._get_decode_retraction_order`` (a staticmethod: no self)."""
         return program_retraction.reorder(self, original, reqs)
 
     def answer_unavailable(self, item) -> None:
         """Hand a held call to SGLang without our bookkeeping and abort it there with 503."""
-        item.admit(False)
-        reason = FINISH_ABORT(SHUTDOWN_MESSAGE, status_code=503).to_json()
-        self.sglang.abort_request(AbortReq(rid=item.rid, finished_reason=reason))
+        self.answer_now(item.admit, item.rid, 503, SHUTDOWN_MESSAGE)
+
+    def answer_now(self, admit, rid: str, status: int, message: str) -> None:
+        """Hand a call to SGLang without our bookkeeping and abort it there: its client gets
+        ``status`` and ``message`` (a streamed call: as the stream's error event)."""
+        admit(False)
+        reason = FINISH_ABORT(message, status_code=status).to_json()
+        self.sglang.abort_request(AbortReq(rid=rid, finished_reason=reason))

@@ -22,9 +22,9 @@ import httpx
 
 from thunderagent_sglang import config
 from thunderagent_sglang.engine.logs import get_logger
+from thunderagent_sglang.program.events import EVENTS
 from thunderagent_sglang.sidecar.settings import TOKEN_ENV
 
-EVENTS = ("terminated", "paused", "resumed", "prepare")
 TIMEOUT_S = 2.0
 MAX_QUEUED = 4096
 LOG_EVERY_S = 30.0

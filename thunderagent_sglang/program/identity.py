@@ -121,6 +121,15 @@ def _lookup(source: str, headers: dict[str, Any], body: Mapping[str, Any]) -> An
     raise ValueError(f"id source {source!r} must be 'header:NAME' or 'body:FIELD'")
 
 
+def names_program(headers: Mapping[Any, Any], program_id: str,
+                  sources: tuple[str, ...] = DEFAULT_ID_SOURCES) -> bool:
+    """Whether a header id source of ``sources`` carries ``program_id`` (a client naming its
+    own program, as on its calls). Claimed, not proven: ids are the program's credential."""
+    hdrs = _lower_keys(headers)
+    return any(hdrs.get(src.split(":", 1)[1].lower()) == program_id
+               for src in sources if src.startswith("header:"))
+
+
 def _final(headers: dict[str, Any], body: Mapping[str, Any]) -> bool:
     final = False
     for name in FINAL_HEADERS:

@@ -10,8 +10,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 
-SCHEDULER_EVENTS = ("held_requests", "held_aborted", "held_shutdown", "force_resumes", "marks",
-                    "retraction_orders")
+SCHEDULER_EVENTS = ("held_requests", "held_aborted", "held_shutdown", "held_refused",
+                    "force_resumes", "marks", "retraction_orders")
 
 
 class _StatsCollector:
@@ -56,9 +56,13 @@ class _StatsCollector:
         if scheduler is not None:
             yield labelled(CounterMetricFamily, "thunderagent_scheduler_events",
                             "Scheduler events: calls held, held calls aborted by their client "
-                            "or answered 503 at shutdown, force-resumes after max pause, marks "
-                            "for pause at the next tool boundary, decode retractions reordered.",
+                            "or answered 503 at shutdown, calls answered 429 as too many were "
+                            "held, force-resumes after max pause, marks for pause at the next "
+                            "tool boundary, decode retractions reordered.",
                             "event", {key: scheduler.get(key, 0) for key in SCHEDULER_EVENTS})
+            yield GaugeMetricFamily("thunderagent_held_calls",
+                                    "Calls held now (their programs paused or not admitted).",
+                                    value=scheduler.get("held_now", 0))
         for name, key, help_text in (
                 ("pauses", "pauses", "Program pauses."),
                 ("resumes", "resumes", "Program resumes."),

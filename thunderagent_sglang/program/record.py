@@ -55,8 +55,9 @@ class Program:
 
     Invariants: phase is REASONING iff in_flight is non-empty; a terminated program has nothing
     in flight and a release_cause; seconds_* are settled up to ``settled_at`` (the last phase or
-    status transition); ``idle_since`` is meaningful only while the program is idle (active,
-    acting, no tool running).
+    status transition); ``idle_since`` is the program's last own activity (a call arrived,
+    was held, left the queue or finished, a tool hint, an operator resume) and is meaningful
+    only while the program is idle.
     """
 
     program_id: str
@@ -89,6 +90,8 @@ class Program:
     tool_running: bool = False
     tool_expected_s: float | None = None
     tool_since: float | None = None  # when the running tool hint started
+    waiting: bool = False  # a call of it is held by the scheduler
+    operator_paused: bool = False  # paused by an operator (until an operator resumes it)
     kv_decision: str | None = None  # keep|offload|drop while paused (the cache glue sets it)
 
     def __post_init__(self) -> None:
@@ -100,8 +103,17 @@ class Program:
 
     @property
     def idle(self) -> bool:
-        """Counts toward idle expiry: active, acting and no tool running."""
-        return self.status is Status.ACTIVE and self.phase is Phase.ACTING and not self.tool_running
+        """Counts toward idle expiry: live, acting, no call held and not paused by an operator.
+        A scheduler pause counts (the agent of a paused program may have crashed)."""
+        return (self.live and self.phase is Phase.ACTING and not self.waiting
+                and not self.operator_paused)
+
+    def idle_span(self, idle_expiry_s: float) -> float:
+        """How long after ``idle_since`` an idle program expires: the idle expiry, or twice a
+        running tool's ``expected_s`` when that is longer."""
+        if self.tool_running and self.tool_expected_s is not None:
+            return max(idle_expiry_s, 2.0 * self.tool_expected_s)
+        return idle_expiry_s
 
     def unsettled_seconds(self, now: float) -> tuple[float, float, float]:
         """(reasoning, acting, paused) seconds accrued since ``settled_at``, not yet added."""

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from thunderagent_sglang.program.expiry import ExpiryIndex
 from thunderagent_sglang.program.record import (
     RECORD_KEYS,
     RELEASE_CAUSES,
@@ -61,7 +62,7 @@ class ProgramTable:
       * a live program is REASONING iff it has a request in flight; the rid index holds exactly
         the rids in flight of live programs;
       * terminated programs have nothing in flight and are kept at most ``max_terminated``;
-      * ``_idle`` holds exactly the live idle programs, ordered by ``idle_since``.
+      * ``_idle`` (an ``ExpiryIndex``) holds exactly the live idle programs (``Program.idle``).
     """
 
     def __init__(self, *, idle_expiry_s: float, max_terminated: int = 10000,
@@ -78,7 +79,7 @@ class ProgramTable:
         self._terminated: OrderedDict[tuple[str, int], Program] = OrderedDict()  # termination order
         self._latest_terminated: dict[str, tuple[str, int]] = {}
         self._by_rid: dict[str, Program] = {}
-        self._idle: OrderedDict[str, Program] = OrderedDict()
+        self._idle = ExpiryIndex(self.idle_expiry_s)
         self._status_counts = {Status.ACTIVE: 0, Status.PAUSED: 0}
         self._phase_counts = {Phase.REASONING: 0, Phase.ACTING: 0}
         self.counters: dict = {
@@ -118,6 +119,7 @@ class ProgramTable:
         elif p.parent_id is None and parent_id is not None:
             p.parent_id = parent_id
         p.in_flight.add(rid)
+        p.waiting = False
         self._by_rid[rid] = p
         self.counters["requests_arrived"] += 1
         # The next LLM call means its tool is done, even if no "end" hint came:
@@ -193,8 +195,9 @@ class ProgramTable:
         return p
 
     def tool_event(self, program_id: str, event: str, expected_s: float | None = None) -> Program:
-        """A tool phase hint: "start" (tool_running, expected_s kept) or "end" (tool stopped,
-        idle time restarts). ValueError for another event; UnknownProgram for a non-live id."""
+        """A tool phase hint: "start" (tool_running, expected_s kept: the program expires no
+        sooner than twice ``expected_s`` after the start) or "end" (tool stopped). Either
+        restarts idle time. ValueError for another event; UnknownProgram for a non-live id."""
         check_tool_event(event)
         expected_s = check_expected_s(expected_s)
         p = self._require_live(program_id)
@@ -215,37 +218,50 @@ class ProgramTable:
         p.kv_decision = decision
         return p
 
-    def pause(self, program_id: str) -> Program:
+    def pause(self, program_id: str, *, operator: bool = False) -> Program:
         """Mark a live program paused (state only; no-op if already paused). Paused time is
-        neither reasoning nor acting time and does not count toward idle expiry."""
-        return self._change_status(program_id, Status.ACTIVE, Status.PAUSED, "pauses")
+        neither reasoning nor acting time; it counts toward idle expiry unless ``operator``
+        (an operator's pause, also of a program already paused, lasts until a resume)."""
+        p = self._change_status(program_id, Status.ACTIVE, Status.PAUSED, "pauses")
+        if operator and not p.operator_paused:
+            p.operator_paused = True
+            self._idle.update(p)
+        return p
 
     def resume(self, program_id: str) -> Program:
-        """Mark a paused program active (state only; no-op if already active); idle time
-        restarts. UnknownProgram for a non-live id."""
-        return self._change_status(program_id, Status.PAUSED, Status.ACTIVE, "resumes")
+        """Mark a paused program active (state only; no-op if already active). Ends an
+        operator's pause; idle time then restarts. UnknownProgram for a non-live id."""
+        p = self._change_status(program_id, Status.PAUSED, Status.ACTIVE, "resumes")
+        if p.operator_paused:
+            p.operator_paused = False
+            self._touch_idle(p, self.clock())
+        return p
+
+    def set_waiting(self, program_id: str, waiting: bool) -> Program | None:
+        """A call of a live program is held (``waiting``: its idle time stops) or the last one
+        left the queue without being admitted (idle time restarts). None for a non-live id."""
+        p = self._live.get(program_id)
+        if p is not None and p.waiting != waiting:
+            p.waiting = waiting
+            self._touch_idle(p, self.clock())
+        return p
 
     def _change_status(self, program_id: str, old: Status, new: Status, counter: str) -> Program:
         p = self._require_live(program_id)
         if p.status is old:
-            now = self.clock()
-            self._set_status(p, new, now)
+            self._set_status(p, new, self.clock())
             self.counters[counter] += 1
-            self._touch_idle(p, now)
         return p
 
     def expire_idle(self) -> list[Program]:
-        """Terminate (cause "idle") and return, oldest idle first, the programs idle for more
-        than ``idle_expiry_s``. Reasoning, paused and tool-running programs never expire.
-        Cost: O(expired + 1)."""
+        """Terminate (cause "idle") and return the programs idle for more than their span
+        (``idle_expiry_s``, or twice a running tool's ``expected_s`` when longer), oldest
+        first. Reasoning programs, programs with a held call and operator pauses never
+        expire; a scheduler pause does not stop the clock. Cost: O(expired + 1)."""
         now = self.clock()
-        expired = []
-        while self._idle:
-            p = next(iter(self._idle.values()))
-            if not now - p.idle_since > self.idle_expiry_s:
-                break
+        expired = self._idle.due(now)
+        for p in expired:
             self._terminate(p, "idle", now)
-            expired.append(p)
         return expired
 
     # ---- reading -------------------------------------------------------------------------
@@ -323,18 +339,17 @@ class ProgramTable:
             p.kv_decision = None  # describes a paused program's KV only
 
     def _touch_idle(self, p: Program, now: float) -> None:
-        """Restart the program's idle period at ``now`` and keep ``_idle`` exact and ordered."""
+        """Restart the program's idle period at ``now`` and keep ``_idle`` exact."""
         p.idle_since = now
-        self._idle.pop(p.program_id, None)
-        if p.idle:
-            self._idle[p.program_id] = p
+        self._idle.update(p)
 
     def _terminate(self, p: Program, cause: str, now: float) -> None:
         self._phase_counts[p.phase] -= 1
         self._set_status(p, Status.TERMINATED, now)
         p.release_cause, p.terminated_at = cause, now
         p.tool_running, p.tool_expected_s, p.tool_since = False, None, None
-        self._idle.pop(p.program_id, None)
+        p.waiting = p.operator_paused = False
+        self._idle.remove(p.program_id)
         del self._live[p.program_id]
         self.counters["releases"][cause] += 1
         key = (p.program_id, p.incarnation)

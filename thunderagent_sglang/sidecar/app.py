@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
+from thunderagent_sglang.program import events
 from thunderagent_sglang.sidecar import auth, stats
 from thunderagent_sglang.sidecar.errors import SidecarError
 from thunderagent_sglang.sidecar.manager import EnvManager
@@ -127,7 +128,7 @@ def create_app(manager: EnvManager, token: str, reporter: ToolReporter) -> FastA
     @app.post("/events")
     async def program_event(body: EventBody):
         envs = await blocking(manager.event, body.program_id, body.event)
-        if body.event in ("prepare", "resumed"):
+        if body.event in (events.PREPARE, events.RESUMED):
             in_background(blocking(manager.prepare, body.program_id))
             return JSONResponse({"program_id": body.program_id, "event": body.event,
                                  "envs": envs, "accepted": True}, status_code=202)

@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from thunderagent_sglang.program import events
 from thunderagent_sglang.sidecar import policy
 from thunderagent_sglang.sidecar.envs import Backend, EnvRecord, EnvSpec, ExecResult
 from thunderagent_sglang.sidecar.errors import (BadRequest, Conflict, DiskFull, NotFound,
@@ -26,7 +27,6 @@ from thunderagent_sglang.sidecar.ports import PortTable
 from thunderagent_sglang.sidecar.settings import SidecarSettings
 
 log = logging.getLogger("thunderagent_sglang.sidecar")
-EVENTS = ("terminated", "paused", "resumed", "prepare")
 SETUP_TIMEOUT_S = 3600.0
 
 
@@ -189,15 +189,15 @@ class EnvManager:
     # -- program events ----------------------------------------------------------------------
     def event(self, program_id: str, event: str) -> list[str]:
         """Applies a server event; returns the environments it concerns."""
-        if event not in EVENTS:
-            raise BadRequest(f"unknown event {event!r}: use one of {', '.join(EVENTS)}")
+        if event not in events.EVENTS:
+            raise BadRequest(f"unknown event {event!r}: use one of {', '.join(events.EVENTS)}")
         envs = [e.env_id for e in self.list() if e.spec.program_id == program_id]
         with self._lock:
-            if event == "paused":
+            if event == events.PAUSED:
                 self.programs.pause(program_id)
-            elif event == "resumed":
+            elif event == events.RESUMED:
                 self.programs.resume(program_id, self.clock())
-        if event == "terminated":
+        if event == events.TERMINATED:
             self._terminate(program_id, envs)
         return envs
 
