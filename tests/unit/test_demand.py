@@ -69,10 +69,9 @@ def test_incremental_equals_scratch(n0, k):
     full = toks(n0 + k, 100)
     prev = block_keys(full[:n0], BS)
     scratch = block_keys(full, BS)
-    for start in sorted({0, prev.full_tokens, n0}):
-        inc = block_keys(full[start:], BS, start=start, prev=prev)
-        assert inc.keys == scratch.keys and inc.lengths == scratch.lengths
-        assert inc.tail == scratch.tail and inc == scratch
+    inc = block_keys(full, BS, prev=prev)
+    assert inc.keys == scratch.keys and inc.lengths == scratch.lengths
+    assert inc.tail == scratch.tail and inc == scratch
 
 
 class _Guarded(list):
@@ -103,12 +102,6 @@ def test_incremental_falls_back_or_refuses_when_not_an_extension():
     assert block_keys(changed_tail, BS, prev=prev).keys == block_keys(changed_tail, BS).keys
     shorter = [1, 2, 3]
     assert block_keys(shorter, BS, prev=prev).keys == block_keys(shorter, BS).keys
-    with pytest.raises(ValueError):
-        block_keys([7, 8], BS, start=5, prev=prev)  # position 5 is 6 in prev, not 7
-    with pytest.raises(ValueError):
-        block_keys([9], BS, start=7, prev=prev)  # gap
-    with pytest.raises(ValueError):
-        block_keys([9], BS, start=1)  # start without prev
     with pytest.raises(ValueError):
         block_keys([9], 3, prev=prev)  # block size mismatch
 
@@ -307,9 +300,7 @@ def run_random(seed: int, n_ops: int) -> None:
             pid = rng.choice(ids)
             old = model.ctx[pid]
             ctx = old + rand_tail(0, 2 * bs + 1)
-            prev = led.chain_of(pid)
-            start = rng.choice([0, prev.full_tokens, len(old), rng.randint(0, len(old))])
-            chain = block_keys(ctx[start:], bs, start=start, prev=prev)
+            chain = block_keys(ctx, bs, prev=led.chain_of(pid))
             assert chain.keys == block_keys(ctx, bs).keys
             led.set_context(pid, chain)
             model.ctx[pid] = ctx
@@ -360,7 +351,7 @@ def extend_cost(n_other_programs: int, other_blocks: int) -> int:
     mine = system + toks(5 * BS + 2, 7)
     led.set_context("me", block_keys(mine, BS))
     grown = mine + [1] * BS  # one more block: partial replaced by full, new partial
-    chain = block_keys(grown[len(mine) :], BS, start=len(mine), prev=led.chain_of("me"))
+    chain = block_keys(grown, BS, prev=led.chain_of("me"))
     before = led.touched_keys
     led.set_context("me", chain)
     return led.touched_keys - before

@@ -391,3 +391,33 @@ def test_while_sglangs_memory_is_released_held_calls_stay_held():
     runtime.on_memory_resumed(None, updater, None)
     assert engine.queued == ["r1", "r2"] and runtime.scheduler.held.count() == 0
     assert runtime.scheduler.stats()["frozen"] is False
+
+
+def test_a_held_prompt_is_hashed_once_not_again_at_admission(monkeypatch):
+    runtime, _, _ = make_runtime(scheduler="off")
+    engine = Engine()
+    program = acting_program(runtime, engine)
+    runtime.pause(program, "test")
+    hashed = []
+    real = runtime_module.block_keys
+    monkeypatch.setattr(runtime_module, "block_keys",
+                        lambda tokens, *a, **kw: hashed.append(len(tokens)) or real(tokens, *a, **kw))
+    arrive(runtime, engine, recv("r2", "p", range(40)))
+    held_chain = runtime.ledger.chain_of("p")
+    runtime.resume(program, "test")
+    assert engine.queued == ["r1", "r2"] and hashed == [40]
+    assert runtime.calls["r2"].chain is held_chain and runtime.ledger.is_active("p")
+
+
+def test_eviction_and_scheduling_read_one_context_size():
+    from thunderagent_sglang.policy.eviction import ProgramState, program_key
+
+    runtime, _, _ = make_runtime()
+    engine = Engine()
+    acting_program(runtime, engine)  # finished: 32 prompt + 4 output, 35 with KV
+    assert runtime.eviction_key("p") == program_key(
+        ProgramState(paused=False, reasoning=False, context_tokens=35, tool_seconds=0.0), 5.0)
+    arrive(runtime, engine, recv("r2", "p", range(400)))  # the current prompt, not the last call
+    assert runtime.ledger.context_tokens("p") == 400
+    assert runtime.eviction_key("p") == program_key(
+        ProgramState(paused=False, reasoning=True, context_tokens=400, tool_seconds=0.0), 5.0)

@@ -19,6 +19,7 @@ class Held:
     since: float
     max_new: int
     admit: Callable[..., object]
+    chain: object = None  # its prompt's demand chain, hashed when it was held
 
 
 class HeldCalls:

@@ -102,8 +102,10 @@ class ProgramScheduler:
             self.refuse(item.admit, item.rid)
         self._left_queue(items)
 
-    def hold(self, program_id: str, rid: str, max_new: int, admit: Callable[..., object]) -> None:
-        item = Held(program_id, rid, self.runtime.clock(), self.headroom_of(max_new), admit)
+    def hold(self, program_id: str, rid: str, max_new: int, admit: Callable[..., object],
+             chain=None) -> None:
+        item = Held(program_id, rid, self.runtime.clock(), self.headroom_of(max_new), admit,
+                    chain)
         self.counters["held_requests"] += 1
         if self.shutdown_answer is not None:  # the server is draining: never wait for a resume
             self._answer_at_shutdown([item])
@@ -131,7 +133,7 @@ class ProgramScheduler:
         if held:
             self.runtime.table.set_waiting(program_id, False)
         for item in held:
-            item.admit()
+            item.admit(chain=item.chain)
         return len(held)
 
     # ---- the decision ----------------------------------------------------------------------

@@ -187,15 +187,21 @@ class ProgramRuntime(SchedulerHooks):
         program_id = self.linker.find(recv_req.input_ids)
         return None if program_id is None else Arrival(program_id)
 
-    def track_arrival(self, arrival: Arrival, recv_req, max_new: int) -> None:
-        """A tagged call goes to SGLang: the table, its prompt as demand, its headroom."""
+    def track_arrival(self, arrival: Arrival, recv_req, max_new: int,
+                      chain: BlockChain | None = None) -> None:
+        """A tagged call goes to SGLang: the table, its prompt as demand, its headroom.
+        ``chain``: its prompt's, hashed when it was held; still the program's context in the
+        ledger unless a later call of the program replaced it (then hashed again)."""
         try:
             self.table.on_arrival(arrival.program_id, recv_req.rid,
                                   parent_id=arrival.parent_id, final=arrival.final)
         except ValueError as exc:  # a duplicate rid: SGLang answers it; we do not track it
             get_logger().warning("ThunderAgent: request %s not tracked: %s", recv_req.rid, exc)
             return
-        chain = self.set_prompt(arrival.program_id, recv_req)
+        if chain is None or self.ledger.chain_of(arrival.program_id) is not chain:
+            chain = self.set_prompt(arrival.program_id, recv_req)
+        else:
+            self._count(arrival.program_id)
         self.track_call(recv_req.rid, arrival.program_id, max_new, chain)
 
     def track_call(self, rid: str, program_id: str | None, headroom: int,
@@ -282,14 +288,18 @@ class ProgramRuntime(SchedulerHooks):
     # ---- eviction ------------------------------------------------------------------------
 
     def eviction_key(self, program_id: str):
-        """The eviction rank of a live program's KV (policy.eviction), or None."""
+        """The eviction rank of a live program's KV (policy.eviction), or None. Its size is
+        the ledger's context, the one the scheduler reads (the current prompt while a call
+        runs, the finished call's tokens with KV after)."""
         program = self.table.live_program(program_id)
         if program is None:
             return None
+        ledger = self.ledger
         state = ProgramState(
             paused=program.status is Status.PAUSED,
             reasoning=program.phase is Phase.REASONING,
-            context_tokens=program.context_tokens,
+            context_tokens=ledger.context_tokens(program_id) if program_id in ledger
+            else program.context_tokens,
             tool_seconds=self.clock() - program.phase_since,
         )
         return program_key(state, self.cfg.decay_half_life_s)

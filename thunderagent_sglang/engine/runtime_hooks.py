@@ -80,16 +80,16 @@ class SchedulerHooks:
         if self.scheduler.full() and self.table.live_program(arrival.program_id) is not None:
             self.scheduler.refuse(admit, recv_req.rid)
             return True
-        self.set_prompt(arrival.program_id, recv_req)
-        self.scheduler.hold(arrival.program_id, recv_req.rid, max_new, admit)
+        chain = self.set_prompt(arrival.program_id, recv_req)
+        self.scheduler.hold(arrival.program_id, recv_req.rid, max_new, admit, chain)
         return True
 
     def _admit(self, original, scheduler, recv_req, kwargs, arrival, max_new: int,
-               track: bool = True):
+               track: bool = True, chain=None):
         """Hand a call to SGLang; ``track``: our bookkeeping first (not for a call that an
-        abort or a shutdown answers at once)."""
+        abort or a shutdown answers at once); ``chain``: its prompt's, hashed when held."""
         if track:
-            guard(self.track_arrival, arrival, recv_req, max_new)
+            guard(self.track_arrival, arrival, recv_req, max_new, chain)
         return original(scheduler, recv_req, **kwargs)
 
     def on_abort_request(self, scheduler, recv_req):

@@ -48,15 +48,14 @@ chains by their longest common block prefix, found in O(1) for the usual "contex
 over the chained keys otherwise (equality at index i implies equality at every j < i), then
 removes the old chain's remaining blocks and adds the new chain's.
 
-Not thread-safe: one owner (the scheduler) should call the ledger. ``block_keys`` itself may be
-called from several threads.
+Not thread-safe: one owner (the scheduler loop) builds chains and calls the ledger (chains that
+extend one another share their key list, appended in place).
 """
 
 from __future__ import annotations
 
 import hashlib
 import sys
-import threading
 from array import array
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -66,8 +65,6 @@ __all__ = ["BlockChain", "DemandLedger", "block_keys"]
 _DIGEST_SIZE = 16
 _PERSON = b"ta-demand-v1"
 _LITTLE = sys.byteorder == "little"
-# Guards the check-then-append on a shared key list (two threads extending one chain).
-_APPEND_LOCK = threading.Lock()
 
 
 def _root(block_size: int) -> bytes:
@@ -180,41 +177,27 @@ def block_keys(
     tokens: Sequence[int],
     block_size: int,
     *,
-    start: int = 0,
     prev: BlockChain | None = None,
 ) -> BlockChain:
-    """The block chain of a context.
-
-    ``tokens`` holds the context from position ``start`` on (``tokens[0]`` is context token
-    ``start``), so the context has ``start + len(tokens)`` tokens. ``start > 0`` needs ``prev``
-    and ``start <= prev.n_tokens``: e.g. ``block_keys(new_tokens, bs, start=prev.n_tokens,
-    prev=prev)`` passes only what was appended.
+    """The block chain of the context ``tokens``.
 
     With ``prev``, the context is taken to extend the one ``prev`` was built from: its full
     blocks are reused unread, and only ``prev``'s partial tail and the new tokens are hashed:
     O(new tokens + block_size). The part of ``tokens`` that overlaps ``prev``'s partial tail is
     checked (O(block_size)); if it differs, or the context is shorter than ``prev``'s, the chain
-    is rebuilt from scratch when ``start == 0`` and ``ValueError`` is raised otherwise. Tokens
-    before ``prev``'s last full block are trusted, not checked: pass ``prev`` only when the
-    context really extends it (the ledger's diff handles any other change).
+    is rebuilt from scratch. Tokens before ``prev``'s last full block are trusted, not checked:
+    pass ``prev`` only when the context really extends it (the ledger's diff handles any other
+    change).
     """
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
-    if start < 0:
-        raise ValueError(f"start must be >= 0, got {start}")
-    n_tokens = start + len(tokens)
+    n_tokens = len(tokens)
     if prev is not None:
         if prev.block_size != block_size:
             raise ValueError(f"prev has block_size {prev.block_size}, not {block_size}")
-        if start > prev.n_tokens:
-            raise ValueError(f"start={start} leaves a gap after prev ({prev.n_tokens} tokens)")
-        seg = _extension_segment(tokens, start, n_tokens, prev)
+        seg = _extension_segment(tokens, n_tokens, prev)
         if seg is not None:
             return _extend(seg, n_tokens, prev)
-        if start != 0:
-            raise ValueError("tokens do not extend prev; pass the whole context with start=0")
-    elif start != 0:
-        raise ValueError("start > 0 needs prev")
     keys, partial = _hash_blocks(tokens, block_size, _root(block_size))
     n_full = len(keys)
     return BlockChain(
@@ -227,20 +210,15 @@ def block_keys(
     )
 
 
-def _extension_segment(
-    tokens: Sequence[int], start: int, n_tokens: int, prev: BlockChain
-) -> list[int] | None:
+def _extension_segment(tokens: Sequence[int], n_tokens: int,
+                       prev: BlockChain) -> list[int] | None:
     """Context tokens from prev's full-block boundary on, or None if not an extension."""
     if n_tokens < prev.n_tokens:
         return None
     boundary = prev.full_tokens
-    lo = max(start, boundary)
-    if lo < prev.n_tokens:  # tokens overlap prev's partial tail: check it
-        if tuple(tokens[lo - start : prev.n_tokens - start]) != prev.tail[lo - boundary :]:
-            return None
-    head = list(prev.tail[: max(0, start - boundary)])
-    head.extend(tokens[max(0, boundary - start) :])
-    return head
+    if tuple(tokens[boundary : prev.n_tokens]) != prev.tail:  # prev's partial tail: checked
+        return None
+    return list(tokens[boundary:])
 
 
 def _extend(seg: list[int], n_tokens: int, prev: BlockChain) -> BlockChain:
@@ -249,14 +227,13 @@ def _extend(seg: list[int], n_tokens: int, prev: BlockChain) -> BlockChain:
     h = _key_bytes(prev._full[n0 - 1]) if n0 else _root(bs)
     new_keys, partial = _hash_blocks(seg, bs, h)
     shared = prev._full
-    if new_keys:
-        with _APPEND_LOCK:
-            k = len(new_keys)
-            if len(shared) == n0:  # prev is the newest chain on this list: append in place
-                shared.extend(new_keys)
-            elif shared[n0 : n0 + k] != new_keys:  # another continuation went first: branch
-                shared = shared[:n0] + new_keys
-            # else: the same continuation was appended already; share it
+    if new_keys:  # single-threaded: the scheduler loop alone builds chains
+        k = len(new_keys)
+        if len(shared) == n0:  # prev is the newest chain on this list: append in place
+            shared.extend(new_keys)
+        elif shared[n0 : n0 + k] != new_keys:  # another continuation went first: branch
+            shared = shared[:n0] + new_keys
+        # else: the same continuation was appended already; share it
     n_full = n0 + len(new_keys)
     return BlockChain(
         block_size=bs,
