@@ -6,7 +6,7 @@ from thunderagent_sglang.engine.held import Held, HeldCalls
 
 
 def held(program_id, rid, max_new=4):
-    return Held(program_id, rid, 0.0, max_new, lambda track=True: None)
+    return Held(program_id, rid, 0.0, max_new, lambda track=True, chain=None: None)
 
 
 def test_taking_some_calls_keeps_programs_in_first_held_order_and_counts_exact():

@@ -21,6 +21,7 @@ HEADER_CASE = {
     "header:x-dynamo-session-id": "X-Dynamo-Session-ID",
     "header:x-claude-code-session-id": "X-Claude-Code-Session-Id",
     "header:session-id": "Session-Id",
+    "header:session_id": "session_id",
     "header:x-session-id": "X-Session-Id",
 }
 
@@ -49,6 +50,7 @@ def test_default_sources_are_the_documented_order():
         "header:x-dynamo-session-id",
         "header:x-claude-code-session-id",
         "header:session-id",
+        "header:session_id",
         "header:x-session-id",
     )
     assert PARENT_HEADERS == ("x-dynamo-parent-session-id", "x-parent-session-id", "x-claude-code-parent-agent-id")
@@ -85,6 +87,7 @@ def test_all_sources_conflicts_in_order():
         "header:x-dynamo-session-id",
         "header:x-claude-code-session-id",
         "header:session-id",
+        "header:session_id",
         "header:x-session-id",
     )
 

@@ -70,7 +70,7 @@ def test_a_new_program_that_fits_is_admitted_by_the_decision():
     ledger.set_context("new", block_keys(list(range(3, 35)), 16))
     ledger.set_active("new", False)
     assert sched.should_hold("new")  # a program not admitted yet waits for a decision
-    sched.hold("new", "r1", 4, lambda track=True: admitted.append(("r1", track)))
+    sched.hold("new", "r1", 4, lambda track=True, chain=None: admitted.append(("r1", track)))
     sched.check("arrival")
     assert admitted == [("r1", True)] and sched.held.count() == 0
 
@@ -83,7 +83,7 @@ def test_a_failing_decision_releases_held_calls_instead_of_stranding_them(monkey
     admitted = []
     ledger.set_context("new", block_keys(list(range(3, 35)), 16))
     ledger.set_active("new", False)
-    sched.hold("new", "r1", 4, lambda track=True: admitted.append("r1"))
+    sched.hold("new", "r1", 4, lambda track=True, chain=None: admitted.append("r1"))
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
@@ -97,7 +97,7 @@ def test_an_abort_hands_the_held_calls_it_names_to_sglang_untracked():
     sched = _fresh_runtime().scheduler
     admitted = []
     for rid in ("abc-1", "abc-2", "xyz"):
-        sched.hold("p", rid, 4, lambda track=True, rid=rid: admitted.append((rid, track)))
+        sched.hold("p", rid, 4, lambda track=True, chain=None, rid=rid: admitted.append((rid, track)))
     assert sched.release_for_abort("abc", abort_all=False) == 2
     assert admitted == [("abc-1", False), ("abc-2", False)]
     assert sched.held.count("p") == 1

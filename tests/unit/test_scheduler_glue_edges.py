@@ -84,10 +84,10 @@ def test_shutdown_answers_every_held_call_and_any_held_later(runtime):
     sched = runtime.scheduler
     answered = []
     for rid in ("p-1", "p-2", "q-1"):
-        sched.hold(rid[0], rid, 4, lambda track=True: None)
+        sched.hold(rid[0], rid, 4, lambda track=True, chain=None: None)
     assert sched.shut_down(lambda item: answered.append(item.rid)) == 3
     assert answered == ["p-1", "p-2", "q-1"] and sched.held.count() == 0
-    sched.hold("p", "p-3", 4, lambda track=True: None)
+    sched.hold("p", "p-3", 4, lambda track=True, chain=None: None)
     assert answered[-1] == "p-3" and sched.held.count() == 0
     assert sched.stats()["held_shutdown"] == 4
 
@@ -95,7 +95,7 @@ def test_shutdown_answers_every_held_call_and_any_held_later(runtime):
 def test_a_call_answered_at_shutdown_goes_to_sglang_untracked_and_is_aborted_with_503(runtime):
     admitted, aborts = [], []
     runtime.sglang = SimpleNamespace(abort_request=aborts.append)
-    runtime.scheduler.hold("p", "p-1", 4, lambda track=True: admitted.append(track))
+    runtime.scheduler.hold("p", "p-1", 4, lambda track=True, chain=None: admitted.append(track))
     runtime.scheduler.shut_down(runtime.answer_unavailable)
     assert admitted == [False]
     (abort,) = aborts

@@ -1,7 +1,8 @@
 """HTTP-process side of programs: identity on every request, the /programs routes.
 
 An ASGI middleware reads the program id (headers and JSON body, by the
-configured precedence) of every /generate and OpenAI call, answers 400 for an
+configured precedence) of every call to a generating route (``TAGGED_PATHS``:
+/generate, OpenAI, Anthropic Messages, Responses, Ollama), answers 400 for an
 invalid one, and stamps ``X-Program-Id`` on the response. A hook on
 ``TokenizerManager.generate_request`` carries the id to the scheduler inside
 ``sampling_params.custom_params`` (the prefix-cache namespace is untouched).
@@ -10,6 +11,7 @@ invalid one, and stamps ``X-Program-Id`` on the response. A hook on
 from __future__ import annotations
 
 import asyncio
+import os
 
 import orjson
 
@@ -35,7 +37,15 @@ from thunderagent_sglang.program.identity import (
 )
 from thunderagent_sglang.program.table import check_expected_s, check_tool_event
 
-TAGGED_PATHS = frozenset({"/generate", "/v1/chat/completions", "/v1/completions"})
+# Every route of SGLang 0.5.23 that generates (each passes its HTTP request on to
+# TokenizerManager.generate_request, where the id is attached), and count_tokens (the id is
+# read and checked, no program is created). Ollama's routes move with SGLang's variables.
+TAGGED_PATHS = frozenset({
+    "/generate", "/v1/chat/completions", "/v1/completions", "/v1/messages",
+    "/v1/messages/count_tokens", "/v1/responses",
+    os.environ.get("SGLANG_OLLAMA_CHAT_ROUTE", "/api/chat"),
+    os.environ.get("SGLANG_OLLAMA_GENERATE_ROUTE", "/api/generate"),
+})
 STATE_KEY = "thunderagent_identity"
 
 
@@ -356,6 +366,10 @@ def install(cfg: config.ThunderAgentConfig) -> None:
     hooks.install(compat.RWLOCK_ACQUIRE_WRITER, _drain_for_writer, "around")
     hooks.install(compat.RWLOCK_RELEASE_WRITER, _writer_done, "around")
     app.add_middleware(IdentityMiddleware, id_sources=cfg.id_sources)
+    get_logger().info(
+        "ThunderAgent: program ids are read (%s) on POST %s; SGLang's gRPC entry point and its "
+        "routes that do not generate carry none", ",".join(cfg.id_sources),
+        " ".join(sorted(TAGGED_PATHS)))
     app.add_middleware(MetricsMiddleware, fetch_stats=_fetch_stats)
     routes = [
         ("/programs", list_programs, ["GET"]),

@@ -11,6 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+# The headers agents send (read from the shipped clients, December 2026): Claude Code 2.1.197
+# sends X-Claude-Code-Session-Id on every model call (its API client's default headers); Codex
+# 0.171.0 sends session-id (and thread-id) on Responses calls, earlier Codex releases session_id;
+# OpenCode 1.18.33 sends X-Session-Id (and x-parent-session-id for a subagent). The README's
+# "Which client sends which id" table gives the files.
 DEFAULT_ID_SOURCES: tuple[str, ...] = (
     "header:x-program-id",
     "body:program_id",
@@ -18,6 +23,7 @@ DEFAULT_ID_SOURCES: tuple[str, ...] = (
     "header:x-dynamo-session-id",
     "header:x-claude-code-session-id",
     "header:session-id",
+    "header:session_id",
     "header:x-session-id",
 )
 PARENT_HEADERS = ("x-dynamo-parent-session-id", "x-parent-session-id", "x-claude-code-parent-agent-id")
