@@ -5,9 +5,11 @@ the device (its *unique* tokens; a prefix shared with live programs stays where
 it is) can
 
 - **offload**: go to the host tier and be loaded back at resume. Cost: the
-  load-back, ``latency + tokens * bytes_per_token / bandwidth``. HiCache's
-  default write-through policy has already copied it to the host when it was
-  inserted, so the write costs nothing more here; the load-back is the cost.
+  load-back, ``latency + tokens * bytes_per_token / bandwidth``. Under HiCache's
+  write-through policy the KV was copied to the host when it was inserted;
+  under write-back (the benchmarks' setting) the part not yet on the host is
+  written now, off the critical path of the running calls; either way the
+  load-back at resume is the cost that delays the program.
 - **drop**: be freed on both tiers and recomputed at resume. Cost:
   ``tokens / recompute_rate``, the prefill rate measured on this server (it
   includes the attention over the context at the sizes actually served).
