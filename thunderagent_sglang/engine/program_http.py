@@ -258,11 +258,13 @@ def _own_release(cfg: config.ThunderAgentConfig):
         except ValueError as exc:
             return _invalid(exc)
         program_id = body.get("program_id")
-        if (_admin_key() and isinstance(program_id, str)
-                and not names_program(request.headers, program_id, cfg.id_sources)):
+        try:
+            check_program_id(program_id, "body field 'program_id'")
+        except InvalidProgramId as exc:
+            return _invalid(exc)
+        if _admin_key() and not names_program(request.headers, program_id, cfg.id_sources):
             return ORJSONResponse(status_code=403, content={"error": OWN_RELEASE_ONLY})
-        return await _on_program(program_ipc.ReleaseProgram, program_id,
-                                 "body field 'program_id'")
+        return await control(program_ipc.ReleaseProgram(program_id=program_id))
 
     return release_program
 

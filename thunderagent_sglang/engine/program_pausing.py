@@ -157,10 +157,7 @@ class ProgramScheduler:
         except Exception:  # noqa: BLE001 - fail open: never strand a held call
             get_logger().exception("ThunderAgent scheduler: decision failed; releasing held "
                                    "calls of programs that are not paused")
-            for pid in self.held.programs():
-                program = self.runtime.table.live_program(pid)
-                if program is None or program.status is Status.ACTIVE:
-                    self.release_held(pid)
+            self._release_unpaused(new_too=True)
             return
         self.counters["decisions"] += 1
         self.last_footprint = decision.after_tokens
@@ -233,14 +230,10 @@ class ProgramScheduler:
         self.draining += 1
         if self.draining > 1:
             return 0
-        runtime, count = self.runtime, self.held.count()
+        count = self.held.count()
         for pid in self.held.programs():
-            program = runtime.table.live_program(pid)
-            if program is not None and program.status is Status.PAUSED:
-                runtime.resume(program, "a weight update waits for calls in flight",
-                               operator=program.operator_paused)
-            else:
-                self.release_held(pid)
+            self.resume_for_drain(pid)  # a paused program's resume lets its calls go
+            self.release_held(pid)
         if count:
             get_logger().info("ThunderAgent scheduler: a weight update waits for calls in "
                               "flight: %d held call(s) let go, their programs resumed", count)
@@ -261,11 +254,17 @@ class ProgramScheduler:
     def memory_resumed(self) -> None:
         """SGLang's memory is back: held calls of active programs go, then a decision."""
         self.frozen = False
+        self._release_unpaused(new_too=False)
+        self.check("memory resumed")
+
+    def _release_unpaused(self, new_too: bool) -> None:
+        """Let go the held calls of active programs (``new_too``: and of programs not
+        admitted yet), leaving paused programs' calls held."""
         for pid in self.held.programs():
             program = self.runtime.table.live_program(pid)
-            if program is not None and program.status is Status.ACTIVE:
+            if (program is None and new_too) or (
+                    program is not None and program.status is Status.ACTIVE):
                 self.release_held(pid)
-        self.check("memory resumed")
 
     # ---- held calls that must end ----------------------------------------------------------
 
@@ -315,7 +314,8 @@ class ProgramScheduler:
         """Counters, and the scheduler's own measure after its last decision (tokens)."""
         cfg = self.config
         return {**self.counters, "held_now": self.held.count(), "marked_now": len(self.marked),
-                "enabled": self.enabled, "draining": self.draining > 0, "frozen": self.frozen, "footprint_tokens": round(self.last_footprint, 1),
+                "enabled": self.enabled, "draining": self.draining > 0, "frozen": self.frozen,
+                "footprint_tokens": round(self.last_footprint, 1),
                 "capacity_tokens": cfg.capacity_tokens if cfg else None,
                 "high_tokens": cfg.high_tokens if cfg else None,
                 "low_tokens": cfg.low_tokens if cfg else None}
