@@ -12,6 +12,7 @@ from thunderagent_sglang.program.identity import (
     InvalidFinalMarker,
     InvalidProgramId,
     extract_identity,
+    names_program,
     parse_id_sources,
 )
 
@@ -337,3 +338,12 @@ def test_bad_program_priority_is_refused_with_the_rule(raw):
     with pytest.raises(InvalidFinalMarker) as exc:
         extract_identity({"X-Program-Id": "p", "X-Program-Priority": raw}, None)
     assert str(exc.value) == f"X-Program-Priority must be an integer in [-2^31, 2^31), got {raw!r}"
+
+
+def test_names_program_reads_only_header_sources_case_insensitively():
+    assert names_program({"X-Claude-Code-Session-Id": "cc-1"}, "cc-1")
+    assert names_program({"session_id": "cx-1"}, "cx-1")
+    assert not names_program({"X-Program-Id": "other"}, "cc-1")
+    assert not names_program({}, "cc-1")
+    # a body source is never a claim in headers
+    assert not names_program({"program_id": "cc-1"}, "cc-1", ("body:program_id",))

@@ -132,7 +132,7 @@ def names_program(headers: Mapping[Any, Any], program_id: str,
     """Whether a header id source of ``sources`` carries ``program_id`` (a client naming its
     own program, as on its calls). Claimed, not proven: ids are the program's credential."""
     hdrs = _lower_keys(headers)
-    return any(hdrs.get(src.split(":", 1)[1].lower()) == program_id
+    return any(_lookup(src, hdrs, {}) == program_id
                for src in sources if src.startswith("header:"))
 
 
