@@ -68,14 +68,14 @@ def du(path: Path) -> int:
 
 
 class Sidecar:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, base_root: Path):
         root.mkdir(parents=True, exist_ok=True)
         (root / "url").unlink(missing_ok=True)
         self.root = root
         STARTED.append(self)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "thunderagent_sglang.sidecar", "--root", str(root),
-             "--port", "0", "--gc-interval", "0.5"], cwd=REPO,
+             "--port", "0", "--gc-interval", "0.5", "--base-root", str(base_root)], cwd=REPO,
             env={**os.environ, "THUNDERAGENT_SIDECAR_TOKEN": TOKEN},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while not (root / "url").exists():
@@ -121,7 +121,7 @@ class PeakSampler(threading.Thread):
 
 
 def run_lifecycle(mode: str, programs: int, base: Path, work: Path, args) -> dict:
-    sidecar = Sidecar(work / f"root-{mode}-{programs}")
+    sidecar = Sidecar(work / f"root-{mode}-{programs}", base.parent)
     sampler = PeakSampler(sidecar.root)
     sampler.start()
     latencies: list[float] = []
@@ -160,7 +160,7 @@ def run_lifecycle(mode: str, programs: int, base: Path, work: Path, args) -> dic
 
 
 def run_prepare(base: Path, work: Path, args) -> dict:
-    sidecar = Sidecar(work / "root-prepare")
+    sidecar = Sidecar(work / "root-prepare", base.parent)
     setup = (f"mkdir -p deps && head -c {args.setup_mb}M /dev/urandom > deps/lib.bin "
              "&& sync -f deps/lib.bin")
     waits: dict[str, list[float]] = {"without_prepare": [], "with_prepare": []}
@@ -244,7 +244,7 @@ def main() -> None:
     counts = args.sweep or [args.programs]
     work = Path(args.work or tempfile.mkdtemp(prefix="sidecar-bench-"))
     try:
-        base = work / "base"
+        base = work / "bases" / "base"  # --base-root: work/bases (beside, not above, the roots)
         args.base_bytes = make_base(base, args.base_mb)
         print(f"base: {args.base_bytes / 2**20:.0f} MiB in {base}", flush=True)
         comparisons = [compare(n, base, work, args) for n in counts]

@@ -49,6 +49,9 @@ DEFAULT_MAX_PAUSE_S = 300.0
 # a few hundred agents paused at once. Beyond the bound a call is told to come back later.
 DEFAULT_MAX_HELD = 1024
 RETRY_AFTER_S = 5  # ten scheduler ticks: time for a pause or a finish to make room
+# The launcher's sidecar destroys an environment unused this long (paused programs' excluded),
+# so that an event that never arrived cannot keep one forever. Above the idle expiry of programs.
+DEFAULT_SIDECAR_IDLE_TTL_S = 3600.0
 # Our radix-cache backend's name, and SGLang's options that bring a cache of their own (ours
 # is then not chosen): server_args attribute names; their flags are derived.
 CACHE_BACKEND = "thunderagent"
@@ -98,16 +101,21 @@ def _positive_int(text: str) -> int:
 
 def option(default, help: str, *, flag: str | None = None, metavar: str | None = None,
            parse: Callable[[str], Any] | None = None, choices: tuple[str, ...] | None = None,
-           switch: bool = False, on_off: bool = False,
+           switch: bool = False, on_off: bool = False, repeat: bool = False,
            convert: Callable[[Any], Any] | None = None):
     """A setting declared once: its default, and how its ``--thunderagent-*`` flag reads it.
 
     ``flag`` defaults to the field's name without a ``_s`` suffix (``idle_expiry_s`` ->
     ``--thunderagent-idle-expiry``); ``switch``: a flag without a value; ``on_off``: a bool
-    given as ``on``/``off``; ``convert``: applied to the parsed value."""
+    given as ``on``/``off``; ``repeat``: given once per value (a tuple); ``convert``: applied
+    to the parsed value."""
     return dataclasses.field(default=default, metadata={
         "flag": flag, "help": help, "metavar": metavar, "parse": parse, "choices": choices,
-        "switch": switch, "on_off": on_off, "convert": convert})
+        "switch": switch, "on_off": on_off, "repeat": repeat, "convert": convert})
+
+
+def _resolved_dirs(paths) -> tuple[str, ...]:
+    return tuple(_resolved_dir(p) for p in paths)
 
 
 def _resolved_dir(path: str | None) -> str | None:
@@ -198,6 +206,18 @@ class ThunderAgentConfig:
     sidecar_url: str | None = option(
         None, "Send program events to a sidecar already running at URL (its token from "
         "THUNDERAGENT_SIDECAR_TOKEN).", metavar="URL")
+    sidecar_base_root: tuple[str, ...] = option(
+        (), "A directory the started sidecar may take base directories from (its --base-root; "
+        "repeatable). Any other base_dir is refused with 403 (default: the sidecar's "
+        "ROOT/bases only).", metavar="DIR", repeat=True, convert=_resolved_dirs)
+    sidecar_allow_network: bool = option(
+        False, "Let the started sidecar's environments ask for the network (its "
+        "--allow-network; default: off, each command has only its own loopback).", switch=True)
+    sidecar_idle_ttl_s: float = option(
+        DEFAULT_SIDECAR_IDLE_TTL_S, "The started sidecar destroys an environment unused this "
+        "long, paused programs' excepted (its --idle-ttl), so a lost event cannot keep one "
+        f"forever (default: {DEFAULT_SIDECAR_IDLE_TTL_S:g}).", metavar="SECONDS",
+        parse=_positive_float)
 
     def to_env(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -213,8 +233,9 @@ class ThunderAgentConfig:
             raise ConfigError(f"{CONFIG_ENV} is not valid JSON: {exc}") from None
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in values.items() if k in known}
-        if "id_sources" in values:
-            values["id_sources"] = tuple(values["id_sources"])
+        for name in ("id_sources", "sidecar_base_root"):  # JSON gives lists
+            if name in values:
+                values[name] = tuple(values[name])
         return cls(**values)
 
 
@@ -250,6 +271,8 @@ def add_cli_group(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
             group.add_argument(flag_of(field), action="store_true", help=meta["help"])
             continue
         kwargs = {"help": meta["help"], "default": field.default}
+        if meta["repeat"]:
+            kwargs.update(action="append", default=None)  # argparse appends to a list
         if meta["on_off"]:
             kwargs.update(choices=("on", "off"), default="on" if field.default else "off")
         elif meta["choices"]:
@@ -270,9 +293,16 @@ def from_namespace(ns: argparse.Namespace) -> ThunderAgentConfig:
         value = getattr(ns, flag_of(field)[2:].replace("-", "_"))
         if meta["on_off"]:
             value = value == "on"
+        if meta["repeat"] and value is None:
+            value = field.default
         if meta["convert"] is not None and value is not None:
             value = meta["convert"](value)
         values[field.name] = value
+    if (values["sidecar_base_root"] or values["sidecar_allow_network"]) and not values["sidecar"]:
+        raise ConfigError("--thunderagent-sidecar-base-root and --thunderagent-sidecar-allow-network "
+                          "set up the sidecar the server starts: add --thunderagent-sidecar, or "
+                          "give them to the sidecar you run yourself (--base-root, "
+                          "--allow-network)")
     if values["low_watermark"] > values["high_watermark"]:
         raise ConfigError(
             f"--thunderagent-low-watermark {values['low_watermark']:g} is above "

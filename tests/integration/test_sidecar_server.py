@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import threading
 import time
 import uuid
@@ -66,8 +67,14 @@ def find_sidecar(server: Server) -> tuple[SidecarClient, Path]:
 
 
 @pytest.fixture(scope="module")
-def served(request, tmp_path_factory):
-    server = Server("sidecar", ARGS, {}, tmp_path_factory.mktemp("sidecar-server"))
+def bases(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bases")
+
+
+@pytest.fixture(scope="module")
+def served(request, tmp_path_factory, bases):
+    args = [*ARGS, "--thunderagent-sidecar-base-root", str(bases)]
+    server = Server("sidecar", args, {}, tmp_path_factory.mktemp("sidecar-server"))
     root: list[Path] = []
 
     def stop():
@@ -85,8 +92,9 @@ def served(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("base")
+def base(bases) -> Path:
+    path = bases / "base"
+    path.mkdir()
     (path / "README").write_text("base readme\n")
     return path
 
@@ -192,3 +200,85 @@ def test_prepare_reaches_the_sidecar_before_a_paused_programs_call_is_admitted(s
     stamps = [t for t in stamps if t is not None]
     assert stamps, "the sidecar never got prepare or resumed for the program"
     assert paused_at < min(stamps) < admitted_at
+
+
+def _sleepers(*seconds: int) -> list[int]:
+    marks = [f"sleep\x00{n}".encode() for n in seconds]
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if any(open(f"/proc/{pid}/cmdline", "rb").read().startswith(m) for m in marks):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def _sidecar_pid(root: Path) -> int:
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            args = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if b"thunderagent_sglang.sidecar" in args and str(root).encode() in args:
+            return int(pid)
+    raise AssertionError(f"no sidecar process with root {root}")
+
+
+def _metric(server: Server, name: str) -> float:
+    text = requests.get(f"{server.url}/metrics", headers=AUTH, timeout=30).text
+    line = next(line for line in text.splitlines() if line.startswith(name + " "))
+    return float(line.split()[1])
+
+
+def test_a_killed_sidecar_comes_back_and_nothing_is_lost_or_left(served, base):
+    """kill -9 during two running execs (one forks children that ignore SIGTERM): the old
+    sidecar's processes and loop devices are gone, the launcher starts it again on the same
+    URL, a program released meanwhile loses its environment, a paused one keeps its own."""
+    server, sidecar = served
+    root = find_sidecar(server)[1]
+    released, paused = new_id(), new_id()
+    for pid in (released, paused):
+        generate(server, pid)
+    gone, kept = sidecar.create(released, base), sidecar.create(paused, base)
+    sidecar.exec(kept, "echo kept > k")
+    assert requests.post(f"{server.url}/programs/{paused}/pause", headers=AUTH,
+                         timeout=30).json()["status"] == "paused"
+    restarts = _metric(server, "thunderagent_sidecar_restarts_total")
+    stubborn = "trap '' TERM; (trap '' TERM; exec sleep 1032) & sleep 1033"
+    for env_id, cmd in ((gone, "sleep 1031"), (kept, stubborn)):
+        threading.Thread(target=lambda e=env_id, c=cmd: _quietly(sidecar.exec, e, c),
+                         daemon=True).start()
+    wait_until(lambda: len(_sleepers(1031, 1032, 1033)) == 3, "the execs run")
+    old = _sidecar_pid(root)
+    os.kill(old, signal.SIGKILL)
+    killed_at = time.monotonic()
+    reply = requests.post(f"{server.url}/programs/release", headers=AUTH, timeout=30,
+                          json={"program_id": released})  # while the sidecar is down
+    assert reply.status_code == 200, reply.text
+    wait_until(lambda: _sleepers(1031, 1032, 1033) == [] and disk.loop_devices_under(str(root))
+               == [], "the old sidecar's processes and loop devices gone", deadline_s=10)
+    assert disk.mounts_under(str(root)) == []
+    wait_until(lambda: _answers(sidecar), "the sidecar answers again", deadline_s=60)
+    assert _sidecar_pid(root) != old
+    print(f"sidecar back {time.monotonic() - killed_at:.1f} s after kill -9")
+    wait_until(lambda: sidecar.envs_of(released) == [], f"{released}'s environment destroyed")
+    assert sidecar.envs_of(paused) == [kept]
+    assert sidecar.exec(kept, "cat k")["stdout"] == "kept\n"
+    assert _metric(server, "thunderagent_sidecar_restarts_total") == restarts + 1
+    assert _metric(server, "thunderagent_sidecar_up") == 1
+    requests.post(f"{server.url}/programs/{paused}/resume", headers=AUTH, timeout=30)
+
+
+def _quietly(fn, *args):
+    try:
+        fn(*args)
+    except (requests.RequestException, AssertionError):
+        pass  # the sidecar is killed under it
+
+
+def _answers(sidecar: SidecarClient) -> bool:
+    try:
+        return sidecar.session.get(f"{sidecar.url}/stats", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False

@@ -45,6 +45,8 @@ class Sidecar:
         if url_file.exists():
             url_file.unlink()
         self.log = open(root.parent / f"{root.name}.log", "ab")
+        if "--base-root" not in args:  # the tests' bases live beside the roots
+            args = ["--base-root", str(root.parent / "bases"), *args]
         self.proc = subprocess.Popen(
             [*(wrap or []), sys.executable, "-m", "thunderagent_sglang.sidecar",
              "--root", str(root), "--port", "0", *args],
@@ -84,6 +86,10 @@ class Sidecar:
         assert reply.status_code == 200, reply.text
         return reply.json()
 
+    def mounts_under(self, path) -> list[str]:
+        """Mount points at or below ``path`` in the sidecar's own mount namespace."""
+        return disk.mounts_under(str(path), f"/proc/{self.proc.pid}/mountinfo")
+
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
@@ -103,8 +109,8 @@ class Sidecar:
 
 @pytest.fixture
 def base(tmp_path) -> Path:
-    """A small base tree shared read-only by every clone."""
-    root = tmp_path / "base"
+    """A small base tree shared read-only by every clone (under the tests' --base-root)."""
+    root = tmp_path / "bases" / "base"
     (root / "pkg").mkdir(parents=True)
     (root / "README").write_text("base readme\n")
     (root / "pkg" / "mod.py").write_text("X = 1\n")
@@ -130,7 +136,8 @@ def start_sidecar(tmp_path):
     leftovers = []
     for sidecar in started:
         leftovers += disk.unmount_all_under(str(sidecar.root))  # enforce, then report
-    assert leftovers == [], f"mounts left behind: {leftovers}"
+        leftovers += disk.loop_devices_under(str(sidecar.root))
+    assert leftovers == [], f"mounts or loop devices left behind: {leftovers}"
 
 
 @pytest.fixture

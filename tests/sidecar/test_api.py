@@ -42,7 +42,8 @@ def test_malformed_json_and_bad_fields_are_400(sidecar, base):
     unknown_field = sidecar.http.post("/envs", json={"program_id": "p", "base_dir": str(base),
                                                      "colour": "red"})
     assert unknown_field.status_code == 400
-    missing_dir = sidecar.http.post("/envs", json={"program_id": "p", "base_dir": "/nope/x"})
+    missing_dir = sidecar.http.post("/envs", json={"program_id": "p",
+                                                   "base_dir": str(base.parent / "nope")})
     assert missing_dir.status_code == 400 and "not a directory" in missing_dir.json()["detail"]
     assert sidecar.http.get("/stats").json()["envs"] == 0
 
@@ -113,8 +114,10 @@ def test_disk_cap_stops_writes_with_a_clear_error(sidecar, base):
     assert image.stat().st_blocks * 512 <= 17 << 20  # sparse, bounded by the cap
 
 
-def test_ports_are_unique_and_released_on_destroy(sidecar, base):
-    envs = [sidecar.create(base, ports=["web", "db"]) for _ in range(3)]
+def test_ports_are_unique_and_released_on_destroy(start_sidecar, base):
+    sidecar = start_sidecar("--allow-network")
+    envs = [sidecar.create(base, ports=["web", "db"], limits={"network": True})
+            for _ in range(3)]
     ports = [p for e in envs for p in e["ports"].values()]
     assert len(set(ports)) == 6
     out = sidecar.exec(envs[0]["env_id"], "echo $PORT_WEB $PORT_DB")
@@ -138,9 +141,9 @@ def test_pause_unmounts_and_resume_restores(sidecar, base):
     env = sidecar.create(base)["env_id"]
     sidecar.exec(env, "echo kept > k")
     assert sidecar.http.post(f"/envs/{env}/pause").json()["state"] == "paused"
-    merged = str(sidecar.root / "envs" / env / "merged")
-    assert merged not in open("/proc/self/mounts").read()
+    assert sidecar.mounts_under(sidecar.root / "envs" / env) == []
     assert sidecar.http.post(f"/envs/{env}/resume").json()["state"] == "running"
+    assert str(sidecar.root / "envs" / env / "merged") in sidecar.mounts_under(sidecar.root)
     assert sidecar.exec(env, "cat k")["stdout"] == "kept\n"
 
 
@@ -157,10 +160,13 @@ def test_stats_and_metrics_report_bytes_per_env_program_and_total(sidecar, base)
     assert "thunderagent_sidecar_execs_total 1.0" in metrics
 
 
-def test_100_concurrent_creates_and_destroys_leave_consistent_state(sidecar, base):
+def test_100_concurrent_creates_and_destroys_leave_consistent_state(start_sidecar, base):
+    sidecar = start_sidecar("--allow-network")
+
     def cycle(i):
         created = sidecar.http.post("/envs", json={"program_id": f"p{i % 7}",
-                                                   "base_dir": str(base), "ports": ["web"]})
+                                                   "base_dir": str(base), "ports": ["web"],
+                                                   "limits": {"network": True}})
         assert created.status_code == 201, created.text
         env_id = created.json()["env_id"]
         if i % 2:
@@ -175,12 +181,12 @@ def test_100_concurrent_creates_and_destroys_leave_consistent_state(sidecar, bas
     stats = sidecar.http.get("/stats").json()
     assert sorted(stats["ports"]["reserved"].values()) == kept
     assert sorted(os.listdir(sidecar.root / "envs")) == kept
-    mounts = open("/proc/self/mounts").read()
-    assert sum(f"{sidecar.root}/envs/" in line for line in mounts.splitlines()) == 50
+    merged = [p for p in sidecar.mounts_under(sidecar.root / "envs") if p.endswith("/merged")]
+    assert len(merged) == 50  # one workspace each, in the sidecar's own mount namespace
     with ThreadPoolExecutor(32) as pool:
         list(pool.map(lambda e: sidecar.http.delete(f"/envs/{e}"), kept))
     assert os.listdir(sidecar.root / "envs") == []
-    assert f"{sidecar.root}/" not in open("/proc/self/mounts").read()
+    assert sidecar.mounts_under(sidecar.root) == []
 
 
 def test_fifo_directory_and_through_a_file_paths_are_400_without_blocking(sidecar, base):
@@ -228,7 +234,7 @@ def test_failed_resume_leaves_nothing_mounted_and_can_be_retried(sidecar, base):
     env_dir = f"{sidecar.root}/envs/{env}"
 
     def mount_points() -> list[str]:  # one entry per mount, stacked ones included
-        points = [line.split()[1] for line in open("/proc/self/mounts")]
+        points = [line.split()[4] for line in open(f"/proc/{sidecar.proc.pid}/mountinfo")]
         return sorted(p.removeprefix(env_dir) for p in points if p.startswith(env_dir + "/"))
 
     moved = base.with_name("base-moved")
@@ -240,4 +246,4 @@ def test_failed_resume_leaves_nothing_mounted_and_can_be_retried(sidecar, base):
     moved.rename(base)
     assert sidecar.http.post(f"/envs/{env}/resume").json()["state"] == "running"
     assert sidecar.exec(env, "cat k")["stdout"] == "kept\n"
-    assert mount_points() == ["/merged", "/store"]
+    assert mount_points() == ["/lower/0", "/merged", "/store", "/view"]

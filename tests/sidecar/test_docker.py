@@ -52,7 +52,7 @@ def _busybox_image(client) -> str | None:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add(busybox, arcname="bin/busybox")
-        for tool in ("sh", "sleep", "cat", "echo", "mkdir", "ls", "kill", "true"):
+        for tool in ("sh", "sleep", "cat", "echo", "mkdir", "ls", "kill", "true", "id", "stat"):
             link = tarfile.TarInfo(f"bin/{tool}")
             link.type, link.linkname = tarfile.SYMTYPE, "busybox"
             tar.addfile(link)
@@ -114,3 +114,23 @@ def test_docker_sweep_removes_labelled_orphans(docker_backend):
     docker_backend.materialize(_env("env-orphan"))
     removed = docker_backend.sweep()
     assert f"container {NAME_PREFIX}env-orphan" in removed
+
+
+def test_docker_containers_get_the_sandbox_defaults(docker_backend):
+    env = _env("env-hard1")
+    docker_backend.materialize(env)
+    try:
+        host = docker_backend.client.api.inspect_container(NAME_PREFIX + "env-hard1")
+        config = host["HostConfig"]
+        assert (config["Privileged"], config["CapDrop"], config["NetworkMode"]) == (
+            False, ["ALL"], "none")
+        assert "no-new-privileges" in config["SecurityOpt"] and not config.get("Binds")
+        assert host["Mounts"] == [] and host["Config"]["User"] == "61000:61000"
+        docker_backend.write_file(env, "f.txt", b"hi")
+        out = docker_backend.exec(env, "id -u; stat -c %u . f.txt; echo x >> f.txt; "
+                                  "cat /proc/self/status", ".", {}, 10, 1 << 16)
+        lines = out.stdout.splitlines()
+        assert lines[:3] == ["61000", "61000", "61000"] and out.exit_code == 0, out
+        assert "CapEff:\t0000000000000000" in lines and "NoNewPrivs:\t1" in lines
+    finally:
+        docker_backend.destroy(env)

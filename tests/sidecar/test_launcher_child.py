@@ -28,7 +28,8 @@ time.sleep(600)
 
 
 def test_started_sidecar_answers_only_its_token_and_stops_cleanly(tmp_path, base):
-    sidecar = sidecar_process.start(tmp_path, ["--port", "31998", "--api-key", "k"], NO_TOKEN)
+    sidecar = sidecar_process.start(tmp_path, ["--port", "31998", "--api-key", "k"], NO_TOKEN,
+                                    sidecar_process.sidecar_options((str(base.parent),)))
     try:
         root = tmp_path / "sidecar" / "31998"
         assert sidecar.url.startswith("http://127.0.0.1:")
@@ -40,11 +41,13 @@ def test_started_sidecar_answers_only_its_token_and_stops_cleanly(tmp_path, base
         created = httpx.post(f"{sidecar.url}/envs", headers=auth, timeout=30,
                              json={"program_id": "p", "base_dir": str(base)})
         assert created.status_code == 201, created.text
-        assert disk.mounts_under(str(root)) != []
+        assert disk.mounts_under(str(root), f"/proc/{sidecar.proc.pid}/mountinfo") != []
+        assert disk.mounts_under(str(root)) == []  # in the sidecar's own mount namespace only
     finally:
         sidecar.stop()
     assert sidecar.proc.returncode == -signal.SIGTERM  # uvicorn re-raises it after shutdown
-    assert disk.mounts_under(str(root)) == []  # its environments went with it
+    assert disk.loop_devices_under(str(root)) == []  # its environments went with it
+    assert os.listdir(root / "envs") == []
 
 
 def test_sidecar_stops_when_its_launcher_is_killed_9(tmp_path):

@@ -10,13 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 
+from thunderagent_sglang.sidecar import disk, jail
 from tests.sidecar.conftest import needs_local
 
 pytestmark = needs_local
-
-
-def _mounts_under(root) -> list[str]:
-    return [line for line in open("/proc/self/mounts").read().splitlines() if f" {root}/" in line]
 
 
 def _wait(predicate, limit=10.0):
@@ -142,31 +139,56 @@ def test_unreachable_server_never_fails_an_exec(start_sidecar, base):
     assert sc.exec(env, "echo ok")["stdout"] == "ok\n"
 
 
-def test_kill_9_then_restart_sweeps_every_orphan(start_sidecar, base):
-    sc = start_sidecar()
-    envs = [sc.create(base, limits={"disk": "16M"} if i == 0 else None)["env_id"]
-            for i in range(3)]
-    sc.http.post(f"/envs/{envs[1]}/snapshot")
-    def long_exec():
+def _sleepers(*seconds: int) -> list[int]:
+    """Pids of ``sleep N`` processes for these N (our tests' markers)."""
+    marks = [f"sleep\x00{n}".encode() for n in seconds]
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            sc.http.post(f"/envs/{envs[2]}/exec", json={"cmd": "sleep 1004", "timeout": 300})
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+        except OSError:
+            continue
+        if any(cmdline.startswith(m) for m in marks):
+            found.append(int(pid))
+    return found
+
+
+def test_kill_9_leaves_nothing_running_or_mounted_and_the_restart_restores(start_sidecar, base):
+    sc = start_sidecar()
+    envs = [sc.create(base, program_id=f"p{i}", limits={"disk": "16M"} if i == 0 else None)
+            ["env_id"] for i in range(3)]
+    sc.exec(envs[0], "echo kept > k")
+    snap = sc.http.post(f"/envs/{envs[1]}/snapshot").json()["snapshot"]
+    stubborn = ("trap '' TERM; for i in 1 2 3; do (trap '' TERM; exec sleep 1005) & done; "
+                "sleep 1006")
+
+    def long_exec(env_id, cmd):
+        try:
+            sc.http.post(f"/envs/{env_id}/exec", json={"cmd": cmd, "timeout": 300})
         except httpx.TransportError:
             pass  # the sidecar is killed under it
 
-    runner = threading.Thread(target=long_exec, daemon=True)
-    runner.start()
-    time.sleep(0.5)
-    assert len(_mounts_under(sc.root)) == 4  # loop image + 3 overlays
+    for env_id, cmd in ((envs[2], "sleep 1004"), (envs[0], stubborn)):
+        threading.Thread(target=long_exec, args=(env_id, cmd), daemon=True).start()
+    _wait(lambda: len(_sleepers(1004, 1005, 1006)) == 5)
+    assert len([p for p in sc.mounts_under(sc.root) if p.endswith("/merged")]) == 3
+    assert len(disk.loop_devices_under(str(sc.root))) == 1
     sc.kill9()
-    assert len(_mounts_under(sc.root)) == 4  # the crash leaked them ...
-    again = start_sidecar()  # ... and the restart sweeps them
-    assert _mounts_under(sc.root) == []
-    assert os.listdir(sc.root / "envs") == [] and os.listdir(sc.root / "layers") == []
-    assert not any(b"sleep\x001004" in open(f"/proc/{p}/cmdline", "rb").read()
+    # No sweep needed: the sandboxes die with the sidecar, its mounts with its namespace.
+    _wait(lambda: _sleepers(1004, 1005, 1006) == [] and disk.loop_devices_under(str(sc.root))
+          == [], limit=10)
+    assert not any(f"{jail.MARK}:{sc.root}:".encode() in open(f"/proc/{p}/cmdline", "rb").read()
                    for p in filter(str.isdigit, os.listdir("/proc"))
                    if os.path.exists(f"/proc/{p}/cmdline"))
-    assert "swept" in again.read_log()
-    assert again.http.get("/envs").json() == {"envs": []}
+    assert disk.mounts_under(str(sc.root)) == []
+    again = start_sidecar()  # the same root: its environments come back, paused
+    listed = {e["env_id"]: e for e in again.http.get("/envs").json()["envs"]}
+    assert sorted(listed) == sorted(envs)
+    assert {e["state"] for e in listed.values()} == {"paused"}
+    assert again.exec(envs[0], "cat k")["stdout"] == "kept\n"  # the disk image kept its data
+    clone = again.create(base, program_id="p9", snapshot=snap)["env_id"]
+    assert again.exec(clone, "ls")["exit_code"] == 0
+    assert "restored 3 environments" in again.read_log()
 
 
 def test_destroy_during_a_setup_command_kills_it_at_once(sidecar, base):

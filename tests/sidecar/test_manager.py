@@ -39,7 +39,7 @@ class RecordingBackend(Backend):
         self.calls.append(("write_file", env.state))
     def disk_bytes(self, env): return 0
     def layer_bytes(self, name): return 0
-    def sweep(self, keep_layers=frozenset()): return []
+    def sweep(self, keep_layers=frozenset(), keep_envs=frozenset()): return []
 
     def materialize(self, env: EnvRecord) -> None:
         self.live.add(env.env_id)

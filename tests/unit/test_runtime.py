@@ -26,9 +26,9 @@ class Clock:
 def make_runtime(capacity=4096, **cfg):
     clock = Clock()
     events = []
+    recorder = SimpleNamespace(submit=lambda pid, event: events.append((pid, event)) or True)
     runtime = runtime_module.ProgramRuntime(
-        config.ThunderAgentConfig(**cfg), clock=clock,
-        notify=lambda pid, event: events.append((pid, event)))
+        config.ThunderAgentConfig(**cfg), clock=clock, events_out=recorder)
     runtime.scheduler.set_capacity(capacity)
     return runtime, clock, events
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -33,10 +34,30 @@ def test_sidecar_root_is_per_server_port_under_the_cache_dir():
     assert sidecar_root(Path("/c"), []) == Path("/c/sidecar/30000")
 
 
-def test_sidecar_command_binds_loopback_on_a_port_it_picks():
+def test_sidecar_command_binds_loopback_on_a_port_it_picks_and_sweeps_its_siblings():
     assert sidecar_command(Path("/c/sidecar/31000"), "http://127.0.0.1:31000", python="py") == [
         "py", "-m", "thunderagent_sglang.sidecar", "--host", "127.0.0.1", "--port", "0",
-        "--root", "/c/sidecar/31000", "--server-url", "http://127.0.0.1:31000"]
+        "--root", "/c/sidecar/31000", "--sweep-dir", "/c/sidecar",
+        "--server-url", "http://127.0.0.1:31000"]
+
+
+def test_a_restarted_sidecar_gets_its_old_port_and_the_launchers_options():
+    options = sidecar_process.sidecar_options(("/b1", "/b2"), True, 3600.0)
+    assert options == ["--base-root", "/b1", "--base-root", "/b2", "--allow-network",
+                       "--idle-ttl", "3600"]
+    command = sidecar_command(Path("/c/sidecar/1"), "http://h:1", options, 4242, python="py")
+    assert command[command.index("--port") + 1] == "4242" and command[-len(options):] == options
+    assert sidecar_process.sidecar_options() == []
+
+
+def test_the_sidecars_metrics_say_how_often_it_was_restarted():
+    sidecar = sidecar_process.SidecarProcess(
+        proc=SimpleNamespace(poll=lambda: None), url="http://127.0.0.1:1", token="t",
+        token_file=None, log_path=Path("/l"), restarts=2, failed_starts=1)
+    text = sidecar.metrics_text().decode()
+    assert "thunderagent_sidecar_restarts_total 2\n" in text
+    assert "thunderagent_sidecar_failed_starts_total 1\n" in text
+    assert "thunderagent_sidecar_up 1\n" in text
 
 
 def test_sidecar_env_carries_the_token_and_the_servers_api_key():

@@ -93,7 +93,9 @@ def _stats(runtime, msg) -> dict:
     return {"counters": table.counters, "live": table.live_count_by(),
             "demand_tokens": runtime.ledger.demand_tokens(),
             "resident_tokens": runtime.residency.active_footprint(),
-            "kv": runtime.offload.stats(), "scheduler": runtime.scheduler.stats()}
+            "kv": runtime.offload.stats(), "scheduler": runtime.scheduler.stats(),
+            "sidecar_events": (runtime.events_out.stats() if runtime.events_out is not None
+                               else None)}
 
 
 def _shut_down(runtime, msg) -> dict:

@@ -119,7 +119,9 @@ def _sidecar(cfg: config.ThunderAgentConfig, sglang_argv: list[str], program_fea
     from thunderagent_sglang import demo_model
 
     cache = Path(cfg.cache_dir) if cfg.cache_dir else demo_model.default_cache_dir()
-    sidecar = sidecar_process.start(cache, sglang_argv)
+    options = sidecar_process.sidecar_options(cfg.sidecar_base_root, cfg.sidecar_allow_network,
+                                              cfg.sidecar_idle_ttl_s)
+    sidecar = sidecar_process.start(cache, sglang_argv, options=options)
     os.environ[sidecar_process.TOKEN_ENV] = sidecar.token  # for the server processes
     log.info("%s", sidecar.describe())
     return dataclasses.replace(cfg, sidecar_url=sidecar.url), sidecar
@@ -142,6 +144,10 @@ def _run_sglang(sglang_argv: list[str], sidecar=None) -> int:
     from sglang.srt.utils import kill_process_tree
 
     load_plugins()
+    if sidecar is not None and not config.program_features_disabled():
+        from thunderagent_sglang.engine import program_http
+
+        program_http.add_metrics_source(sidecar.metrics_text)
     server_args = prepare_server_args(sglang_argv)
     try:
         run_server(server_args)

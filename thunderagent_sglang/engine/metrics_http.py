@@ -37,6 +37,25 @@ class MetricsMiddleware:
         await _replay(send, status, headers, body)
 
 
+class AppendMetrics:
+    """Appends ``text()`` (Prometheus text of this process, e.g. the launcher's sidecar
+    restarts) to a successful ``GET /metrics``; sits outside ``MetricsMiddleware``."""
+
+    def __init__(self, app, text):
+        self.app = app
+        self.text = text  # () -> bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] not in PATHS:
+            return await self.app(scope, receive, send)
+        status, headers, body = await _capture(self.app, scope, receive)
+        if status == 200:
+            body = body + (b"\n" if body and not body.endswith(b"\n") else b"") + self.text()
+            headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode()))
+        await _replay(send, status, headers, body)
+
+
 async def _replay(send, status, headers, body) -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -66,7 +66,7 @@ def _install_program_features(role: str, cfg: config.ThunderAgentConfig):
         from thunderagent_sglang.engine import program_cache, sidecar_events
         from thunderagent_sglang.engine.runtime import ProgramRuntime
 
-        runtime = ProgramRuntime(cfg, notify=sidecar_events.install(cfg))
+        runtime = ProgramRuntime(cfg, events_out=sidecar_events.make_sender(cfg))
         runtime.install()
         program_cache.install(runtime)
         return runtime

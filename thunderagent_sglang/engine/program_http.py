@@ -25,7 +25,7 @@ from sglang.utils import TypeBasedDispatcher
 from thunderagent_sglang import compat, config
 from thunderagent_sglang.engine import hooks, program_ipc
 from thunderagent_sglang.engine.logs import get_logger
-from thunderagent_sglang.engine.metrics_http import MetricsMiddleware
+from thunderagent_sglang.engine.metrics_http import AppendMetrics, MetricsMiddleware
 from thunderagent_sglang.program.identity import (
     FINAL_BODY_FIELD,
     Identity,
@@ -358,6 +358,11 @@ async def _writer_done(original, lock):
     if _is_model_update_lock(lock):
         await _drain(False)
     return result
+
+
+def add_metrics_source(text) -> None:
+    """Appends ``text()`` (Prometheus text) to ``GET /metrics``: the launcher's own series."""
+    app.add_middleware(AppendMetrics, text=text)
 
 
 def install(cfg: config.ThunderAgentConfig) -> None:

@@ -68,8 +68,7 @@ def take_identity(sampling_params) -> Arrival | None:
 
 class ProgramRuntime(SchedulerHooks):
     def __init__(self, cfg: config.ThunderAgentConfig, *,
-                 notify: Callable[[str, str], object] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 events_out=None, clock: Callable[[], float] = time.monotonic):
         self.cfg = cfg
         self.clock = clock
         self.table = ProgramTable(idle_expiry_s=cfg.idle_expiry_s,
@@ -80,7 +79,8 @@ class ProgramRuntime(SchedulerHooks):
         self.calls: dict[str, Call] = {}  # rid -> call in the engine
         self._headroom: dict[str | None, int] = {}  # program id (None: untagged) -> tokens
         self._finish_chain: dict[str, BlockChain] = {}  # program id -> its last finish's chain
-        self.notify = notify or (lambda program_id, event: None)
+        self.events_out = events_out  # the EventSender to the sidecar, or None
+        self.notify = events_out.submit if events_out is not None else (lambda pid, event: None)
         self.page_size = 1
         self.tree = None  # our tree core, once SGLang builds the cache
         self.evict_first: str | None = None  # a program whose own nodes rank first (offload)

@@ -63,6 +63,16 @@ class _StatsCollector:
             yield GaugeMetricFamily("thunderagent_held_calls",
                                     "Calls held now (their programs paused or not admitted).",
                                     value=scheduler.get("held_now", 0))
+        sent = self.stats.get("sidecar_events")
+        if sent is not None:
+            yield labelled(CounterMetricFamily, "thunderagent_sidecar_events",
+                            "Program events to the sidecar: acknowledged, refused for good, "
+                            "dropped as the queue was full; and retries of undelivered ones.",
+                            "outcome", {k: sent[k] for k in ("acknowledged", "refused",
+                                                              "dropped", "retries")})
+            yield GaugeMetricFamily("thunderagent_sidecar_events_queued",
+                                    "Program events waiting for the sidecar's acknowledgement.",
+                                    value=sent["queued"])
         for name, key, help_text in (
                 ("pauses", "pauses", "Program pauses."),
                 ("resumes", "resumes", "Program resumes."),

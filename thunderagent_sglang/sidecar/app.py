@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from thunderagent_sglang.program import events
-from thunderagent_sglang.sidecar import auth, stats
+from thunderagent_sglang.sidecar import auth, reconcile, stats
 from thunderagent_sglang.sidecar.errors import SidecarError
 from thunderagent_sglang.sidecar.manager import EnvManager
 from thunderagent_sglang.sidecar.models import CreateBody, EventBody, ExecBody, to_spec
@@ -54,8 +54,12 @@ def create_app(manager: EnvManager, token: str, reporter: ToolReporter) -> FastA
     async def lifespan(_app):
         reporter.start()
         task = asyncio.create_task(gc_loop())
+        if settings.server_url:
+            in_background(reconcile.reconcile_loop(manager, settings.server_url, blocking))
         yield
         task.cancel()
+        for pending in list(background):
+            pending.cancel()
         await blocking(manager.shutdown)
         await reporter.stop()
         for executor in (exec_pool, pool):
@@ -75,7 +79,7 @@ def create_app(manager: EnvManager, token: str, reporter: ToolReporter) -> FastA
 
     @app.post("/envs", status_code=201)
     async def create_env(body: CreateBody):
-        spec = to_spec(body, settings.backend, settings.default_disk_cap)
+        spec = to_spec(body, settings)
         return (await blocking(manager.create, spec)).to_json()
 
     @app.get("/envs")

@@ -16,10 +16,10 @@ def make(name: str, settings: SidecarSettings) -> Backend:
     """A probed backend; raises BackendUnavailable saying what is missing."""
     if name == "local":
         from thunderagent_sglang.sidecar.local_backend import LocalBackend
-        backend: Backend = LocalBackend(settings.root)
+        backend: Backend = LocalBackend(settings.root, settings.sandbox_uid)
     elif name == "docker":
         from thunderagent_sglang.sidecar.docker_backend import DockerBackend
-        backend = DockerBackend(settings.root)
+        backend = DockerBackend(settings.root, settings.sandbox_uid)
     else:
         raise BackendUnavailable(f"unknown backend {name!r}: use one of {', '.join(NAMES)}")
     backend.probe()

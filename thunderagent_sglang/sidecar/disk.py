@@ -54,11 +54,12 @@ def is_mounted(target: str) -> bool:
     return os.path.realpath(target) in mounts_under(os.path.realpath(target))
 
 
-def mounts_under(root: str) -> list[str]:
-    """Mount points at or below ``root``, deepest first (from /proc/self/mountinfo)."""
+def mounts_under(root: str, mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+    """Mount points at or below ``root``, deepest first (from ``mountinfo``: this process's
+    mount namespace unless another process's file is given)."""
     root = root.rstrip("/") or "/"
     found = []
-    with open("/proc/self/mountinfo") as f:
+    with open(mountinfo) as f:
         for line in f:
             point = unescape(line.split()[4])
             if point == root or point.startswith(root + "/"):
@@ -71,6 +72,21 @@ def unmount_all_under(root: str) -> list[str]:
     for point in points:
         umount(point)
     return points
+
+
+def loop_devices_under(root: str) -> list[str]:
+    """Loop devices whose backing file lies under ``root`` (from /sys/block)."""
+    found = []
+    prefix = os.path.realpath(root).rstrip("/") + "/"
+    for name in sorted(os.listdir("/sys/block")):
+        try:
+            with open(f"/sys/block/{name}/loop/backing_file") as f:
+                backing = f.read().strip()
+        except OSError:
+            continue
+        if backing.startswith(prefix):
+            found.append(f"/dev/{name}")
+    return found
 
 
 def used_bytes(path: str) -> int:

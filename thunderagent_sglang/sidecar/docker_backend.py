@@ -4,6 +4,11 @@ Works with dockerd or podman's docker-compatible socket (``DOCKER_HOST``). Conta
 ``ta-sidecar-ENV`` and labelled with the sidecar root, program and environment, so the orphan
 sweep finds them after a crash. A snapshot is ``docker commit`` to ``ta-sidecar-snap:NAME``.
 Timeouts kill the exec's process tree through its host pid (a local engine).
+
+Defaults as the local backend's: never privileged, no host directory mounted (so never the
+sidecar's token), every capability dropped and ``no-new-privileges``, commands as the sandbox
+uid (owner of ``/workspace``), network ``none`` unless the environment has it. Root, where the
+operator allows it, gets the local backend's small capability set.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import time
 
 from thunderagent_sglang.sidecar.envs import Backend, EnvRecord, ExecResult
 from thunderagent_sglang.sidecar.errors import BackendUnavailable, BadRequest, NotFound
+from thunderagent_sglang.sidecar.jail import ROOT_CAPS
 from thunderagent_sglang.sidecar.paths import relative_parts
+from thunderagent_sglang.sidecar.settings import DEFAULT_SANDBOX_UID
 
 NAME_PREFIX = "ta-sidecar-"
 SNAP_REPO = "ta-sidecar-snap"
@@ -30,8 +37,9 @@ _HOLD = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait; do
 class DockerBackend(Backend):
     name = "docker"
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, sandbox_uid: int = DEFAULT_SANDBOX_UID):
         self.root = root
+        self.sandbox_uid = sandbox_uid
         self.client = None
 
     def probe(self) -> None:
@@ -48,7 +56,8 @@ class DockerBackend(Backend):
                 f"no container engine answers ({exc}): start dockerd, or podman system service "
                 "and set DOCKER_HOST to its socket") from None
 
-    def sweep(self, keep_layers: frozenset[str] = frozenset()) -> list[str]:
+    def sweep(self, keep_layers: frozenset[str] = frozenset(),
+              keep_envs: frozenset[str] = frozenset()) -> list[str]:
         removed = []
         for c in self.client.containers.list(all=True, filters={"label": f"{LABEL_ROOT}={self.root}"}):
             if c.name.startswith(NAME_PREFIX):
@@ -72,7 +81,11 @@ class DockerBackend(Backend):
             labels={LABEL_ROOT: self.root, LABEL_PROGRAM: spec.program_id, LABEL_ENV: env.env_id},
             mem_limit=spec.memory, pids_limit=spec.pids,
             nano_cpus=int(spec.cpus * 1e9) if spec.cpus else None,
+            privileged=False, security_opt=["no-new-privileges"], cap_drop=["ALL"],
+            user="0:0" if spec.root else f"{self.sandbox_uid}:{self.sandbox_uid}",
         )
+        if spec.root:
+            kwargs["cap_add"] = [c.upper() for c in ROOT_CAPS]
         if not spec.network:
             kwargs["network_mode"] = "none"
         if env.ports and spec.network:
@@ -80,7 +93,11 @@ class DockerBackend(Backend):
         if spec.disk:
             kwargs["storage_opt"] = {"size": str(spec.disk)}
         try:
-            env.handle = self.client.containers.run(image, **kwargs).id
+            container = self.client.containers.create(image, **kwargs)
+            env.handle = container.id
+            if not env.layers:  # a snapshot has its workspace already
+                container.put_archive("/", _workspace_tar(0 if spec.root else self.sandbox_uid))
+            container.start()
         except Exception as exc:
             self.destroy(env)
             raise BadRequest(f"the engine refused the container ({_short(exc)}); without disk "
@@ -142,6 +159,7 @@ class DockerBackend(Backend):
         with tarfile.open(fileobj=buf, mode="w") as tar:
             info = tarfile.TarInfo(parts[-1])
             info.size, info.mtime = len(data), int(time.time())
+            info.uid = info.gid = 0 if env.spec.root else self.sandbox_uid  # the sandbox's file
             tar.addfile(info, io.BytesIO(data))
         if not container.put_archive(parent, buf.getvalue()):
             raise BadRequest(f"the engine refused to write {path!r}")
@@ -190,6 +208,17 @@ def _kill_tree(pid: int) -> None:
             os.kill(p, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def _workspace_tar(uid: int) -> bytes:
+    """A tar of the ``workspace`` directory owned by ``uid`` (put before the container starts)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(WORKDIR.strip("/"))
+        info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, 0o755, uid, uid
+        info.mtime = int(time.time())
+        tar.addfile(info)
+    return buf.getvalue()
 
 
 def _text(data: bytes, limit: int) -> str:

@@ -23,7 +23,8 @@ class EnvSpec:
     memory: int | None = None  # bytes (local: cgroup memory controller; docker: mem_limit)
     pids: int | None = None  # processes and threads at once
     cpus: float | None = None  # CPUs' worth of time per period, e.g. 0.5
-    network: bool = True
+    network: bool = False  # only where the operator allows it (--allow-network)
+    root: bool = False  # uid 0 in the sandbox, only where the operator allows it (--allow-root)
     ports: tuple[str, ...] = ()
     setup: str | None = None  # a command run once when the environment is materialized
     lazy: bool = False  # materialize on "prepare" or first use, not now
@@ -60,6 +61,7 @@ class EnvRecord:
             "snapshot": s.snapshot, "ports": dict(self.ports),
             "limits": {"disk": s.disk, "memory": s.memory, "pids": s.pids, "cpus": s.cpus,
                        "network": s.network},
+            "root": s.root,
             "created_at": self.created_wall, "busy": self.busy > 0,
             "disk_bytes": self.disk_bytes, "prepared_at": self.prepared_wall,
         }
@@ -89,6 +91,7 @@ class Backend(abc.ABC):
     """
 
     name = "?"
+    persistent = False  # whether environments outlive the sidecar (restored after a restart)
 
     @abc.abstractmethod
     def probe(self) -> None:
@@ -137,9 +140,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def layer_bytes(self, name: str) -> int: ...
 
+    def materialized(self, env: EnvRecord) -> bool:
+        """Whether a restored environment has a workspace on disk (else it is made again)."""
+        return False
+
     @abc.abstractmethod
-    def sweep(self, keep_layers: frozenset[str] = frozenset()) -> list[str]:
-        """Removes orphans of an earlier run; returns what it removed, for the log."""
+    def sweep(self, keep_layers: frozenset[str] = frozenset(),
+              keep_envs: frozenset[str] = frozenset()) -> list[str]:
+        """Removes orphans of an earlier run (``keep_envs``: restored environments' files stay,
+        their processes and mounts do not); returns what it removed, for the log."""
 
 
 BackendFactory = Callable[[Any], Backend]

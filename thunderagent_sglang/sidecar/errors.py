@@ -17,6 +17,12 @@ class Unauthorized(SidecarError):
     status = 401
 
 
+class Forbidden(SidecarError):
+    """The operator did not allow this (a base outside --base-root, network, root)."""
+
+    status = 403
+
+
 class NotFound(SidecarError):
     status = 404
 

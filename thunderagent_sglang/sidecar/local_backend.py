@@ -1,8 +1,11 @@
 """The ``local`` backend: an overlayfs workspace per environment, commands in new namespaces.
 
-Layout under ROOT: ``envs/ID/{disk.img, store/{upper,work}, merged}``, ``layers/NAME`` (frozen
-upper dirs of snapshots) and ``jail`` (the empty mount point each command's namespace mounts
-its root on). The base directory or root filesystem is shared read-only by every clone.
+Layout under ROOT: ``envs/ID/{disk.img, store/{upper,work}, view, lower/N, merged}``,
+``layers/NAME`` (frozen upper dirs of snapshots), ``etc`` (the jails' generated /etc) and
+``jail`` (the empty mount point each command's namespace mounts its root on). The base
+directory or root filesystem is shared read-only by every clone. Every layer enters the overlay
+through an idmapped clone (``view``, ``lower/N``; see ``idmap``), so the sandbox user owns in
+the workspace what root owns on disk.
 """
 
 from __future__ import annotations
@@ -14,23 +17,30 @@ import shutil
 import stat
 import time
 
-from thunderagent_sglang.sidecar import cgroups, disk, jail, procs
+from thunderagent_sglang.sidecar import cgroups, disk, idmap, jail, procs, sandbox_etc
 from thunderagent_sglang.sidecar.envs import Backend, EnvRecord, EnvSpec, ExecResult
-from thunderagent_sglang.sidecar.errors import BackendUnavailable, BadRequest, DiskFull, NotFound
+from thunderagent_sglang.sidecar.errors import (BackendUnavailable, BadRequest, DiskFull,
+                                                NotFound, Unenforceable)
 from thunderagent_sglang.sidecar.paths import inside, relative_parts
+from thunderagent_sglang.sidecar.settings import DEFAULT_SANDBOX_UID
 
 BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOME": "/root", "LANG": "C.UTF-8"}
+            "HOME": "/tmp", "LANG": "C.UTF-8"}
+TOOLS = ("unshare", "setpriv", "mount", "umount", "mkfs.ext4", "ip")
 
 
 class LocalBackend(Backend):
     name = "local"
+    persistent = True
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, sandbox_uid: int = DEFAULT_SANDBOX_UID):
         self.root = root
+        self.sandbox_uid = sandbox_uid
         self.envs_dir = os.path.join(root, "envs")
         self.layers_dir = os.path.join(root, "layers")
         self.jail_root = os.path.join(root, "jail")
+        self.etc_dir = os.path.join(root, "etc")
+        self.userns_fd = -1  # the idmapping's user namespace, made by probe
         self.cgroups = cgroups.Cgroups(_tag(root), {}, dict.fromkeys(
             cgroups.CONTROLLERS, "the backend was not probed"))
 
@@ -39,7 +49,7 @@ class LocalBackend(Backend):
         missing = []
         if os.geteuid() != 0:
             missing.append("root (mounts and namespaces)")
-        for tool in ("unshare", "mount", "umount", "chroot", "mkfs.ext4"):
+        for tool in TOOLS:
             if shutil.which(tool) is None:
                 missing.append(f"the {tool} command")
         with open("/proc/filesystems") as f:
@@ -48,19 +58,29 @@ class LocalBackend(Backend):
         if missing:
             raise BackendUnavailable(
                 "the local backend needs " + ", ".join(missing)
-                + "; install util-linux and e2fsprogs and run as root, or use --backend docker")
+                + "; install util-linux, e2fsprogs and iproute2 and run as root, or use "
+                "--backend docker")
         for d in (self.envs_dir, self.layers_dir, self.jail_root):
             os.makedirs(d, exist_ok=True)
+        if self.userns_fd < 0:
+            self.userns_fd = idmap.make_userns(self.sandbox_uid)
+        sandbox_etc.generate(self.etc_dir, self.sandbox_uid)
         self.cgroups = cgroups.detect(_tag(self.root))
 
     def check_limits(self, spec: EnvSpec) -> None:
         self.cgroups.check(limits_of(spec))
+        if spec.root and spec.image and not spec.base_dir and not _has_setpriv(spec.image):
+            raise Unenforceable(f"root in the root filesystem {spec.image!r} needs setpriv "
+                                "(util-linux) in it to drop the dangerous capabilities: install "
+                                "it there, or run without root")
 
-    def sweep(self, keep_layers: frozenset[str] = frozenset()) -> list[str]:
+    def sweep(self, keep_layers: frozenset[str] = frozenset(),
+              keep_envs: frozenset[str] = frozenset()) -> list[str]:
         removed = [f"process {pid}" for pid in procs.kill_marked(f"{jail.MARK}:{self.root}:")]
-        removed += self.cgroups.sweep()
+        groups = self.cgroups if self.cgroups.found else cgroups.detect(_tag(self.root))
+        removed += groups.sweep()
         removed += [f"mount {p}" for p in disk.unmount_all_under(self.root)]
-        removed += _remove_children(self.envs_dir)
+        removed += _remove_children(self.envs_dir, keep=keep_envs)
         removed += _remove_children(self.layers_dir, keep=keep_layers)
         return removed
 
@@ -68,7 +88,7 @@ class LocalBackend(Backend):
     def materialize(self, env: EnvRecord) -> None:
         lowers = self._lowers(env)
         d = self._dir(env)
-        for sub in ("store", "merged"):
+        for sub in ("store", "view", "merged"):
             os.makedirs(os.path.join(d, sub), exist_ok=True)
         try:
             if env.spec.disk:
@@ -95,14 +115,18 @@ class LocalBackend(Backend):
         shutil.rmtree(d, ignore_errors=True)
 
     def pause(self, env: EnvRecord) -> None:
+        disk.unmount_all_under(self._dir(env))  # merged, the idmapped clones, the disk image
+
+    def materialized(self, env: EnvRecord) -> bool:
         d = self._dir(env)
-        disk.umount(os.path.join(d, "merged"))
-        disk.umount(os.path.join(d, "store"))
+        return os.path.isfile(os.path.join(d, "disk.img")) or os.path.isdir(
+            os.path.join(d, "store", "upper"))
 
     def resume(self, env: EnvRecord) -> None:
         lowers = self._lowers(env)
         d = self._dir(env)
         try:
+            self.cgroups.create(env.env_id, limits_of(env.spec))  # gone if the sidecar restarted
             if env.spec.disk:
                 disk.mount_image(os.path.join(d, "disk.img"), os.path.join(d, "store"))
             self._mount(env, lowers)
@@ -115,9 +139,10 @@ class LocalBackend(Backend):
         parts = relative_parts(cwd or ".")
         top = "/workspace" if env.spec.base_dir else ""
         jail_cwd = "/".join([top, *parts]) or "/"
-        argv = jail.command("host" if env.spec.base_dir else "rootfs", self.workspace(env),
-                            self.jail_root, jail_cwd, {**BASE_ENV, **env_vars}, cmd,
-                            env.spec.network, f"{self.root}:{env.env_id}")
+        where = jail.Jail("host" if env.spec.base_dir else "rootfs", self.workspace(env),
+                          self.jail_root, self.etc_dir, 0 if env.spec.root else self.sandbox_uid,
+                          env.spec.network, f"{self.root}:{env.env_id}")
+        argv = jail.command(where, jail_cwd, {**BASE_ENV, **env_vars}, cmd)
         limits = limits_of(env.spec)
         if limits:
             argv = self.cgroups.join_argv(env.env_id, limits) + argv
@@ -143,9 +168,10 @@ class LocalBackend(Backend):
             raise BadRequest("give a file path inside the workspace, not its root")
         target = inside(self.workspace(env), path)
         try:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
+            _make_dirs(os.path.dirname(target), self.sandbox_uid)
             fd = self._open(env, path, os.O_WRONLY | os.O_CREAT)
             with os.fdopen(fd, "wb") as f:
+                os.fchown(f.fileno(), self.sandbox_uid, self.sandbox_uid)  # the sandbox's file
                 f.truncate()
                 f.write(data)
         except OSError as exc:
@@ -219,8 +245,17 @@ class LocalBackend(Backend):
         return os.path.realpath(base)
 
     def _mount(self, env: EnvRecord, lowers: list[str]) -> None:
-        store = os.path.join(self._dir(env), "store")
-        disk.mount_overlay(lowers, os.path.join(store, "upper"), os.path.join(store, "work"),
+        """The overlay, each layer through an idmapped clone (root's files are the sandbox's)."""
+        d = self._dir(env)
+        view = os.path.join(d, "view")
+        idmap.clone(os.path.join(d, "store"), view, self.userns_fd)
+        mapped = []
+        for i, lower in enumerate(lowers):
+            target = os.path.join(d, "lower", str(i))
+            os.makedirs(target, exist_ok=True)
+            idmap.clone(lower, target, self.userns_fd)
+            mapped.append(target)
+        disk.mount_overlay(mapped, os.path.join(view, "upper"), os.path.join(view, "work"),
                            self.workspace(env))
 
 
@@ -228,6 +263,20 @@ def limits_of(spec: EnvSpec) -> dict[str, float]:
     """The cgroup limits an environment asked for, by controller."""
     wanted = {"memory": spec.memory, "pids": spec.pids, "cpu": spec.cpus}
     return {controller: value for controller, value in wanted.items() if value is not None}
+
+
+def _make_dirs(path: str, uid: int) -> None:
+    """``os.makedirs``, each directory it creates given to the sandbox user."""
+    if os.path.isdir(path):
+        return
+    _make_dirs(os.path.dirname(path), uid)
+    os.mkdir(path)
+    os.chown(path, uid, uid)
+
+
+def _has_setpriv(rootfs: str) -> bool:
+    return any(os.path.exists(os.path.join(rootfs, d, "setpriv"))
+               for d in ("usr/bin", "bin", "usr/sbin", "sbin"))
 
 
 def _register(env: EnvRecord, proc, started: list) -> None:

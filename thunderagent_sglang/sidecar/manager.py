@@ -18,12 +18,13 @@ import time
 from dataclasses import dataclass, field
 
 from thunderagent_sglang.program import events
-from thunderagent_sglang.sidecar import policy
+from thunderagent_sglang.sidecar import models, policy
 from thunderagent_sglang.sidecar.envs import Backend, EnvRecord, EnvSpec, ExecResult
 from thunderagent_sglang.sidecar.errors import (BadRequest, Conflict, DiskFull, NotFound,
-                                                unknown_env)
+                                                SidecarError, unknown_env)
 from thunderagent_sglang.sidecar.policy import PAUSED, PENDING, RUNNING
 from thunderagent_sglang.sidecar.ports import PortTable
+from thunderagent_sglang.sidecar.records import Records, SavedEnv, SavedLayer
 from thunderagent_sglang.sidecar.settings import SidecarSettings
 
 log = logging.getLogger("thunderagent_sglang.sidecar")
@@ -37,6 +38,7 @@ class LayerInfo:
     base_dir: str | None
     image: str | None
     chain: tuple[str, ...]  # this layer and the layers under it, top first
+    program_id: str = ""
 
 
 @dataclass
@@ -51,8 +53,11 @@ class Counters:
 
 class EnvManager:
     def __init__(self, settings: SidecarSettings, backends: dict[str, Backend],
-                 clock=time.monotonic):
+                 clock=time.monotonic, records: Records | None = None):
         self.settings, self.backends, self.clock = settings, backends, clock
+        self.records = records  # None: nothing survives a restart
+        self.unreconciled: set[str] = set()  # restored environments the server has not confirmed
+        self.unreconciled_programs: set[str] = set()  # their programs, and snapshot owners
         self.ports = PortTable(*settings.port_range)
         self.programs = policy.ProgramBook()
         self.layerbook = policy.LayerBook(keep=settings.keep_layers)
@@ -81,6 +86,7 @@ class EnvManager:
                 self._envs[env.env_id] = env
             try:
                 env.ports = self.ports.reserve(env.env_id, list(spec.ports))
+                self._save(env)
                 if not spec.lazy:
                     self._ensure_running(env, backend)
             except BaseException:
@@ -100,6 +106,11 @@ class EnvManager:
     def list(self) -> list[EnvRecord]:
         with self._lock:
             return list(self._envs.values())
+
+    def root_with_network(self) -> bool:
+        """Whether an environment runs as root with the network (its sockets are root's)."""
+        with self._lock:
+            return any(e.spec.root and e.spec.network for e in self._envs.values())
 
     def destroy(self, env_id: str, reason: str = "request") -> bool:
         """Idempotent: False when there was nothing (left) to destroy."""
@@ -121,8 +132,11 @@ class EnvManager:
             self._backend(env.spec.backend).destroy(env)
         finally:
             self.ports.release(env.env_id)
+            if self.records is not None:
+                self.records.drop_env(env.env_id)
             with self._lock:
                 self._envs.pop(env.env_id, None)
+                self.unreconciled.discard(env.env_id)
                 freed = self.layerbook.unref(env.env_id)
                 self.counters.destroyed[reason] = self.counters.destroyed.get(reason, 0) + 1
             self._remove_layers(freed)
@@ -163,7 +177,9 @@ class EnvManager:
                 raise Conflict(f"environment {env_id} is running a command: snapshot it after")
             backend.snapshot(env, name)
             info = LayerInfo(name, env.spec.backend, env.spec.base_dir, env.spec.image,
-                             (name, *env.layers))
+                             (name, *env.layers), env.spec.program_id)
+            if self.records is not None and backend.persistent:
+                self.records.save_layer(SavedLayer(**dataclasses.asdict(info)))
             with self._lock:
                 self.layers[name] = info
                 self.layerbook.add(name, owned=True)
@@ -218,13 +234,103 @@ class EnvManager:
         self._count("prepares", len(done))
         return done
 
-    def _terminate(self, program_id: str, envs: list[str]) -> None:
+    def _terminate(self, program_id: str, envs: list[str], reason: str = "terminated") -> None:
         for env_id in envs:
-            self.destroy(env_id, "terminated")
+            self.destroy(env_id, reason)
         with self._lock:
             self.programs.forget(program_id)
             freed = self.layerbook.unref(f"program:{program_id}")
         self._remove_layers(freed)
+
+    # -- restart -----------------------------------------------------------------------------
+    def restore(self) -> tuple[frozenset[str], frozenset[str]]:
+        """Takes back the environments and snapshots an earlier sidecar on this root recorded
+        (paused: their processes and mounts died with it), where this sidecar's settings still
+        allow them. Returns (environment ids, layer names) the start-up sweep must keep."""
+        if self.records is None:
+            return frozenset(), frozenset()
+        layers = {s.name: s for s in self.records.layers() if self._usable_backend(s.backend)}
+        for saved in self.records.envs():
+            problem = self._restore_problem(saved, layers)
+            if problem:
+                log.warning("environment %s of program %s is not restored: %s", saved.env_id,
+                            saved.spec.program_id, problem)
+                continue
+            self._restore_env(saved)
+        used = {name for env in self._envs.values() for name in env.layers}
+        used |= {name for name, s in layers.items() if s.program_id}  # the program's own
+        for name in sorted(used & set(layers)):
+            self._restore_layer(layers[name])
+        self.records.keep_only(set(self._envs), set(self.layers))
+        if self._envs:
+            log.warning("restored %d environments of an earlier run (paused until used)",
+                        len(self._envs))
+        return frozenset(self._envs), frozenset(self.layers)
+
+    def _usable_backend(self, name: str) -> bool:
+        backend = self.backends.get(name)
+        return backend is not None and backend.persistent
+
+    def _restore_problem(self, saved: SavedEnv, layers: dict[str, SavedLayer]) -> str | None:
+        if not self._usable_backend(saved.spec.backend):
+            return f"the {saved.spec.backend} backend keeps nothing across restarts"
+        missing = [name for name in saved.layers if name not in layers]
+        if missing:
+            return f"its snapshot layers {missing} are gone"
+        try:
+            models.check_restored(saved.spec, self.settings)
+        except SidecarError as exc:
+            return str(exc)
+        return None
+
+    def _restore_env(self, saved: SavedEnv) -> None:
+        now, wall = self.clock(), time.time()
+        env = EnvRecord(saved.env_id, saved.spec, now - max(0.0, wall - saved.created_wall),
+                        saved.created_wall, now, layers=list(saved.layers))
+        backend = self._backend(saved.spec.backend)
+        env.state = PAUSED if backend.materialized(env) else PENDING
+        env.ports = self.ports.restore(env.env_id, saved.ports)
+        for layer in env.layers + ([saved.spec.image] if saved.spec.image else []):
+            self.layerbook.ref(layer, env.env_id)
+        self._envs[env.env_id] = env
+        self.unreconciled.add(env.env_id)
+        self.unreconciled_programs.add(env.spec.program_id)
+
+    def _restore_layer(self, saved: SavedLayer) -> None:
+        info = LayerInfo(saved.name, saved.backend, saved.base_dir, saved.image, saved.chain,
+                         saved.program_id)
+        self.layers[saved.name] = info
+        self.layerbook.add(saved.name, owned=True)
+        self.layerbook.ref(saved.name, f"program:{saved.program_id}")
+        for lower in saved.chain[1:]:
+            self.layerbook.ref(lower, f"layer:{saved.name}")
+        self.unreconciled_programs.add(saved.program_id)
+
+    def reconcile(self, programs: list[dict]) -> list[str]:
+        """The server's ``GET /programs`` records: destroys the restored environments of
+        programs it does not list as live; marks its paused programs paused here."""
+        live = {p.get("program_id") for p in programs if p.get("status") != "terminated"}
+        with self._lock:
+            for record in programs:
+                if record.get("status") == "paused":
+                    self.programs.pause(record.get("program_id"))
+            doomed = [e for e in self._envs.values()
+                      if e.env_id in self.unreconciled and e.spec.program_id not in live]
+            ended = sorted(self.unreconciled_programs - live)
+            self.unreconciled.clear()
+            self.unreconciled_programs.clear()
+        for program_id in ended:  # their restored environments and snapshots
+            self._terminate(program_id, [e.env_id for e in doomed
+                                         if e.spec.program_id == program_id], "reconciled")
+        if doomed:
+            log.warning("destroyed %d restored environments of programs the server no longer "
+                        "runs", len(doomed))
+        return [e.env_id for e in doomed]
+
+    def _save(self, env: EnvRecord) -> None:
+        if self.records is not None and self._backend(env.spec.backend).persistent:
+            self.records.save_env(SavedEnv(env.env_id, env.spec, env.created_wall,
+                                           dict(env.ports), list(env.layers)))
 
     # -- garbage collection ------------------------------------------------------------------
     def gc_tick(self) -> policy.GcDecision:
@@ -347,6 +453,8 @@ class EnvManager:
                 freed = self.layerbook.unref(f"layer:{name}")
             if info is not None:
                 self._backend(info.backend).remove_layer(name)
+                if self.records is not None:
+                    self.records.drop_layer(name)
             self._remove_layers(freed)
 
     def _count(self, name: str, n: int = 1) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from thunderagent_sglang.program.identity import id_problem, invalid_id_message
 from thunderagent_sglang.sidecar.envs import EnvSpec
-from thunderagent_sglang.sidecar.errors import BadRequest
+from thunderagent_sglang.sidecar.errors import BadRequest, Forbidden, Unenforceable
+from thunderagent_sglang.sidecar.settings import SidecarSettings
 from thunderagent_sglang.sidecar.sizes import parse_size
 
 MAX_TIMEOUT_S = 24 * 3600.0
@@ -23,7 +25,7 @@ class Limits(BaseModel):
     memory: int | str | None = None
     pids: int | None = Field(default=None, ge=1)
     cpus: float | None = Field(default=None, gt=0, le=4096)  # e.g. 0.5: half of one CPU
-    network: bool = True
+    network: bool = False  # on only where the operator started the sidecar with --allow-network
 
 
 class CreateBody(BaseModel):
@@ -37,6 +39,7 @@ class CreateBody(BaseModel):
     backend: str | None = None
     setup: str | None = None
     lazy: bool = False
+    root: bool = False  # uid 0 in the sandbox: only where the operator gave --allow-root
 
 
 class ExecBody(BaseModel):
@@ -63,7 +66,9 @@ class EventBody(BaseModel):
     event: str
 
 
-def to_spec(body: CreateBody, default_backend: str, default_disk: int | None) -> EnvSpec:
+def to_spec(body: CreateBody, settings: SidecarSettings) -> EnvSpec:
+    """The validated spec; refuses (403) what the operator did not allow, before anything is
+    created."""
     problem = id_problem(body.program_id)
     if problem is not None:
         raise BadRequest(invalid_id_message("program_id", problem))
@@ -75,8 +80,14 @@ def to_spec(body: CreateBody, default_backend: str, default_disk: int | None) ->
         if not name.replace("_", "").isalnum():
             raise BadRequest(f"port name {name!r}: use letters, digits and '_'")
     limits = body.limits or Limits()
+    backend = body.backend or settings.backend
+    _check_allowed(body, limits, settings)
+    base_dir = allowed_dir(body.base_dir, settings.base_roots, "base_dir")
+    image = body.image
+    if backend == "local" and image:
+        image = allowed_dir(image, settings.base_roots, "image")
     try:
-        disk = parse_size(limits.disk) if limits.disk is not None else default_disk
+        disk = parse_size(limits.disk) if limits.disk is not None else settings.default_disk_cap
         memory = parse_size(limits.memory) if limits.memory is not None else None
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
@@ -84,8 +95,45 @@ def to_spec(body: CreateBody, default_backend: str, default_disk: int | None) ->
         raise BadRequest(f"limits.memory {limits.memory!r} is below {MIN_MEMORY >> 20}M: give "
                          "more, or no memory limit")
     return EnvSpec(
-        program_id=body.program_id, backend=body.backend or default_backend,
-        base_dir=body.base_dir, image=body.image, snapshot=body.snapshot, disk=disk or None,
-        memory=memory, pids=limits.pids, cpus=limits.cpus, network=limits.network,
-        ports=tuple(body.ports), setup=body.setup, lazy=body.lazy,
+        program_id=body.program_id, backend=backend, base_dir=base_dir, image=image,
+        snapshot=body.snapshot, disk=disk or None, memory=memory, pids=limits.pids,
+        cpus=limits.cpus, network=limits.network, root=body.root, ports=tuple(body.ports),
+        setup=body.setup, lazy=body.lazy,
     )
+
+
+def check_restored(spec: EnvSpec, settings: SidecarSettings) -> None:
+    """A recorded spec, checked again against this start's settings (403s, as at create)."""
+    if spec.network and not settings.allow_network:
+        raise Forbidden("it asked for the network and --allow-network is off now")
+    if spec.root and not settings.allow_root:
+        raise Forbidden("it asked for root and --allow-root is off now")
+    allowed_dir(spec.base_dir, settings.base_roots, "base_dir")
+    if spec.backend == "local" and spec.image:
+        allowed_dir(spec.image, settings.base_roots, "image")
+
+
+def _check_allowed(body: CreateBody, limits: Limits, settings: SidecarSettings) -> None:
+    if limits.network and not settings.allow_network:
+        raise Forbidden("limits.network is not allowed here: the operator must start the sidecar "
+                        "with --allow-network (the launcher: --thunderagent-sidecar-allow-network)")
+    if body.ports and not limits.network:
+        raise Unenforceable("ports need the network: ask for limits.network true (allowed by "
+                            "--allow-network), or give no ports")
+    if body.root and not settings.allow_root:
+        raise Forbidden("root is not allowed here: commands run as the unprivileged sandbox "
+                        "user unless the operator starts the sidecar with --allow-root")
+
+
+def allowed_dir(path: str | None, roots: tuple[str, ...], what: str) -> str | None:
+    """``path`` with symlinks and ``..`` resolved, if it lies under one of ``roots``; 403
+    otherwise."""
+    if path is None:
+        return None
+    resolved = os.path.realpath(path)
+    for root in roots:
+        real_root = os.path.realpath(root)
+        if resolved == real_root or resolved.startswith(real_root.rstrip("/") + "/"):
+            return resolved
+    raise Forbidden(f"{what} {path!r} is outside the allowed base roots ({', '.join(roots)}): "
+                    "put it under one of them, or start the sidecar with --base-root DIR")

@@ -40,6 +40,14 @@ class PortTable:
                 raise
             return got
 
+    def restore(self, env_id: str, ports: dict[str, int]) -> dict[str, int]:
+        """Gives ``env_id`` back the ports it had before a restart (those still free)."""
+        with self._lock:
+            kept = {name: port for name, port in ports.items() if port not in self._owner}
+            for port in kept.values():
+                self._owner[port] = env_id
+            return kept
+
     def release(self, env_id: str) -> list[int]:
         with self._lock:
             ports = [p for p, owner in self._owner.items() if owner == env_id]

@@ -1,19 +1,31 @@
-"""Runs the sidecar: lock the root, probe backends, sweep orphans, serve HTTP until stopped."""
+"""Runs the sidecar: lock the root, sweep what dead sidecars left, probe backends, enter a mount
+namespace of its own, serve HTTP until stopped.
+
+The private mount namespace holds every workspace mount: when the sidecar dies, even by
+``kill -9``, the mounts (and the loop devices under them) go with it; its sandboxes die with it
+through their parent-death signal. Connections from sandboxes to the API are refused
+(``peers``).
+"""
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import logging
 import os
+import shutil
 import socket
 import sys
+import threading
 
 import uvicorn
 
-from thunderagent_sglang.sidecar import auth, backends
+from thunderagent_sglang.sidecar import auth, backends, peers
 from thunderagent_sglang.sidecar.app import create_app
 from thunderagent_sglang.sidecar.errors import SidecarError
+from thunderagent_sglang.sidecar.local_backend import LocalBackend
 from thunderagent_sglang.sidecar.manager import EnvManager
+from thunderagent_sglang.sidecar.records import Records
 from thunderagent_sglang.sidecar.reporter import ToolReporter
 from thunderagent_sglang.sidecar.settings import SidecarSettings
 
@@ -34,13 +46,57 @@ def lock_root(root: str):
 
 def prepare(settings: SidecarSettings) -> tuple[EnvManager, object]:
     lock = lock_root(settings.root)
+    if settings.sweep_dir:
+        sweep_siblings(settings.sweep_dir, settings.root, settings.sandbox_uid)
     found = backends.available(settings)
+    manager = EnvManager(settings, found, records=Records(settings.root))
+    keep_envs, keep_layers = manager.restore()
     for backend in found.values():
-        removed = backend.sweep(settings.keep_layers)
-        if removed:
-            log.warning("swept %d orphans of an earlier run (%s backend): %s", len(removed),
-                        backend.name, ", ".join(removed[:10]))
-    return EnvManager(settings, found), lock
+        _log_swept(backend.name, backend.sweep(settings.keep_layers | keep_layers, keep_envs))
+    default_bases = os.path.join(settings.root, "bases")
+    if default_bases in settings.base_roots:
+        os.makedirs(default_bases, exist_ok=True)
+    if "local" in found:
+        private_mounts()
+    return manager, lock
+
+
+def sweep_siblings(sweep_dir: str, own_root: str, sandbox_uid: int) -> None:
+    """Sweeps, then removes, every sidecar root under ``sweep_dir`` that no live sidecar holds."""
+    for name in sorted(os.listdir(sweep_dir)) if os.path.isdir(sweep_dir) else []:
+        root = os.path.join(sweep_dir, name)
+        if os.path.realpath(root) == os.path.realpath(own_root) or not os.path.isfile(
+                os.path.join(root, "lock")):
+            continue
+        try:
+            handle = lock_root(root)
+        except SidecarError:
+            continue  # a live sidecar's
+        with handle:
+            _log_swept(f"local, dead sidecar root {root}", LocalBackend(root, sandbox_uid).sweep())
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def private_mounts() -> None:
+    """Moves this process into a mount namespace of its own (mounts private): what it mounts
+    vanishes with it. Only while single-threaded (a namespace is per thread); else it says so."""
+    if threading.active_count() != 1:
+        log.warning("workspace mounts stay in the host's mount namespace (threads already run); "
+                    "a crash leaves them to the next start's sweep")
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(_CLONE_NEWNS) != 0 or libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE,
+                                                     None) != 0:
+        raise SidecarError(f"cannot make a mount namespace: {os.strerror(ctypes.get_errno())}")
+
+
+def _log_swept(what: str, removed: list[str]) -> None:
+    if removed:
+        log.warning("swept %d orphans of an earlier run (%s): %s", len(removed), what,
+                    ", ".join(removed[:10]))
+
+
+_CLONE_NEWNS, _MS_REC, _MS_PRIVATE = 0x00020000, 0x4000, 1 << 18
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -74,5 +130,22 @@ def run(settings: SidecarSettings) -> int:
           f"token {where}{': ' + token if generated else ''})", flush=True)
     app = create_app(manager, token, ToolReporter(settings.server_url))
     config = uvicorn.Config(app, log_level="warning", access_log=False)
+    config.load()
+    config.http_protocol_class = refusing_sandboxes(config.http_protocol_class, manager)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def refusing_sandboxes(base: type, manager: EnvManager) -> type:
+    """uvicorn's HTTP protocol, closing at once a connection that comes from a sandbox."""
+    uid = manager.settings.sandbox_uid
+
+    class RefusingSandboxes(base):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            peer, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+            if peers.from_sandbox(peer, local, uid, manager.root_with_network()):
+                log.warning("refused a connection from a sandbox (%s:%s)", *peer[:2])
+                transport.abort()
+
+    return RefusingSandboxes

@@ -13,6 +13,7 @@ from thunderagent_sglang.sidecar.sizes import parse_size
 TOKEN_ENV = "THUNDERAGENT_SIDECAR_TOKEN"
 SERVER_KEY_ENV = "THUNDERAGENT_SERVER_API_KEY"
 DEFAULT_PORT = 8765
+DEFAULT_SANDBOX_UID = 61000
 
 
 def default_root() -> str:
@@ -37,6 +38,15 @@ class SidecarSettings:
     port_range: tuple[int, int] = DEFAULT_PORT_RANGE
     gc_interval: float = 1.0
     max_output: int = 1 << 20
+    base_roots: tuple[str, ...] = ()  # empty: ROOT/bases only (see ``allowed_base_roots``)
+    allow_network: bool = False
+    allow_root: bool = False
+    sandbox_uid: int = DEFAULT_SANDBOX_UID
+    sweep_dir: str | None = None  # sweep what dead sidecars left in sibling roots under it
+
+    def __post_init__(self):
+        if not self.base_roots:
+            object.__setattr__(self, "base_roots", (os.path.join(self.root, "bases"),))
 
     @property
     def token_file(self) -> str:
@@ -76,6 +86,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Host ports handed to environments (default: %(default)s).")
     p.add_argument("--gc-interval", type=_seconds, default=1.0,
                    help="Seconds between lifecycle checks (default: 1).")
+    p.add_argument("--base-root", action="append", default=[], metavar="DIR",
+                   help="Where base_dir (and a local image directory) may come from; repeatable. "
+                   "Any other base is refused with 403 (default: ROOT/bases only).")
+    p.add_argument("--allow-network", action="store_true",
+                   help="Let a create request ask for the network (limits.network true: the "
+                   "host's network, the sidecar's own API still refused). Off: each command has "
+                   "only its own loopback.")
+    p.add_argument("--allow-root", action="store_true",
+                   help="Let a create request ask for root (\"root\": true: uid 0 in the sandbox "
+                   "with a small capability set). Off: commands run as the sandbox uid.")
+    p.add_argument("--sandbox-uid", type=int, default=DEFAULT_SANDBOX_UID,
+                   help="The unprivileged uid and gid commands run as; it owns the workspace's "
+                   "files as root owns them on disk (default: %(default)s).")
+    p.add_argument("--sweep-dir", default=None, metavar="DIR",
+                   help="At start, also sweep every sidecar root under DIR that no live sidecar "
+                   "holds (processes, mounts, loop devices, cgroups, directories).")
     return p
 
 
@@ -88,13 +114,35 @@ def from_args(argv: list[str] | None = None) -> SidecarSettings:
         parser.error(f"--port-range {a.port_range!r}: use LOW-HIGH, e.g. 20000-29999")
     if a.max_running is not None and a.max_running < 1:
         parser.error("--max-running must be at least 1")
+    for problem in base_root_problems(os.path.abspath(a.root), a.base_root):
+        parser.error(problem)
+    if not 0 < a.sandbox_uid < 2**31 - 1:
+        parser.error("--sandbox-uid must be a positive uid other than root's")
     return SidecarSettings(
         host=a.host, port=a.port, root=os.path.abspath(a.root), backend=a.backend,
         server_url=a.server_url, ttl=a.ttl, idle_ttl=a.idle_ttl, max_running=a.max_running,
         disk_high_water=a.disk_high_water, default_disk_cap=a.default_disk_cap,
         keep_layers=frozenset(x for x in a.keep_layers.split(",") if x),
         port_range=(low, high), gc_interval=a.gc_interval,
+        base_roots=tuple(os.path.abspath(d) for d in a.base_root),
+        allow_network=a.allow_network, allow_root=a.allow_root, sandbox_uid=a.sandbox_uid,
+        sweep_dir=os.path.abspath(a.sweep_dir) if a.sweep_dir else None,
     )
+
+
+def base_root_problems(root: str, base_roots: list[str]) -> list[str]:
+    """A base root must not show the sidecar's own state (token, other environments)."""
+    real_root = os.path.realpath(root)
+    problems = []
+    for given in base_roots:
+        base = os.path.realpath(given)
+        inside_root = base.startswith(real_root + "/")
+        if real_root == base or real_root.startswith(base.rstrip("/") + "/") or (
+                inside_root and not base.startswith(os.path.join(real_root, "bases"))):
+            problems.append(f"--base-root {given} would show the sidecar's own state (token, "
+                            f"environments) under --root {root}: give a directory outside it, or "
+                            "ROOT/bases")
+    return problems
 
 
 def _seconds(text: str) -> float:
