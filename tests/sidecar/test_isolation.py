@@ -43,6 +43,7 @@ def test_a_command_sees_nothing_of_the_sidecar_or_the_host(sidecar, base):
                                                       if os.path.lexists(f"/{d}")])
     assert sorted(listed[listed.index("/dev:") + 1:]) == sorted(
         [*jail.DEVICES, "fd", "shm", "stdin", "stdout", "stderr"])
+    assert sidecar.exec(env, "hostname")["stdout"] == "sandbox\n"  # not the host's name
     etc = set(sidecar.exec(env, "ls /etc")["stdout"].split())
     assert {"passwd", "group", "hosts"} <= etc and not etc & {"shadow", "gshadow", "sudoers",
                                                              "ssh", "machine-id"}
@@ -143,7 +144,9 @@ def test_what_the_operator_did_not_allow_is_refused_and_creates_nothing(sidecar,
              ({"image": "/", "backend": "local"}, 403, "outside the allowed base roots"),
              ({"base_dir": str(base), "limits": {"network": True}}, 403, "--allow-network"),
              ({"base_dir": str(base), "root": True}, 403, "--allow-root"),
-             ({"base_dir": str(base), "ports": ["web"]}, 422, "ports need the network")]
+             ({"base_dir": str(base), "ports": ["web"]}, 422, "ports need the network"),
+             ({"base_dir": f"{base}\0/x"}, 400, "NUL"),
+             ({"base_dir": "/" + "a" * 5000}, 400, "at most 4096 characters")]
     for body, status, message in cases:
         reply = sidecar.http.post("/envs", json={"program_id": "p", **body})
         assert (reply.status_code, message in reply.json()["detail"]) == (status, True), body

@@ -16,7 +16,7 @@ import os
 import subprocess
 import time
 
-from thunderagent_sglang.sidecar.errors import BackendUnavailable, SidecarError
+from thunderagent_sglang.sidecar.errors import BackendUnavailable, Unenforceable
 
 _SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442
 _OPEN_TREE_CLONE, _OPEN_TREE_CLOEXEC = 1, os.O_CLOEXEC
@@ -78,8 +78,20 @@ def clone(source: str, target: str, userns_fd: int) -> None:
         os.close(fd)
 
 
+def check(directory: str, target: str, userns_fd: int) -> None:
+    """BackendUnavailable unless an idmapped clone of ``directory`` can be mounted (on the empty
+    directory ``target``, unmounted at once)."""
+    try:
+        clone(directory, target, userns_fd)
+    except Unenforceable as exc:
+        raise BackendUnavailable(f"the local backend needs idmapped mounts (Linux 5.19+) on "
+                                 f"{directory}'s filesystem: {exc}") from None
+    subprocess.run(["umount", target], check=True, capture_output=True)
+
+
 def _fail(what: str, path: str) -> None:
+    """422: the sandbox cannot be built over this directory (the request can pick another)."""
     err = ctypes.get_errno()
-    hint = (" (the filesystem does not support idmapped mounts: put bases on ext4, xfs, btrfs "
+    hint = (" (its filesystem does not support idmapped mounts: put bases on ext4, xfs, btrfs "
             "or tmpfs)" if err == 22 else "")
-    raise SidecarError(f"{what} {path} failed: {os.strerror(err)}{hint}")
+    raise Unenforceable(f"{what} {path} failed: {os.strerror(err)}{hint}")

@@ -60,6 +60,7 @@ ln -s /proc/self/fd "$R/dev/fd"; ln -s fd/0 "$R/dev/stdin"; ln -s fd/1 "$R/dev/s
 mkdir "$R/dev/shm"; mount -t tmpfs -o mode=1777,nosuid,nodev shm "$R/dev/shm"
 mount -o remount,ro,nosuid,nodev,noexec "$R/dev"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/tmp"
+echo sandbox > /proc/sys/kernel/hostname  # this uts namespace's own
 if [ "$net" = off ]; then ip link set lo up; fi
 # Not exec: this shell stays pid 1, so a command killed by a signal (OOM, kill -9) exits 128+N
 # through it (unshare 2.38 reports a pid 1 killed by a signal as exit 1).

@@ -64,6 +64,7 @@ class LocalBackend(Backend):
             os.makedirs(d, exist_ok=True)
         if self.userns_fd < 0:
             self.userns_fd = idmap.make_userns(self.sandbox_uid)
+        idmap.check(self.layers_dir, self.jail_root, self.userns_fd)
         sandbox_etc.generate(self.etc_dir, self.sandbox_uid)
         self.cgroups = cgroups.detect(_tag(self.root))
 

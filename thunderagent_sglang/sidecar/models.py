@@ -16,6 +16,7 @@ from thunderagent_sglang.sidecar.sizes import parse_size
 MAX_TIMEOUT_S = 24 * 3600.0
 DEFAULT_TIMEOUT_S = 120.0
 MIN_MEMORY = 4 << 20  # below this not even the jail's shell starts
+MAX_PATH = 4096  # Linux's PATH_MAX
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -31,9 +32,9 @@ class Limits(BaseModel):
 class CreateBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     program_id: str = Field(min_length=1, max_length=256)
-    base_dir: str | None = None
-    image: str | None = None
-    snapshot: str | None = None
+    base_dir: str | None = Field(default=None, max_length=MAX_PATH)
+    image: str | None = Field(default=None, max_length=MAX_PATH)
+    snapshot: str | None = Field(default=None, max_length=256)
     limits: Limits | None = None
     ports: list[str] = Field(default_factory=list, max_length=64)
     backend: str | None = None
@@ -130,6 +131,8 @@ def allowed_dir(path: str | None, roots: tuple[str, ...], what: str) -> str | No
     otherwise."""
     if path is None:
         return None
+    if "\0" in path:
+        raise BadRequest(f"{what} holds a NUL character: give a directory path")
     resolved = os.path.realpath(path)
     for root in roots:
         real_root = os.path.realpath(root)
