@@ -45,8 +45,6 @@ class Sidecar:
         if url_file.exists():
             url_file.unlink()
         self.log = open(root.parent / f"{root.name}.log", "ab")
-        if "--base-root" not in args:  # the tests' bases live beside the roots
-            args = ["--base-root", str(root.parent / "bases"), *args]
         self.proc = subprocess.Popen(
             [*(wrap or []), sys.executable, "-m", "thunderagent_sglang.sidecar",
              "--root", str(root), "--port", "0", *args],
@@ -125,7 +123,9 @@ def start_sidecar(tmp_path):
               wrap: list[str] | None = None) -> Sidecar:
         """``wrap``: a command line the sidecar's own is appended to (e.g. ``unshare ...``)."""
         root = tmp_path / name
-        root.mkdir(exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
+        if "--base-root" not in args:  # the tests' bases live beside the roots
+            args = ("--base-root", str(tmp_path / "bases"), *args)
         sidecar = Sidecar(root, list(args), env_extra, wrap)
         started.append(sidecar)
         return sidecar

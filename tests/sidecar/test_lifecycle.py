@@ -213,3 +213,18 @@ def test_destroy_during_a_setup_command_kills_it_at_once(sidecar, base):
     assert sidecar.http.get("/envs").json() == {"envs": []}
     assert os.listdir(sidecar.root / "envs") == []
     assert sidecar.http.get("/stats").json()["counters"]["destroyed"] == {"request": 1}
+
+
+def test_a_start_sweeps_dead_sidecars_roots_beside_it_but_not_live_ones(start_sidecar, base):
+    live = start_sidecar(name="sidecars/live")
+    dead = start_sidecar(name="sidecars/dead")
+    live_env = live.create(base)["env_id"]
+    dead.create(base, limits={"disk": "16M"})
+    dead.kill9()
+    assert (dead.root / "records" / "envs").exists()
+    sweeper = start_sidecar("--sweep-dir", str(dead.root.parent), name="sidecars/new")
+    assert not dead.root.exists()  # swept and removed
+    assert "dead sidecar root" in sweeper.read_log()
+    assert live.http.get(f"/envs/{live_env}").json()["state"] == "running"  # untouched
+    assert live.exec(live_env, "cat README")["stdout"] == "base readme\n"
+    assert disk.loop_devices_under(str(dead.root)) == []
