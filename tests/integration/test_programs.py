@@ -502,3 +502,26 @@ def test_a_tool_hint_with_a_negative_or_non_finite_expected_time_is_400(default_
         assert "expected_s must be a finite number" in reply.json()["error"]
     assert requests.get(f"{default_server.url}/programs/{pid}", timeout=30).json()[
         "tool_running"] is False
+
+
+def test_named_tools_are_learned_and_predicted_in_the_record(default_server):
+    """Two acting phases under one tool name: the record of the third predicts their median;
+    a bad name is a 400 that changes nothing; /metrics counts the phases by tool."""
+    pid, tool = new_id(), f"pytest-{new_id()[-6:]}"
+    url = f"{default_server.url}/programs/{pid}"
+    chat(default_server, headers={"X-Program-Id": pid})
+    for _ in range(2):
+        hint = requests.post(f"{url}/tool", json={"event": "start", "tool": tool}, timeout=30)
+        assert hint.json()["tool"] == tool
+        time.sleep(0.3)
+        chat(default_server, headers={"X-Program-Id": pid})
+    started = requests.post(f"{url}/tool", json={"event": "start", "tool": tool}, timeout=30)
+    rec = started.json()
+    assert rec["tool"] == tool and 0.3 <= rec["tool_predicted_s"] <= rec["tool_predicted_p90_s"]
+    assert rec["tool_predicted_p90_s"] < 30
+    for bad in ("rm -rf /", "", "x" * 65, 7):
+        reply = requests.post(f"{url}/tool", json={"event": "start", "tool": bad}, timeout=30)
+        assert reply.status_code == 400 and "tool must be 1-64 characters" in reply.json()["error"]
+    metrics = requests.get(f"{default_server.url}/metrics", timeout=30).text
+    assert f'thunderagent_acting_phases_total{{tool="{tool}"}} 2.0' in metrics
+    assert f'thunderagent_acting_seconds{{quantile="0.5",tool="{tool}"}}' in metrics

@@ -120,15 +120,17 @@ def test_exec_is_reported_as_a_tool_phase_in_order(start_sidecar, base):
     try:
         sc = start_sidecar("--server-url", f"http://127.0.0.1:{server.server_port}")
         env = sc.create(base, "prog/1")["env_id"]
-        sc.exec(env, "true", expected_s=7.5)
+        sc.exec(env, "true", expected_s=7.5, tool="pytest")
         sc.exec(env, "true")
         _wait(lambda: len(server.events) == 4)
         assert server.events == [
-            ("/programs/prog%2F1/tool", {"event": "start", "expected_s": 7.5}),
+            ("/programs/prog%2F1/tool", {"event": "start", "expected_s": 7.5, "tool": "pytest"}),
             ("/programs/prog%2F1/tool", {"event": "end"}),
             ("/programs/prog%2F1/tool", {"event": "start"}),
             ("/programs/prog%2F1/tool", {"event": "end"}),
         ]
+        bad = sc.http.post(f"/envs/{env}/exec", json={"cmd": "true", "tool": "rm -rf"})
+        assert bad.status_code == 400 and "tool must be 1-64 characters" in bad.json()["detail"]
     finally:
         server.shutdown()
 

@@ -71,3 +71,19 @@ def test_scheduler_events_render_when_present():
                       "held_refused": 7, "force_resumes": 3, "marks": 4, "retraction_orders": 6}
     assert got[("thunderagent_held_calls", ())] == 9
     assert not any(n == "thunderagent_scheduler_events_total" for n, _ in samples(render(STATS)))
+
+
+def test_acting_phases_and_sidecar_events_render_when_present():
+    tools = {"gap": {"observations": 3, "median_s": 0.5, "p90_s": 2.0},
+             "pytest": {"observations": 1, "median_s": 30.0, "p90_s": 30.0}}
+    sent = {"acknowledged": 5, "refused": 1, "dropped": 2, "retries": 4, "queued": 3}
+    got = samples(render({**STATS, "tools": tools, "sidecar_events": sent}))
+    assert got[("thunderagent_acting_phases_total", (("tool", "gap"),))] == 3
+    assert got[("thunderagent_acting_seconds", (("quantile", "0.9"), ("tool", "gap")))] == 2.0
+    assert got[("thunderagent_acting_seconds", (("quantile", "0.5"), ("tool", "pytest")))] == 30
+    assert {labels[0][1]: v for (name, labels), v in got.items()
+            if name == "thunderagent_sidecar_events_total"} == {
+        "acknowledged": 5, "refused": 1, "dropped": 2, "retries": 4}
+    assert got[("thunderagent_sidecar_events_queued", ())] == 3
+    plain = samples(render(STATS))
+    assert not any(n.startswith(("thunderagent_acting", "thunderagent_sidecar")) for n, _ in plain)

@@ -162,7 +162,8 @@ def test_record_keys_exactly(table, clock):
         "program_id", "incarnation", "parent_id", "status", "phase", "context_tokens", "steps",
         "prefill_tokens_computed", "prefill_tokens_cached", "missed_evicted_tokens",
         "missed_changed_tokens", "decode_tokens", "seconds_reasoning",
-        "seconds_acting", "seconds_paused", "in_flight", "tool_running", "release_cause",
+        "seconds_acting", "seconds_paused", "in_flight", "tool_running", "tool",
+        "tool_expected_s", "tool_predicted_s", "tool_predicted_p90_s", "release_cause",
         "kv_decision"}
     assert rec == {
         "program_id": "a", "incarnation": 1, "parent_id": "p", "status": "active",
@@ -170,7 +171,8 @@ def test_record_keys_exactly(table, clock):
         "prefill_tokens_cached": 4, "missed_evicted_tokens": 0, "missed_changed_tokens": 0,
         "decode_tokens": 3, "seconds_reasoning": 1.0,
         "seconds_acting": 2.0, "seconds_paused": 0.0, "in_flight": 0, "tool_running": True,
-        "release_cause": None, "kv_decision": None}
+        "tool": None, "tool_expected_s": 5.0, "tool_predicted_s": None,
+        "tool_predicted_p90_s": None, "release_cause": None, "kv_decision": None}
     assert type(rec["status"]) is str and type(rec["phase"]) is str
 
 

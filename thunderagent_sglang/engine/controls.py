@@ -72,7 +72,8 @@ def _release(runtime, msg: ipc.ReleaseProgram) -> dict:
 
 
 def _tool(runtime, msg: ipc.ToolHint) -> dict:
-    return record(runtime, runtime.table.tool_event(msg.program_id, msg.event, msg.expected_s))
+    return record(runtime, runtime.table.tool_event(msg.program_id, msg.event, msg.expected_s,
+                                                    msg.tool))
 
 
 def _pause(runtime, msg: ipc.PauseProgram) -> dict:
@@ -94,6 +95,7 @@ def _stats(runtime, msg) -> dict:
             "demand_tokens": runtime.ledger.demand_tokens(),
             "resident_tokens": runtime.residency.active_footprint(),
             "kv": runtime.offload.stats(), "scheduler": runtime.scheduler.stats(),
+            "tools": table.tool_times.stats(),
             "sidecar_events": (runtime.events_out.stats() if runtime.events_out is not None
                                else None)}
 

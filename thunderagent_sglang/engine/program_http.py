@@ -36,6 +36,7 @@ from thunderagent_sglang.program.identity import (
     names_program,
 )
 from thunderagent_sglang.program.table import check_expected_s, check_tool_event
+from thunderagent_sglang.program.tool_time import check_tool_name
 
 # Every route of SGLang 0.5.23 that generates (each passes its HTTP request on to
 # TokenizerManager.generate_request, where the id is attached), and count_tokens (the id is
@@ -286,16 +287,18 @@ async def operator_release(program_id: str):
 
 
 async def tool_event(program_id: str, request: Request):
-    """``{"event": "start"|"end", "expected_s"?}``, checked here by the table's own rules (so
-    the typed message carries only valid values; the table checks again for any sender)."""
+    """``{"event": "start"|"end", "expected_s"?, "tool"?}``, checked here by the table's own
+    rules (so the typed message carries only valid values; the table checks again for any
+    sender)."""
     try:
         body = await _body_object(request)
         event = check_tool_event(body.get("event"))
         expected_s = check_expected_s(body.get("expected_s"))
+        tool = check_tool_name(body.get("tool"))
     except ValueError as exc:
         return _invalid(exc)
     return await _on_program(program_ipc.ToolHint, program_id, event=event,
-                             expected_s=expected_s)
+                             expected_s=expected_s, tool=tool)
 
 
 @auth_level(AuthLevel.ADMIN_OPTIONAL)

@@ -35,6 +35,7 @@ class ToolHint(BaseReq, kw_only=True):
     program_id: str
     event: str  # start | end
     expected_s: Optional[float] = None
+    tool: Optional[str] = None  # the tool's name (1-64 of [A-Za-z0-9._:-])
 
 
 class PauseProgram(BaseReq, kw_only=True):

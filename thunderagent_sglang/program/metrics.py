@@ -63,6 +63,19 @@ class _StatsCollector:
             yield GaugeMetricFamily("thunderagent_held_calls",
                                     "Calls held now (their programs paused or not admitted).",
                                     value=scheduler.get("held_now", 0))
+        tools = self.stats.get("tools")
+        if tools:
+            yield labelled(CounterMetricFamily, "thunderagent_acting_phases",
+                            "Acting phases observed (a call's finish to the next call), by the "
+                            "tool named for them (gap: none named; other: beyond 64 names).",
+                            "tool", {k: v["observations"] for k, v in tools.items()})
+            median = GaugeMetricFamily("thunderagent_acting_seconds",
+                                       "Acting-phase length by tool over its last 64 phases.",
+                                       labels=["tool", "quantile"])
+            for key, v in tools.items():
+                median.add_metric([key, "0.5"], v["median_s"])
+                median.add_metric([key, "0.9"], v["p90_s"])
+            yield median
         sent = self.stats.get("sidecar_events")
         if sent is not None:
             yield labelled(CounterMetricFamily, "thunderagent_sidecar_events",

@@ -44,8 +44,8 @@ RECORD_KEYS = (
     "program_id", "incarnation", "parent_id", "status", "phase", "context_tokens", "steps",
     "prefill_tokens_computed", "prefill_tokens_cached", "missed_evicted_tokens",
     "missed_changed_tokens", "decode_tokens", "seconds_reasoning",
-    "seconds_acting", "seconds_paused", "in_flight", "tool_running", "release_cause",
-    "kv_decision",
+    "seconds_acting", "seconds_paused", "in_flight", "tool_running", "tool", "tool_expected_s",
+    "tool_predicted_s", "tool_predicted_p90_s", "release_cause", "kv_decision",
 )
 
 
@@ -90,6 +90,11 @@ class Program:
     tool_running: bool = False
     tool_expected_s: float | None = None
     tool_since: float | None = None  # when the running tool hint started
+    tool: str | None = None  # the tool named for this acting phase (a hint or a sidecar exec)
+    tool_key: str | None = None  # its duration model's name (``other`` beyond the bound)
+    tool_predicted_s: float | None = None  # this acting phase's predicted length: median, p90
+    tool_predicted_p90_s: float | None = None
+    acting_open: bool = False  # an acting phase after a call whose length is not observed yet
     waiting: bool = False  # a call of it is held by the scheduler
     operator_paused: bool = False  # paused by an operator (until an operator resumes it)
     kv_decision: str | None = None  # keep|offload|drop while paused (the cache glue sets it)
@@ -154,6 +159,14 @@ def program_record(p: Program, now: float) -> dict:
         "seconds_paused": round(p.seconds_paused + paused, 3),
         "in_flight": len(p.in_flight),
         "tool_running": p.tool_running,
+        "tool": p.tool,
+        "tool_expected_s": p.tool_expected_s,
+        "tool_predicted_s": _rounded(p.tool_predicted_s),
+        "tool_predicted_p90_s": _rounded(p.tool_predicted_p90_s),
         "release_cause": p.release_cause,
         "kv_decision": p.kv_decision,
     }
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from thunderagent_sglang.program.expiry import ExpiryIndex
+from thunderagent_sglang.program.tool_time import GAP, ToolTimes, check_tool_name
 from thunderagent_sglang.program.record import (
     RECORD_KEYS,
     RELEASE_CAUSES,
@@ -29,7 +30,8 @@ from thunderagent_sglang.program.record import (
     program_record,
 )
 
-__all__ = ["Phase", "Program", "ProgramTable", "RECORD_KEYS", "Status", "UnknownProgram"]
+__all__ = ["Phase", "Program", "ProgramTable", "RECORD_KEYS", "Status", "UnknownProgram",
+           "check_tool_name"]
 
 TOOL_EVENTS = ("start", "end")
 
@@ -80,6 +82,7 @@ class ProgramTable:
         self._latest_terminated: dict[str, tuple[str, int]] = {}
         self._by_rid: dict[str, Program] = {}
         self._idle = ExpiryIndex(self.idle_expiry_s)
+        self.tool_times = ToolTimes()  # acting-phase lengths, per tool and per program
         self._status_counts = {Status.ACTIVE: 0, Status.PAUSED: 0}
         self._phase_counts = {Phase.REASONING: 0, Phase.ACTING: 0}
         self.counters: dict = {
@@ -90,6 +93,7 @@ class ProgramTable:
             "pauses": 0,
             "resumes": 0,
             "tool_events": 0,
+            "acting_observed": 0,
             "records_evicted": 0,
             "prefill_tokens_computed": 0,
             "prefill_tokens_cached": 0,
@@ -118,6 +122,7 @@ class ProgramTable:
             p = self._create(program_id, parent_id, now)
         elif p.parent_id is None and parent_id is not None:
             p.parent_id = parent_id
+        self._acting_ended(p, now)
         p.in_flight.add(rid)
         p.waiting = False
         self._by_rid[rid] = p
@@ -177,6 +182,8 @@ class ProgramTable:
             if p.release_requested:
                 self._terminate(p, p.requested_cause or "explicit", now)
                 return p
+            p.acting_open, p.tool, p.tool_key = True, None, None
+            self._predict(p)
         self._touch_idle(p, now)
         return p
 
@@ -194,12 +201,16 @@ class ProgramTable:
             self._terminate(p, p.requested_cause or "explicit", now)
         return p
 
-    def tool_event(self, program_id: str, event: str, expected_s: float | None = None) -> Program:
+    def tool_event(self, program_id: str, event: str, expected_s: float | None = None,
+                   tool: str | None = None) -> Program:
         """A tool phase hint: "start" (tool_running, expected_s kept: the program expires no
-        sooner than twice ``expected_s`` after the start) or "end" (tool stopped). Either
-        restarts idle time. ValueError for another event; UnknownProgram for a non-live id."""
+        sooner than twice ``expected_s`` after the start; ``tool``, if named, is what this
+        acting phase is observed and predicted under) or "end" (tool stopped). Either restarts
+        idle time. ValueError for another event or a bad name; UnknownProgram for a non-live
+        id."""
         check_tool_event(event)
         expected_s = check_expected_s(expected_s)
+        tool = check_tool_name(tool)
         p = self._require_live(program_id)
         now = self.clock()
         self.counters["tool_events"] += 1
@@ -207,10 +218,18 @@ class ProgramTable:
             if not p.tool_running:
                 p.tool_since = now
             p.tool_running, p.tool_expected_s = True, expected_s
+            if tool is not None and p.acting_open and p.tool is None:  # the phase's first name
+                p.tool, p.tool_key = tool, self.tool_times.key(tool)
+                self._predict(p)
         else:
             p.tool_running, p.tool_expected_s, p.tool_since = False, None, None
         self._touch_idle(p, now)
         return p
+
+    def predict_tool(self, program_id: str, tool: str | None = None):
+        """The duration model's prediction for the program's next acting phase under ``tool``
+        (None: unnamed), or None without observations."""
+        return self.tool_times.predict(self.tool_times.key(tool) if tool else GAP, program_id)
 
     def set_kv_decision(self, program_id: str, decision: str | None) -> Program:
         """What the cache did with a paused program's KV (keep|offload|drop)."""
@@ -237,13 +256,29 @@ class ProgramTable:
             self._touch_idle(p, self.clock())
         return p
 
+    def _acting_ended(self, p: Program, now: float) -> None:
+        """The program's next call came (arrived or held): its acting phase is observed."""
+        if p.acting_open:
+            self.tool_times.observe(p.tool_key or GAP, p.program_id, now - p.phase_since)
+            self.counters["acting_observed"] += 1
+        p.acting_open = False
+        p.tool_predicted_s = p.tool_predicted_p90_s = None
+
+    def _predict(self, p: Program) -> None:
+        got = self.tool_times.predict(p.tool_key or GAP, p.program_id)
+        p.tool_predicted_s = None if got is None else got.median_s
+        p.tool_predicted_p90_s = None if got is None else got.p90_s
+
     def set_waiting(self, program_id: str, waiting: bool) -> Program | None:
         """A call of a live program is held (``waiting``: its idle time stops) or the last one
         left the queue without being admitted (idle time restarts). None for a non-live id."""
         p = self._live.get(program_id)
         if p is not None and p.waiting != waiting:
             p.waiting = waiting
-            self._touch_idle(p, self.clock())
+            now = self.clock()
+            if waiting:
+                self._acting_ended(p, now)  # its next call came, though held
+            self._touch_idle(p, now)
         return p
 
     def _change_status(self, program_id: str, old: Status, new: Status, counter: str) -> Program:
@@ -348,7 +383,9 @@ class ProgramTable:
         self._set_status(p, Status.TERMINATED, now)
         p.release_cause, p.terminated_at = cause, now
         p.tool_running, p.tool_expected_s, p.tool_since = False, None, None
+        p.acting_open, p.tool_predicted_s, p.tool_predicted_p90_s = False, None, None
         p.waiting = p.operator_paused = False
+        self.tool_times.forget(p.program_id)
         self._idle.remove(p.program_id)
         del self._live[p.program_id]
         self.counters["releases"][cause] += 1

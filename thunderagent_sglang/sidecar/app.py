@@ -97,7 +97,7 @@ def create_app(manager: EnvManager, token: str, reporter: ToolReporter) -> FastA
     @app.post("/envs/{env_id}/exec")
     async def exec_env(env_id: str, body: ExecBody):
         program_id = manager.get(env_id).spec.program_id
-        reporter.tool(program_id, "start", body.expected_s)
+        reporter.tool(program_id, "start", body.expected_s, body.tool)
         try:
             result = await blocking(manager.exec, env_id, body.cmd, body.cwd, body.env,
                                     body.timeout, executor=exec_pool)

@@ -8,6 +8,7 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from thunderagent_sglang.program.identity import id_problem, invalid_id_message
+from thunderagent_sglang.program.tool_time import check_tool_name
 from thunderagent_sglang.sidecar.envs import EnvSpec
 from thunderagent_sglang.sidecar.errors import BadRequest, Forbidden, Unenforceable
 from thunderagent_sglang.sidecar.settings import SidecarSettings
@@ -50,6 +51,12 @@ class ExecBody(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     timeout: float = Field(default=DEFAULT_TIMEOUT_S, gt=0, le=MAX_TIMEOUT_S)
     expected_s: float | None = Field(default=None, ge=0)  # forwarded to the server's tool hint
+    tool: str | None = None  # the tool's name, forwarded too (1-64 of [A-Za-z0-9._:-])
+
+    @field_validator("tool")
+    @classmethod
+    def _tool(cls, tool: str | None) -> str | None:
+        return check_tool_name(tool)
 
     @field_validator("env")
     @classmethod

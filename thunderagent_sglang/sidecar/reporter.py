@@ -1,7 +1,7 @@
 """Reports each exec to the ThunderAgent server as a tool phase of its program.
 
-``POST {server}/programs/{id}/tool {"event": "start"|"end", "expected_s"?}``, in order, from
-one background task; a failure is logged and never fails the exec.
+``POST {server}/programs/{id}/tool {"event": "start"|"end", "expected_s"?, "tool"?}``, in
+order, from one background task; a failure is logged and never fails the exec.
 """
 
 from __future__ import annotations
@@ -38,11 +38,14 @@ class ToolReporter:
             self._task.cancel()
             self._task = None
 
-    def tool(self, program_id: str, event: str, expected_s: float | None = None) -> None:
+    def tool(self, program_id: str, event: str, expected_s: float | None = None,
+             tool: str | None = None) -> None:
         if self._queue is not None:
             body = {"event": event}
             if expected_s is not None:
                 body["expected_s"] = expected_s
+            if tool is not None:
+                body["tool"] = tool
             self._queue.put_nowait((program_id, body))
 
     async def _run(self) -> None:
