@@ -91,6 +91,14 @@ class Player:
         data = orjson.loads(reply.content)
         return data["choices"][0]["token_ids"], data["usage"]
 
+    async def tool_hint(self, program_id: str, tool: str) -> None:
+        """Names the tool of the gap that starts now (404 on plain SGLang: ignored)."""
+        reply = await self.http.post(f"{self.url}/programs/{program_id}/tool",
+                                     json={"event": "start", "tool": tool})
+        if reply.status_code not in (200, 404):
+            raise RuntimeError(f"tool hint of {program_id} answered {reply.status_code}: "
+                               f"{reply.text[:300]}")
+
     async def release(self, program_id: str) -> None:
         reply = await self.http.post(f"{self.url}/programs/release", json={"program_id": program_id})
         if reply.status_code not in (200, 404):  # 404: plain SGLang, or already ended
@@ -101,6 +109,8 @@ class Player:
         pid = program.program_id if self.tagged else None
         start, prompt, answer = rec.now(), (), []
         for turn, call in enumerate(program.calls):
+            if call.tool is not None and pid is not None:
+                await self.tool_hint(pid, call.tool)
             if call.tool_wait_s:
                 await asyncio.sleep(call.tool_wait_s)
             if program.carries_output and turn:

@@ -28,7 +28,8 @@ from benchmarks.agentic import server as servers
 from benchmarks.agentic.calibrate import MODEL_SPEC, RESULTS, model_dir
 from benchmarks.agentic.player import Player, Recorder, rollout, serve
 from benchmarks.agentic.systems import Pools, System, by_name
-from benchmarks.agentic.workload import Program, WorkloadSpec, chat_program, rollout_batch, serving_program
+from benchmarks.agentic.workload import (PRESETS, Program, chat_program, preset_spec,
+                                         rollout_batch, serving_program)
 
 QUICK = {"concurrency": [16], "warmup": 30.0, "window": 60.0}
 FULL = {"concurrency": [4, 8, 16, 24, 32], "warmup": 60.0, "window": 180.0}
@@ -50,6 +51,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, help="seconds before the window opens (serve, chat)")
     p.add_argument("--window", type=float, help="seconds of the measured window (serve, chat)")
     p.add_argument("--group-size", type=int, default=4, help="samples per task in rollouts")
+    p.add_argument("--preset", choices=PRESETS, default="default",
+                   help="the workload: default (log-normal tool gaps, unchanged), or tools (gaps "
+                        "by named tool type, scaled so the longest is a third of the window; "
+                        "the player names each tool in a hint)")
     p.add_argument("--device-tokens", type=int, default=16384, help="device KV pool (tokens)")
     p.add_argument("--host-ratio", type=float, default=1.0,
                    help="host tier, times the device pool (issue: no larger than the pool)")
@@ -80,7 +85,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.window = preset["window"] if args.window is None else args.window
     if args.systems is None and args.mode == "chat":
         args.systems = CHAT_SYSTEMS
-    args.out = args.out or RESULTS / f"{'quick' if args.quick else 'full'}-{args.mode}"
+    suffix = "" if args.preset == "default" else f"-{args.preset}"
+    args.out = args.out or RESULTS / f"{'quick' if args.quick else 'full'}-{args.mode}{suffix}"
     return args
 
 
@@ -91,7 +97,8 @@ def configuration(args: argparse.Namespace, pools: Pools) -> dict:
             "window_s": args.window, "group_size": args.group_size, "seed": args.seed,
             "sglang_metrics": args.sglang_metrics, "ours_flags": args.ours_flags,
             "trace": str(args.trace) if args.trace else None, "block_size": args.block_size,
-            "workload": dataclasses.asdict(WorkloadSpec()), "pools": dataclasses.asdict(pools),
+            "workload": dataclasses.asdict(preset_spec(args.preset, args.window)),
+            "pools": dataclasses.asdict(pools),
             "model_spec": dataclasses.asdict(MODEL_SPEC),
             "systems": [{**dataclasses.asdict(s), "args": list(s.args)} for s in by_name(pools, None)]}
 
@@ -111,7 +118,7 @@ def write_config(out: Path, config: dict) -> None:
 
 def program_source(args: argparse.Namespace, replayed: list[Program] | None):
     """``next_program(slot, index)`` for serving modes."""
-    spec = WorkloadSpec()
+    spec = preset_spec(args.preset, args.window)
     if replayed is not None:
         return lambda slot, index: replayed[(slot + index * max(args.concurrency)) % len(replayed)]
     if args.mode == "chat":
@@ -130,7 +137,8 @@ async def play_point(url: str, system: System, args, n: int, replayed, sched) ->
 
     try:
         if args.mode == "rollout":
-            batch = replayed[:n] if replayed else rollout_batch(WorkloadSpec(), args.seed, n, args.group_size)
+            batch = replayed[:n] if replayed else rollout_batch(
+                preset_spec(args.preset, args.window), args.seed, n, args.group_size)
             await mark("start", 0)
             rec: Recorder = await rollout(player, batch, label)
             figures = report.rollout_figures(rec)

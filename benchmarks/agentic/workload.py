@@ -21,6 +21,13 @@ tokens; input:output ~131:1; 86% of follow-ups within 1 s and 95% within 10 s
 with research/test tools up to minutes. Contexts are scaled down ~20x (a CPU
 prefills ~2-3k tokens/s) and the tool-gap median up (a CPU call takes
 seconds, so gaps stay 40-60% of a program's wall time as in the traces).
+
+The ``tools`` preset (``preset_spec("tools", window_s)``) draws each gap from a named tool type
+with its own distribution instead (``TOOL_TYPES``: editor calls short, test runs and searches
+long; unscaled, at least 80% of gaps under 1 s, about 95% under 10 s, at least 1% over 240 s,
+as in the traces), then scales every gap by one factor so that the longest possible one is a
+third of the measurement window; the player names the tool in a tool hint before each gap, so
+a tool's name carries information. The default preset is unchanged.
 """
 
 from __future__ import annotations
@@ -32,6 +39,29 @@ import random
 
 FIRST_TOKEN = 3  # ids 0-2 are the demo tokenizer's special tokens
 VOCAB_SIZE = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolType:
+    """A kind of tool call: its share of gaps and its log-normal duration (seconds, clipped)."""
+
+    name: str
+    weight: float
+    median_s: float
+    sigma: float
+    max_s: float
+
+
+# Calibrated to ../shared/docs/landscape.md (unscaled: 82% of gaps under 1 s, 95% under 10 s,
+# 1.2% over 240 s; checked by tests/unit/test_bench_workload.py).
+TOOL_TYPES = (
+    ToolType("edit", 0.575, 0.15, 0.6, 2.0),  # str_replace / file editor
+    ToolType("view", 0.23, 0.3, 0.7, 5.0),  # cat / ls / open a file
+    ToolType("grep", 0.12, 2.0, 0.9, 60.0),  # search the repository
+    ToolType("pytest", 0.05, 8.0, 1.0, 600.0),  # run the tests
+    ToolType("web_search", 0.025, 240.0, 0.8, 600.0),  # research tools
+)
+PRESETS = ("default", "tools")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +85,8 @@ class WorkloadSpec:
     tool_gap_max_s: float = 60.0
     max_context_tokens: int = 12288  # a program ends before its prompt would pass this
     vocab_size: int = VOCAB_SIZE
+    tool_types: tuple[ToolType, ...] = ()  # non-empty: gaps by named tool type (``tools``)
+    tool_gap_scale: float = 1.0  # every tool type's gap times this
 
     def mean_context_tokens(self) -> float:
         """Expected prompt length of a program's last call (for sizing KV pools)."""
@@ -74,6 +106,7 @@ class Call:
     new_tokens: tuple[int, ...]
     output_tokens: int
     tool_wait_s: float
+    tool: str | None = None  # the tool of the wait before it (the ``tools`` preset)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +163,24 @@ def tool_gap_s(spec: WorkloadSpec, rng: random.Random) -> float:
     return round(min(spec.tool_gap_max_s, gap), 3)
 
 
+def typed_tool_gap(spec: WorkloadSpec, rng: random.Random, scaled: bool = True) -> tuple[str, float]:
+    """(tool name, gap seconds) from ``spec.tool_types``; ``scaled``: times the preset's factor."""
+    tool = rng.choices(spec.tool_types, weights=[t.weight for t in spec.tool_types])[0]
+    gap = min(tool.max_s, rng.lognormvariate(math.log(tool.median_s), tool.sigma))
+    return tool.name, round(gap * (spec.tool_gap_scale if scaled else 1.0), 3)
+
+
+def preset_spec(preset: str, window_s: float) -> WorkloadSpec:
+    """The workload of a preset: ``default`` (today's), or ``tools`` scaled to ``window_s``."""
+    if preset == "default":
+        return WorkloadSpec()
+    if preset == "tools":
+        longest = max(t.max_s for t in TOOL_TYPES)
+        return WorkloadSpec(tool_types=TOOL_TYPES,
+                            tool_gap_scale=round(window_s / 3 / longest, 6))
+    raise ValueError(f"unknown workload preset {preset!r}: use one of {', '.join(PRESETS)}")
+
+
 def make_program(spec: WorkloadSpec, seed: int, program_id: str, task: str | None = None,
                  group: str | None = None) -> Program:
     """One program; ``task`` names its task prompt (default: its own id)."""
@@ -139,11 +190,11 @@ def make_program(spec: WorkloadSpec, seed: int, program_id: str, task: str | Non
     context = len(head)
     for _ in range(turns(spec, rng) - 1):
         tool = random_tokens(rng, tool_output_tokens(spec, rng), spec.vocab_size)
-        gap = tool_gap_s(spec, rng)
+        name, gap = typed_tool_gap(spec, rng) if spec.tool_types else (None, tool_gap_s(spec, rng))
         context += spec.output_tokens + len(tool)
         if context + spec.output_tokens > spec.max_context_tokens:
             break
-        calls.append(Call(tool, spec.output_tokens, gap))
+        calls.append(Call(tool, spec.output_tokens, gap, name))
     return Program(program_id, tuple(calls), group=group)
 
 

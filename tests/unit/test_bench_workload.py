@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import random
 import math
 import statistics
 
 import pytest
 
-from benchmarks.agentic import trace
+from benchmarks.agentic import trace, workload
 from benchmarks.agentic.workload import (
     Call, Program, WorkloadSpec, chat_program, prompts, rollout_batch, serving_program, system_prompt,
 )
@@ -140,3 +141,38 @@ def test_foreign_rows_without_sessions_or_with_delay_only_are_read(tmp_path):
 def test_a_wrong_block_size_is_reported():
     with pytest.raises(ValueError, match="block size"):
         trace.rebuild_prompt({"session_id": "x", "input_length": 700, "hash_ids": [0, 1]}, 256)
+
+
+def test_the_tools_preset_matches_the_published_gap_statistics_before_scaling():
+    spec = workload.preset_spec("tools", window_s=300)
+    rng = random.Random(7)
+    draws = [workload.typed_tool_gap(spec, rng, scaled=False) for _ in range(40000)]
+    gaps = [g for _, g in draws]
+    share = lambda f: sum(map(f, gaps)) / len(gaps)  # noqa: E731
+    assert share(lambda g: g < 1) >= 0.80
+    assert 0.93 <= share(lambda g: g < 10) <= 0.97
+    assert share(lambda g: g > 240) >= 0.01
+    by_tool: dict[str, list[float]] = {}
+    for name, gap in draws:
+        by_tool.setdefault(name, []).append(gap)
+    medians = {name: statistics.median(v) for name, v in by_tool.items()}
+    assert medians["edit"] < medians["view"] < 1 < medians["grep"] < medians["pytest"] < medians[
+        "web_search"]
+
+
+def test_the_tools_preset_scales_every_gap_to_a_third_of_the_window_at_most():
+    spec = workload.preset_spec("tools", window_s=300)
+    assert spec.tool_gap_scale == round(100 / 600, 6)
+    programs = [workload.serving_program(spec, 0, slot, 0) for slot in range(200)]
+    calls = [c for p in programs for c in p.calls[1:]]
+    assert {c.tool for c in calls} == {t.name for t in workload.TOOL_TYPES}
+    assert max(c.tool_wait_s for c in calls) <= 100
+    assert all(p.calls[0].tool is None and p.calls[0].tool_wait_s == 0 for p in programs)
+
+
+def test_the_default_preset_is_todays_workload():
+    assert workload.preset_spec("default", 300) == workload.WorkloadSpec()
+    program = workload.serving_program(workload.WorkloadSpec(), 0, 0, 0)
+    assert all(c.tool is None for c in program.calls)
+    with pytest.raises(ValueError, match="unknown workload preset 'nope'"):
+        workload.preset_spec("nope", 300)
