@@ -153,6 +153,11 @@ class ThunderAgentConfig:
         "2^(-tool_seconds / this) when ranking what to evict "
         f"(default: {DEFAULT_DECAY_HALF_LIFE_S:g}, the paper's).",
         metavar="SECONDS", parse=_positive_float)
+    predicted_eviction: bool = option(
+        True, "Rank an acting program's KV by the distance to its predicted return (the "
+        "tool-duration model's median for its tool) instead of by how long its tool has run: "
+        "a program predicted back soon keeps its KV, one predicted away long loses it first "
+        "(default: on; off: the paper's decay by tool time alone).", on_off=True)
     offload: str = option(
         "auto", "When a program is paused and SGLang's host tier is on "
         "(--enable-hierarchical-cache), keep, offload or drop the KV it holds alone by a cost "

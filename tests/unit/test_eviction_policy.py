@@ -67,3 +67,17 @@ def test_an_untagged_live_node_ranks_alike_on_device_and_host():
 
     assert node_key((), retired=False) == host_node_key(False, retired=False)
     assert node_key((), retired=False) == (EvictionClass.UNTAGGED, 0.0)
+
+
+def predicted(tokens, tool_s, predicted_s):
+    return program_key(ProgramState(False, False, tokens, tool_s, predicted_s), HALF_LIFE)
+
+
+def test_a_predicted_acting_phase_ranks_by_the_distance_to_its_return():
+    assert predicted(1000, 0.0, 20.0) == (EvictionClass.ACTING, 250.0)  # back in 20 s
+    assert predicted(1000, 15.0, 20.0) == (EvictionClass.ACTING, 1000 * 2 ** -0.5)
+    assert predicted(1000, 20.0, 20.0) == (EvictionClass.ACTING, 1000.0)  # due now
+    assert predicted(1000, 40.0, 20.0) == (EvictionClass.ACTING, 250.0)  # 20 s overdue
+    # At the same elapsed time, a short tool's program keeps its KV over a long tool's.
+    assert predicted(1000, 1.0, 30.0) < predicted(1000, 1.0, 0.5) < key(reasoning=True)
+    assert predicted(1000, 1.0, None) == key(tokens=1000, tool_s=1.0)  # no prediction: decay

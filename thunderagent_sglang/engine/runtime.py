@@ -301,6 +301,7 @@ class ProgramRuntime(SchedulerHooks):
             context_tokens=ledger.context_tokens(program_id) if program_id in ledger
             else program.context_tokens,
             tool_seconds=self.clock() - program.phase_since,
+            predicted_s=program.tool_predicted_s if self.cfg.predicted_eviction else None,
         )
         return program_key(state, self.cfg.decay_half_life_s)
 

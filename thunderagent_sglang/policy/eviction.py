@@ -3,7 +3,11 @@
 1. terminated programs' KV; 2. paused programs, smallest first (recompute grows
 with the square of the context, so freeing small programs wastes least);
 3. untagged KV, by recency as plain SGLang; 4. acting programs, ascending by
-decayed value ``context_tokens * 2 ** (-tool_seconds / half_life)``;
+decayed value ``context_tokens * 2 ** (-tool_seconds / half_life)``, or, where the tool-duration
+model predicts the acting phase's length (``predicted_s``), by the distance to its predicted
+return, ``|predicted_s - tool_seconds|``, in place of ``tool_seconds``: a program predicted back
+soon is kept, one predicted away long goes first from the start of its tool, and one overdue
+decays again as its tool keeps running;
 5. reasoning programs last. A node shared by several programs ranks as its
 most protected user. The engine appends SGLang's own priority (recency by
 default) to break ties, so with no tagged traffic the order is exactly SGLang's.
@@ -31,6 +35,7 @@ class ProgramState(NamedTuple):
     reasoning: bool
     context_tokens: int
     tool_seconds: float  # how long its current tool has run (acting only)
+    predicted_s: float | None = None  # the predicted length of its acting phase, if any
 
 
 def decayed_value(context_tokens: int, tool_seconds: float, half_life_s: float) -> float:
@@ -42,7 +47,10 @@ def program_key(state: ProgramState, half_life_s: float) -> tuple[int, float]:
         return EvictionClass.PAUSED, float(state.context_tokens)
     if state.reasoning:
         return EvictionClass.REASONING, float(state.context_tokens)
-    return EvictionClass.ACTING, decayed_value(state.context_tokens, state.tool_seconds, half_life_s)
+    seconds = state.tool_seconds
+    if state.predicted_s is not None:
+        seconds = abs(state.predicted_s - state.tool_seconds)  # from its predicted return
+    return EvictionClass.ACTING, decayed_value(state.context_tokens, seconds, half_life_s)
 
 
 def node_key(program_keys: Iterable[tuple[int, float]], retired: bool) -> tuple[int, float]:
