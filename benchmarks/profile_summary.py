@@ -6,7 +6,8 @@
     .venv/bin/python benchmarks/profile_summary.py sched.txt --out summary.txt
 
 Prints (and writes) the share of samples inside the model's forward (``Scheduler.run_batch``)
-and outside it, the inclusive share of the top frames, and the stacks outside the forward, ours
+and outside it, and of those outside it the share in our code (our hook around the forward is
+not counted as ours), the inclusive share of the top frames, and the stacks outside the forward, ours
 (``thunderagent_sglang``) marked, with their sample counts.
 """
 
@@ -38,7 +39,7 @@ def summarize(lines: list[str], top: int = 25) -> str:
         n = int(count)
         total += n
         in_forward += n if FORWARD in stack else 0
-        ours += n if OURS in stack else 0
+        ours += n if OURS in stack and FORWARD not in stack else 0  # not our hook around it
         frames = stack.split(";")
         for name in {frame_name(f) for f in frames}:
             inclusive[name] += n
@@ -47,7 +48,7 @@ def summarize(lines: list[str], top: int = 25) -> str:
             outside[mark + " > ".join(frame_name(f) for f in frames[-4:])] += n
     pct = lambda n: 100.0 * n / max(1, total)  # noqa: E731
     out = [f"samples: {total}; in the forward ({FORWARD}): {pct(in_forward):.1f}%; outside it: "
-           f"{pct(total - in_forward):.2f}%; in thunderagent_sglang code: {pct(ours):.2f}%",
+           f"{pct(total - in_forward):.2f}% (in thunderagent_sglang code: {pct(ours):.2f}%)",
            "", "inclusive share, top frames:"]
     out += [f"{pct(v):6.2f}%  {k}" for k, v in inclusive.most_common(top)]
     out += ["", "stacks outside the forward (innermost 4 frames), by samples:"]
