@@ -20,6 +20,7 @@ import requests
 
 from tests.integration.server import Server, wait_until
 from thunderagent_sglang.sidecar import disk
+from tests.sidecar.conftest import sleepers
 
 pytestmark = pytest.mark.server
 API_KEY = "sidecar-test-key"
@@ -202,18 +203,6 @@ def test_prepare_reaches_the_sidecar_before_a_paused_programs_call_is_admitted(s
     assert paused_at < min(stamps) < admitted_at
 
 
-def _sleepers(*seconds: int) -> list[int]:
-    marks = [f"sleep\x00{n}".encode() for n in seconds]
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if any(open(f"/proc/{pid}/cmdline", "rb").read().startswith(m) for m in marks):
-                found.append(int(pid))
-        except OSError:
-            continue
-    return found
-
-
 def _sidecar_pid(root: Path) -> int:
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -249,14 +238,14 @@ def test_a_killed_sidecar_comes_back_and_nothing_is_lost_or_left(served, base):
     for env_id, cmd in ((gone, "sleep 1031"), (kept, stubborn)):
         threading.Thread(target=lambda e=env_id, c=cmd: _quietly(sidecar.exec, e, c),
                          daemon=True).start()
-    wait_until(lambda: len(_sleepers(1031, 1032, 1033)) == 3, "the execs run")
+    wait_until(lambda: len(sleepers(1031, 1032, 1033)) == 3, "the execs run")
     old = _sidecar_pid(root)
     os.kill(old, signal.SIGKILL)
     killed_at = time.monotonic()
     reply = requests.post(f"{server.url}/programs/release", headers=AUTH, timeout=30,
                           json={"program_id": released})  # while the sidecar is down
     assert reply.status_code == 200, reply.text
-    wait_until(lambda: _sleepers(1031, 1032, 1033) == [] and disk.loop_devices_under(str(root))
+    wait_until(lambda: sleepers(1031, 1032, 1033) == [] and disk.loop_devices_under(str(root))
                == [], "the old sidecar's processes and loop devices gone", deadline_s=10)
     assert disk.mounts_under(str(root)) == []
     wait_until(lambda: _answers(sidecar), "the sidecar answers again", deadline_s=60)

@@ -105,6 +105,23 @@ class Sidecar:
         self.log.close()
 
 
+def command_lines() -> dict[int, bytes]:
+    """pid -> command line of every process now (one that exits meanwhile is left out)."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            found[int(pid)] = open(f"/proc/{pid}/cmdline", "rb").read()
+        except OSError:
+            continue
+    return found
+
+
+def sleepers(*seconds: int) -> list[int]:
+    """Pids of running ``sleep N`` processes for these N (the tests' markers)."""
+    marks = tuple(f"sleep\x00{n}".encode() for n in seconds)
+    return [pid for pid, cmdline in command_lines().items() if cmdline.startswith(marks)]
+
+
 @pytest.fixture
 def base(tmp_path) -> Path:
     """A small base tree shared read-only by every clone (under the tests' --base-root)."""

@@ -15,7 +15,7 @@ import pytest
 
 from thunderagent_sglang.sidecar import jail, peers
 from thunderagent_sglang.sidecar.settings import DEFAULT_SANDBOX_UID
-from tests.sidecar.conftest import needs_local
+from tests.sidecar.conftest import needs_local, sleepers
 
 pytestmark = needs_local
 
@@ -71,7 +71,11 @@ def test_the_command_runs_unprivileged_as_seen_from_the_host(sidecar, base):
     env = sidecar.create(base)["env_id"]
     runner = threading.Thread(target=sidecar.exec, args=(env, "sleep 1021"), daemon=True)
     runner.start()
-    pid = _wait_for_process(b"sleep\x001021")
+    deadline = time.monotonic() + 10
+    while not sleepers(1021):
+        assert time.monotonic() < deadline, "the command never started"
+        time.sleep(0.05)
+    [pid] = sleepers(1021)
     status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status").read().splitlines())
     uid = str(DEFAULT_SANDBOX_UID)
     assert status["Uid"].split() == [uid] * 4 and status["Gid"].split() == [uid] * 4
@@ -203,16 +207,3 @@ def _host_address() -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.connect(("192.0.2.1", 9))  # no packet is sent
         return s.getsockname()[0]
-
-
-def _wait_for_process(cmdline: bytes, limit: float = 10.0) -> int:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                if open(f"/proc/{pid}/cmdline", "rb").read().startswith(cmdline):
-                    return int(pid)
-            except OSError:
-                continue
-        time.sleep(0.05)
-    raise AssertionError(f"no process {cmdline!r}")

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 
 from thunderagent_sglang.sidecar import disk, jail
-from tests.sidecar.conftest import needs_local
+from tests.sidecar.conftest import command_lines, needs_local, sleepers
 
 pytestmark = needs_local
 
@@ -141,20 +141,6 @@ def test_unreachable_server_never_fails_an_exec(start_sidecar, base):
     assert sc.exec(env, "echo ok")["stdout"] == "ok\n"
 
 
-def _sleepers(*seconds: int) -> list[int]:
-    """Pids of ``sleep N`` processes for these N (our tests' markers)."""
-    marks = [f"sleep\x00{n}".encode() for n in seconds]
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
-        except OSError:
-            continue
-        if any(cmdline.startswith(m) for m in marks):
-            found.append(int(pid))
-    return found
-
-
 def test_kill_9_leaves_nothing_running_or_mounted_and_the_restart_restores(start_sidecar, base):
     sc = start_sidecar()
     envs = [sc.create(base, program_id=f"p{i}", limits={"disk": "16M"} if i == 0 else None)
@@ -172,16 +158,15 @@ def test_kill_9_leaves_nothing_running_or_mounted_and_the_restart_restores(start
 
     for env_id, cmd in ((envs[2], "sleep 1004"), (envs[0], stubborn)):
         threading.Thread(target=long_exec, args=(env_id, cmd), daemon=True).start()
-    _wait(lambda: len(_sleepers(1004, 1005, 1006)) == 5)
+    _wait(lambda: len(sleepers(1004, 1005, 1006)) == 5)
     assert len([p for p in sc.mounts_under(sc.root) if p.endswith("/merged")]) == 3
     assert len(disk.loop_devices_under(str(sc.root))) == 1
     sc.kill9()
     # No sweep needed: the sandboxes die with the sidecar, its mounts with its namespace.
-    _wait(lambda: _sleepers(1004, 1005, 1006) == [] and disk.loop_devices_under(str(sc.root))
+    _wait(lambda: sleepers(1004, 1005, 1006) == [] and disk.loop_devices_under(str(sc.root))
           == [], limit=10)
-    assert not any(f"{jail.MARK}:{sc.root}:".encode() in open(f"/proc/{p}/cmdline", "rb").read()
-                   for p in filter(str.isdigit, os.listdir("/proc"))
-                   if os.path.exists(f"/proc/{p}/cmdline"))
+    assert not any(f"{jail.MARK}:{sc.root}:".encode() in cmdline
+                   for cmdline in command_lines().values())
     assert disk.mounts_under(str(sc.root)) == []
     again = start_sidecar()  # the same root: its environments come back, paused
     listed = {e["env_id"]: e for e in again.http.get("/envs").json()["envs"]}
@@ -202,9 +187,7 @@ def test_destroy_during_a_setup_command_kills_it_at_once(sidecar, base):
 
     creator = threading.Thread(target=create)
     creator.start()
-    _wait(lambda: any(b"sleep\x001008" in open(f"/proc/{p}/cmdline", "rb").read()
-                      for p in filter(str.isdigit, os.listdir("/proc"))
-                      if os.path.exists(f"/proc/{p}/cmdline")))
+    _wait(lambda: sleepers(1008) != [])  # (a process may exit while /proc is read)
     [env] = sidecar.http.get("/envs").json()["envs"]
     start = time.monotonic()
     gone = sidecar.http.delete(f"/envs/{env['env_id']}", timeout=10)  # the setup holds the lock

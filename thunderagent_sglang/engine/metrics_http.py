@@ -31,10 +31,7 @@ class MetricsMiddleware:
         ours = render(stats_body) if stats_status == 200 else b""
         if status == 404:
             status, headers, body = 200, [(b"content-type", CONTENT_TYPE)], b""
-        body = body + (b"\n" if body and not body.endswith(b"\n") else b"") + ours
-        headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
-        headers.append((b"content-length", str(len(body)).encode()))
-        await _replay(send, status, headers, body)
+        await _replay(send, status, *_appended(headers, body, ours))
 
 
 class AppendMetrics:
@@ -50,10 +47,16 @@ class AppendMetrics:
             return await self.app(scope, receive, send)
         status, headers, body = await _capture(self.app, scope, receive)
         if status == 200:
-            body = body + (b"\n" if body and not body.endswith(b"\n") else b"") + self.text()
-            headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
-            headers.append((b"content-length", str(len(body)).encode()))
+            headers, body = _appended(headers, body, self.text())
         await _replay(send, status, headers, body)
+
+
+def _appended(headers, body: bytes, more: bytes):
+    """(headers, body) with ``more`` appended on a line of its own, content-length updated."""
+    body = body + (b"\n" if body and not body.endswith(b"\n") else b"") + more
+    headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+    headers.append((b"content-length", str(len(body)).encode()))
+    return headers, body
 
 
 async def _replay(send, status, headers, body) -> None:

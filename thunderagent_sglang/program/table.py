@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from thunderagent_sglang.program.expiry import ExpiryIndex
-from thunderagent_sglang.program.tool_time import GAP, ToolTimes, check_tool_name
+from thunderagent_sglang.program.tool_time import GAP, ToolTimes, check_tool_name, short_repr
 from thunderagent_sglang.program.record import (
     RECORD_KEYS,
     RELEASE_CAUSES,
@@ -39,8 +39,7 @@ TOOL_EVENTS = ("start", "end")
 def check_tool_event(event: Any) -> str:
     """A tool hint's event, "start" or "end"; ValueError otherwise (the value shown short)."""
     if event not in TOOL_EVENTS:
-        shown = repr(event) if len(repr(event)) <= 40 else repr(event)[:37] + "..."
-        raise ValueError(f"tool event must be 'start' or 'end', got {shown}")
+        raise ValueError(f"tool event must be 'start' or 'end', got {short_repr(event)}")
     return event
 
 
@@ -225,11 +224,6 @@ class ProgramTable:
             p.tool_running, p.tool_expected_s, p.tool_since = False, None, None
         self._touch_idle(p, now)
         return p
-
-    def predict_tool(self, program_id: str, tool: str | None = None):
-        """The duration model's prediction for the program's next acting phase under ``tool``
-        (None: unnamed), or None without observations."""
-        return self.tool_times.predict(self.tool_times.key(tool) if tool else GAP, program_id)
 
     def set_kv_decision(self, program_id: str, decision: str | None) -> Program:
         """What the cache did with a paused program's KV (keep|offload|drop)."""

@@ -34,8 +34,14 @@ def check_tool_name(value: Any) -> str | None:
         return None
     if isinstance(value, str) and _NAME.fullmatch(value):
         return value
-    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-    raise ValueError(f"tool must be 1-64 characters of letters, digits and . _ : -, got {shown}")
+    raise ValueError("tool must be 1-64 characters of letters, digits and . _ : -, got "
+                     + short_repr(value))
+
+
+def short_repr(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages about client input."""
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[:limit - 3] + "..."
 
 
 @dataclass(frozen=True)

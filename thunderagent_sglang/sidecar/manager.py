@@ -107,10 +107,12 @@ class EnvManager:
         with self._lock:
             return list(self._envs.values())
 
-    def root_with_network(self) -> bool:
-        """Whether an environment runs as root with the network (its sockets are root's)."""
+    def with_network(self) -> tuple[bool, bool]:
+        """(whether any environment has the network, whether one runs as root with it). Without
+        the network a sandbox cannot reach the host's sockets at all."""
         with self._lock:
-            return any(e.spec.root and e.spec.network for e in self._envs.values())
+            specs = [e.spec for e in self._envs.values() if e.spec.network]
+        return bool(specs), any(spec.root for spec in specs)
 
     def destroy(self, env_id: str, reason: str = "request") -> bool:
         """Idempotent: False when there was nothing (left) to destroy."""

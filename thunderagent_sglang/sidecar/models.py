@@ -89,11 +89,9 @@ def to_spec(body: CreateBody, settings: SidecarSettings) -> EnvSpec:
             raise BadRequest(f"port name {name!r}: use letters, digits and '_'")
     limits = body.limits or Limits()
     backend = body.backend or settings.backend
-    _check_allowed(body, limits, settings)
-    base_dir = allowed_dir(body.base_dir, settings.base_roots, "base_dir")
-    image = body.image
-    if backend == "local" and image:
-        image = allowed_dir(image, settings.base_roots, "image")
+    base_dir, image = operator_allows(network=limits.network, root=body.root, ports=body.ports,
+                                      backend=backend, base_dir=body.base_dir, image=body.image,
+                                      settings=settings)
     try:
         disk = parse_size(limits.disk) if limits.disk is not None else settings.default_disk_cap
         memory = parse_size(limits.memory) if limits.memory is not None else None
@@ -111,26 +109,29 @@ def to_spec(body: CreateBody, settings: SidecarSettings) -> EnvSpec:
 
 
 def check_restored(spec: EnvSpec, settings: SidecarSettings) -> None:
-    """A recorded spec, checked again against this start's settings (403s, as at create)."""
-    if spec.network and not settings.allow_network:
-        raise Forbidden("it asked for the network and --allow-network is off now")
-    if spec.root and not settings.allow_root:
-        raise Forbidden("it asked for root and --allow-root is off now")
-    allowed_dir(spec.base_dir, settings.base_roots, "base_dir")
-    if spec.backend == "local" and spec.image:
-        allowed_dir(spec.image, settings.base_roots, "image")
+    """A recorded spec, checked again against this start's settings (as at create)."""
+    operator_allows(network=spec.network, root=spec.root, ports=spec.ports,
+                    backend=spec.backend, base_dir=spec.base_dir, image=spec.image,
+                    settings=settings)
 
 
-def _check_allowed(body: CreateBody, limits: Limits, settings: SidecarSettings) -> None:
-    if limits.network and not settings.allow_network:
+def operator_allows(*, network: bool, root: bool, ports, backend: str, base_dir: str | None,
+                    image: str | None, settings: SidecarSettings) -> tuple[str | None, str | None]:
+    """(base_dir, image) resolved, if the operator's settings allow this environment; 403 (422
+    for ports without the network) otherwise."""
+    if network and not settings.allow_network:
         raise Forbidden("limits.network is not allowed here: the operator must start the sidecar "
                         "with --allow-network (the launcher: --thunderagent-sidecar-allow-network)")
-    if body.ports and not limits.network:
+    if ports and not network:
         raise Unenforceable("ports need the network: ask for limits.network true (allowed by "
                             "--allow-network), or give no ports")
-    if body.root and not settings.allow_root:
+    if root and not settings.allow_root:
         raise Forbidden("root is not allowed here: commands run as the unprivileged sandbox "
                         "user unless the operator starts the sidecar with --allow-root")
+    base_dir = allowed_dir(base_dir, settings.base_roots, "base_dir")
+    if backend == "local" and image:
+        image = allowed_dir(image, settings.base_roots, "image")
+    return base_dir, image
 
 
 def allowed_dir(path: str | None, roots: tuple[str, ...], what: str) -> str | None:

@@ -143,8 +143,11 @@ def refusing_sandboxes(base: type, manager: EnvManager) -> type:
     class RefusingSandboxes(base):
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
+            networked, root = manager.with_network()
+            if not networked:
+                return  # no sandbox shares the host's network: none can connect here
             peer, local = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
-            if peers.from_sandbox(peer, local, uid, manager.root_with_network()):
+            if peers.from_sandbox(peer, local, uid, root):
                 log.warning("refused a connection from a sandbox (%s:%s)", *peer[:2])
                 transport.abort()
 
