@@ -63,12 +63,13 @@ def test_kv_offload_figures_render_when_present():
 
 def test_scheduler_events_render_when_present():
     scheduler = {"held_requests": 5, "held_aborted": 1, "held_shutdown": 2, "held_refused": 7,
-                 "force_resumes": 3, "marks": 4, "retraction_orders": 6, "held_now": 9}
+                 "held_migrated": 8, "force_resumes": 3, "marks": 4, "retraction_orders": 6, "held_now": 9}
     got = samples(render({**STATS, "scheduler": scheduler}))
     events = {labels[0][1]: value for (name, labels), value in got.items()
               if name == "thunderagent_scheduler_events_total"}
     assert events == {"held_requests": 5, "held_aborted": 1, "held_shutdown": 2,
-                      "held_refused": 7, "force_resumes": 3, "marks": 4, "retraction_orders": 6}
+                      "held_refused": 7, "held_migrated": 8, "force_resumes": 3, "marks": 4,
+                      "retraction_orders": 6}
     assert got[("thunderagent_held_calls", ())] == 9
     assert not any(n == "thunderagent_scheduler_events_total" for n, _ in samples(render(STATS)))
 

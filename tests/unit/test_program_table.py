@@ -185,7 +185,7 @@ def test_release_with_nothing_in_flight_terminates_at_once(table, clock):
     p = table.release("a")
     assert (p.status, p.release_cause, p.terminated_at) == (Status.TERMINATED, "explicit", 1005.0)
     assert table.get("a") is p
-    assert table.counters["releases"] == {"explicit": 1, "final": 0, "idle": 0}
+    assert table.counters["releases"] == {"explicit": 1, "final": 0, "idle": 0, "migrated": 0}
     assert table.live_count_by() == {"status": {"active": 0, "paused": 0},
                                       "phase": {"reasoning": 0, "acting": 0}}
 
@@ -216,7 +216,7 @@ def test_final_marker_terminates_after_its_calls(table):
     table.release("a")  # an explicit release after the final marker keeps cause "final"
     finish(table, "r2")
     assert (p.status, p.release_cause) == (Status.TERMINATED, "final")
-    assert table.counters["releases"] == {"explicit": 0, "final": 1, "idle": 0}
+    assert table.counters["releases"] == {"explicit": 0, "final": 1, "idle": 0, "migrated": 0}
 
 
 def test_release_of_unknown_or_terminated_id(table):
@@ -318,7 +318,7 @@ def test_idle_program_expires_after_the_expiry(table, clock):
     clock.advance(0.001)
     [p] = table.expire_idle()
     assert (p.program_id, p.status, p.release_cause) == ("a", Status.TERMINATED, "idle")
-    assert table.counters["releases"] == {"explicit": 0, "final": 0, "idle": 1}
+    assert table.counters["releases"] == {"explicit": 0, "final": 0, "idle": 1, "migrated": 0}
     assert table.expire_idle() == []
     assert times(table, "a") == (0.0, 60.001, 0.0)
 
@@ -574,7 +574,7 @@ def test_counters_and_live_counts(table, clock):
     assert table.live_count_by() == {"status": {"active": 0, "paused": 0},
                                       "phase": {"reasoning": 0, "acting": 0}}
     c = table.counters
-    assert c["releases"] == {"explicit": 2, "final": 0, "idle": 1}
+    assert c["releases"] == {"explicit": 2, "final": 0, "idle": 1, "migrated": 0}
     assert (c["programs_created"], c["requests_arrived"], c["requests_finished"]) == (3, 3, 3)
     assert (c["pauses"], c["resumes"]) == (1, 1)
 
@@ -621,3 +621,14 @@ def test_a_tool_hint_with_an_expected_time_that_is_not_a_finite_non_negative_num
         table.tool_event("a", "start", expected_s=bad)
     assert table.get("a").tool_running is False
     assert table.tool_event("a", "start", expected_s=0).tool_expected_s == 0.0
+
+
+def test_a_release_names_its_cause_and_an_unknown_cause_is_refused(table, clock):
+    table.on_arrival("a", "r1")
+    finish(table, "r1")
+    with pytest.raises(ValueError, match="unknown release cause"):
+        table.release("a", "bored")
+    assert table.get("a").live
+    p = table.release("a", "migrated")
+    assert (p.status, p.release_cause) == (Status.TERMINATED, "migrated")
+    assert table.counters["releases"] == {"explicit": 0, "final": 0, "idle": 0, "migrated": 1}

@@ -421,3 +421,57 @@ def test_eviction_and_scheduling_read_one_context_size():
     assert runtime.ledger.context_tokens("p") == 400
     assert runtime.eviction_key("p") == program_key(
         ProgramState(paused=False, reasoning=True, context_tokens=400, tool_seconds=0.0), 5.0)
+
+
+def recording_answers(runtime):
+    answered = []
+    runtime.answer_now = lambda admit, rid, status, message: answered.append((rid, status))
+    return answered
+
+
+def test_migrating_a_paused_program_hands_its_held_call_back_and_ends_it_here():
+    runtime, clock, events = make_runtime()
+    engine = Engine()
+    answered = recording_answers(runtime)
+    arrive(runtime, engine, recv("r1", "p", range(32)))
+    runtime.on_stream_output(None, None, [finished("r1", range(32), range(4))], False)
+    handle(runtime, program_ipc.PauseProgram(program_id="p"))
+    arrive(runtime, engine, recv("r2", "p", range(40)))
+    assert runtime.scheduler.held.count("p") == 1 and engine.queued == ["r1"]
+    reply = handle(runtime, program_ipc.MigrateProgram(program_id="p"))
+    assert (reply.status, reply.body["status"], reply.body["release_cause"],
+            reply.body["handed_over"]) == (200, "terminated", "migrated", 1)
+    assert answered == [("r2", 421)] and engine.queued == ["r1"]
+    assert runtime.scheduler.held.count() == 0 and "p" not in runtime.ledger
+    assert runtime.table.counters["releases"]["migrated"] == 1
+    assert runtime.scheduler.counters["held_migrated"] == 1
+    assert events[-1] == ("p", "terminated")
+    listed = handle(runtime, program_ipc.ListPrograms(live_only=True)).body["programs"]
+    assert listed == []
+    assert [p["program_id"] for p in
+            handle(runtime, program_ipc.ListPrograms()).body["programs"]] == ["p"]
+
+
+def test_a_program_with_a_call_running_cannot_migrate_and_is_left_as_it_was():
+    runtime, _, _ = make_runtime()
+    engine = Engine()
+    answered = recording_answers(runtime)
+    arrive(runtime, engine, recv("r1", "p", range(32)))
+    reply = handle(runtime, program_ipc.MigrateProgram(program_id="p"))
+    assert reply.status == 409 and "1 call(s) running" in reply.body["error"]
+    program = runtime.table.get("p")
+    assert (program.status, program.in_flight, answered) == (Status.ACTIVE, {"r1"}, [])
+    reply = handle(runtime, program_ipc.MigrateProgram(program_id="nobody"))
+    assert reply.status == 404
+
+
+def test_migrating_a_never_admitted_program_leaves_nothing_behind():
+    runtime, _, _ = make_runtime(capacity=256)
+    engine = Engine()
+    answered = recording_answers(runtime)
+    held_behind_a_reasoning_program(runtime, engine)
+    reply = handle(runtime, program_ipc.MigrateProgram(program_id="big"))
+    assert (reply.status, reply.body) == (200, {"program_id": "big", "status": "terminated",
+                                                "release_cause": "migrated", "handed_over": 1})
+    assert answered == [("big-1", 421)] and "big" not in runtime.ledger
+    assert runtime.table.live_program("big") is None and runtime.scheduler.held.count() == 0

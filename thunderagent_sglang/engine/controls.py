@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from thunderagent_sglang.engine import program_ipc as ipc
 from thunderagent_sglang.engine.logs import get_logger
-from thunderagent_sglang.program.record import UnknownProgram
+from thunderagent_sglang.program.record import ProgramBusy, UnknownProgram
 
 
 def handle(runtime, msg) -> ipc.ProgramReply:
@@ -19,6 +19,8 @@ def handle(runtime, msg) -> ipc.ProgramReply:
         return ipc.reply(200, op(runtime, msg))
     except UnknownProgram as exc:
         return ipc.reply(404, {"error": str(exc)})
+    except ProgramBusy as exc:
+        return ipc.reply(409, {"error": str(exc)})
     except ValueError as exc:
         return ipc.reply(400, {"error": str(exc)})
     except Exception as exc:  # noqa: BLE001 - answer, never crash the scheduler
@@ -50,13 +52,17 @@ def _not_admitted(runtime) -> list[str]:
     return [pid for pid in runtime.scheduler.held.programs() if table.live_program(pid) is None]
 
 
-def _list(runtime, msg) -> dict:
-    return {"programs": [record(runtime, p) for p in runtime.table.programs()]
+def _list(runtime, msg: ipc.ListPrograms) -> dict:
+    programs = runtime.table.programs()
+    if msg.live_only:
+        programs = [p for p in programs if p.live]
+    return {"programs": [record(runtime, p) for p in programs]
             + [waiting_record(runtime, pid) for pid in _not_admitted(runtime)],
             "demand_tokens": runtime.ledger.demand_tokens(),
             "resident_tokens": runtime.residency.active_footprint(),
             "tagged_resident_tokens": runtime.residency.tagged_tokens(),
-            "scheduler": runtime.scheduler.stats()}
+            "scheduler": runtime.scheduler.stats(),
+            "prefill_tokens_per_s": runtime.offload.recompute_rate()}
 
 
 def _get(runtime, msg: ipc.GetProgram) -> dict:
@@ -69,6 +75,13 @@ def _get(runtime, msg: ipc.GetProgram) -> dict:
 def _release(runtime, msg: ipc.ReleaseProgram) -> dict:
     program = runtime.release(msg.program_id)
     return {**record(runtime, program), "released": program.release_cause is not None}
+
+
+def _migrate(runtime, msg: ipc.MigrateProgram) -> dict:
+    program, handed = runtime.migrate(msg.program_id)
+    body = record(runtime, program) if program is not None else {
+        "program_id": msg.program_id, "status": "terminated", "release_cause": "migrated"}
+    return {**body, "handed_over": handed}
 
 
 def _tool(runtime, msg: ipc.ToolHint) -> dict:
@@ -116,6 +129,7 @@ _OPS = {
     ipc.ReleaseProgram: _release,
     ipc.ToolHint: _tool,
     ipc.PauseProgram: _pause,
+    ipc.MigrateProgram: _migrate,
     ipc.ResumeProgram: _resume,
     ipc.ProgramStats: _stats,
     ipc.ShutDownHeld: _shut_down,

@@ -66,8 +66,12 @@ class Offloader:
         if self.link is None:
             return None
         bytes_per_token, bandwidth, latency = self.link
-        rate = self.cfg.recompute_rate or self.meter.rate()
+        rate = self.recompute_rate()
         return CostModel(bytes_per_token, bandwidth, latency, rate)
+
+    def recompute_rate(self) -> float | None:
+        """Prefill tokens per second: configured, else measured (with a host tier), else None."""
+        return self.cfg.recompute_rate or self.meter.rate()
 
     def time_prefill(self, original, scheduler, batch, *args, **kwargs):
         """AROUND ``Scheduler.run_batch``: time a sample of prefill batches (recompute rate)."""

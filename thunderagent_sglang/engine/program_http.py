@@ -11,7 +11,6 @@ invalid one, and stamps ``X-Program-Id`` on the response. A hook on
 from __future__ import annotations
 
 import asyncio
-import os
 
 import orjson
 
@@ -34,19 +33,12 @@ from thunderagent_sglang.program.identity import (
     check_program_id,
     extract_identity,
     names_program,
+    tagged_paths,
 )
 from thunderagent_sglang.program.table import check_expected_s, check_tool_event
 from thunderagent_sglang.program.tool_time import check_tool_name
 
-# Every route of SGLang 0.5.23 that generates (each passes its HTTP request on to
-# TokenizerManager.generate_request, where the id is attached), and count_tokens (the id is
-# read and checked, no program is created). Ollama's routes move with SGLang's variables.
-TAGGED_PATHS = frozenset({
-    "/generate", "/v1/chat/completions", "/v1/completions", "/v1/messages",
-    "/v1/messages/count_tokens", "/v1/responses",
-    os.environ.get("SGLANG_OLLAMA_CHAT_ROUTE", "/api/chat"),
-    os.environ.get("SGLANG_OLLAMA_GENERATE_ROUTE", "/api/generate"),
-})
+TAGGED_PATHS = tagged_paths()
 STATE_KEY = "thunderagent_identity"
 
 
@@ -230,8 +222,10 @@ async def _body_object(request: Request) -> dict:
     return value
 
 
-async def list_programs():
-    return await control(program_ipc.ListPrograms())
+async def list_programs(live: str | None = None):
+    """``GET /programs``; ``?live=1``: without the records of ended programs (a router's
+    poll)."""
+    return await control(program_ipc.ListPrograms(live_only=live in ("1", "true")))
 
 
 async def _on_program(message_type, program_id: str, what: str = "program id in the path",
@@ -299,6 +293,13 @@ async def tool_event(program_id: str, request: Request):
         return _invalid(exc)
     return await _on_program(program_ipc.ToolHint, program_id, event=event,
                              expected_s=expected_s, tool=tool)
+
+
+@auth_level(AuthLevel.ADMIN_OPTIONAL)
+async def migrate_program(program_id: str):
+    """A router moves the program: 409 while a call of it runs here; else its held calls are
+    answered 421 and it ends (cause "migrated")."""
+    return await _on_program(program_ipc.MigrateProgram, program_id)
 
 
 @auth_level(AuthLevel.ADMIN_OPTIONAL)
@@ -390,6 +391,7 @@ def install(cfg: config.ThunderAgentConfig) -> None:
         ("/programs/{program_id:path}/pause", pause_program, ["POST"]),
         ("/programs/{program_id:path}/resume", resume_program, ["POST"]),
         ("/programs/{program_id:path}/release", operator_release, ["POST"]),
+        ("/programs/{program_id:path}/migrate", migrate_program, ["POST"]),
         ("/programs/{program_id:path}", get_program, ["GET"]),
         ("/profiles/{program_id:path}", get_program, ["GET"]),
     ]

@@ -20,7 +20,10 @@ PRIORITY_KEY = "__thunderagent_priority"
 
 
 class ListPrograms(BaseReq, kw_only=True):
-    """Every kept record, the demand and residency totals, the scheduler's counters."""
+    """Every kept record (``live_only``: none of ended programs), the demand and residency
+    totals, the scheduler's counters."""
+
+    live_only: bool = False
 
 
 class GetProgram(BaseReq, kw_only=True):
@@ -36,6 +39,12 @@ class ToolHint(BaseReq, kw_only=True):
     event: str  # start | end
     expected_s: Optional[float] = None
     tool: Optional[str] = None  # the tool's name (1-64 of [A-Za-z0-9._:-])
+
+
+class MigrateProgram(BaseReq, kw_only=True):
+    """A router moves the program away: its held calls answered 421, then it ends."""
+
+    program_id: str
 
 
 class PauseProgram(BaseReq, kw_only=True):
@@ -67,7 +76,7 @@ class ProgramReply(BaseReq, kw_only=True):
 
 
 REQUESTS = (ListPrograms, GetProgram, ReleaseProgram, ToolHint, PauseProgram, ResumeProgram,
-            ProgramStats, ShutDownHeld, DrainHeld)
+            ProgramStats, ShutDownHeld, DrainHeld, MigrateProgram)
 
 
 def register_types() -> None:

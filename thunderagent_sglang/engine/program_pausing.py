@@ -40,7 +40,7 @@ class ProgramScheduler:
         self.marked: set[str] = set()
         self.priority: dict[str, int] = {}
         self.counters = {"held_requests": 0, "held_aborted": 0, "held_shutdown": 0,
-                         "held_refused": 0,
+                         "held_refused": 0, "held_migrated": 0,
                          "decisions": 0, "force_resumes": 0, "marks": 0,
                          "retraction_orders": 0}
         self.last_tick = 0.0
@@ -286,6 +286,17 @@ class ProgramScheduler:
         self._answer_at_shutdown(items)
         get_logger().info("ThunderAgent scheduler: shutting down; %d held call(s) answered 503",
                           len(items))
+        return len(items)
+
+    def hand_over(self, program_id: str, answer: Callable[[Held], None]) -> int:
+        """A router moves the program to another replica: its held calls (never admitted
+        here) are answered by ``answer`` (421: send again through the router). Returns how
+        many."""
+        items = self.held.pop(program_id)
+        for item in items:
+            answer(item)
+        self.counters["held_migrated"] += len(items)
+        self._left_queue(items)
         return len(items)
 
     def _answer_at_shutdown(self, items: list[Held]) -> None:

@@ -26,7 +26,7 @@ from thunderagent_sglang.policy.eviction import ProgramState, program_key
 from thunderagent_sglang.policy.residency import Residency
 from thunderagent_sglang.program import events, misses
 from thunderagent_sglang.program.linking import PrefixLinker
-from thunderagent_sglang.program.record import Phase, Program, Status
+from thunderagent_sglang.program.record import Phase, Program, ProgramBusy, Status, UnknownProgram
 from thunderagent_sglang.program.table import ProgramTable
 
 EXPIRY_CHECK_S = 1.0
@@ -131,11 +131,28 @@ class ProgramRuntime(SchedulerHooks):
         get_logger().debug("ThunderAgent scheduler: resumed %s (%s)", pid, reason)
         self.scheduler.release_held(pid)
 
-    def release(self, program_id: str) -> Program:
+    def release(self, program_id: str, cause: str = "explicit") -> Program:
         """End a program (after its calls in the engine finish); UnknownProgram."""
-        program = self.table.release(program_id)
+        program = self.table.release(program_id, cause)
         self._ended(program)
         return program
+
+    def migrate(self, program_id: str) -> tuple[Program | None, int]:
+        """A router moves the program to another replica: nothing of it may be running here.
+        Its held calls are answered 421 (the router sends them on), then it ends (cause
+        "migrated"). Returns its record's program (None if never admitted) and how many calls
+        were handed over. UnknownProgram; ProgramBusy while a call of it runs here."""
+        program = self.table.live_program(program_id)
+        if program is None and program_id not in self.scheduler.held:
+            raise UnknownProgram(program_id)
+        if program is not None and program.in_flight:
+            raise ProgramBusy(program_id, len(program.in_flight))
+        handed = self.scheduler.hand_over(program_id, self.answer_migrated)
+        if program is not None:
+            self.release(program_id, "migrated")
+        get_logger().info("ThunderAgent: program %s migrated away (%d held call(s) handed "
+                          "back to the router)", program_id, handed)
+        return program, handed
 
     def _ended(self, program: Program | None) -> None:
         """After any change of a program by the table: drop what an ended program held, or

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from http import HTTPStatus
 
 from sglang.srt.managers.io_struct import AbortReq
 from sglang.srt.managers.schedule_batch import FINISH_ABORT
@@ -20,6 +21,8 @@ from thunderagent_sglang.engine.guards import guard, guarded
 
 SHUTDOWN_MESSAGE = ("The server is shutting down; this program was paused and its call had "
                     "not started. Retry against a running server.")
+MIGRATED_MESSAGE = ("thunderagent: migrated: this program moved to another replica before its "
+                    "call started here; send the call again through the router")
 
 
 class SchedulerHooks:
@@ -135,9 +138,14 @@ class SchedulerHooks:
         """Hand a held call to SGLang without our bookkeeping and abort it there with 503."""
         self.answer_now(item.admit, item.rid, 503, SHUTDOWN_MESSAGE)
 
+    def answer_migrated(self, item) -> None:
+        """A held call of a program moved by a router: 421 (not started here; send it again
+        through the router, which does so by itself)."""
+        self.answer_now(item.admit, item.rid, 421, MIGRATED_MESSAGE)
+
     def answer_now(self, admit, rid: str, status: int, message: str) -> None:
         """Hand a call to SGLang without our bookkeeping and abort it there: its client gets
         ``status`` and ``message`` (a streamed call: as the stream's error event)."""
         admit(False)
-        reason = FINISH_ABORT(message, status_code=status).to_json()
+        reason = FINISH_ABORT(message, status_code=HTTPStatus(status)).to_json()
         self.sglang.abort_request(AbortReq(rid=rid, finished_reason=reason))

@@ -6,6 +6,7 @@ headers and JSON body fields, in a configurable precedence. Bad input raises, ne
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +37,18 @@ _SHORT_ALIASES = {src.split(":", 1)[1]: src for src in DEFAULT_ID_SOURCES}
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")  # an HTTP token, lower case
 _BODY_FIELD = re.compile(r"^[^\s:,]+$")
 _NOT_VISIBLE_ASCII = re.compile(r"[^\x21-\x7e]")
+
+
+def tagged_paths() -> frozenset[str]:
+    """Every route of SGLang 0.5.23 that generates (each passes its HTTP request on to
+    TokenizerManager.generate_request, where the id is attached), and count_tokens (the id is
+    read and checked, no program is created). Ollama's routes move with SGLang's variables."""
+    return frozenset({
+        "/generate", "/v1/chat/completions", "/v1/completions", "/v1/messages",
+        "/v1/messages/count_tokens", "/v1/responses",
+        os.environ.get("SGLANG_OLLAMA_CHAT_ROUTE", "/api/chat"),
+        os.environ.get("SGLANG_OLLAMA_GENERATE_ROUTE", "/api/generate"),
+    })
 
 
 class InvalidProgramId(ValueError):

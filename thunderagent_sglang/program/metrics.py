@@ -11,6 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 
 SCHEDULER_EVENTS = ("held_requests", "held_aborted", "held_shutdown", "held_refused",
+                    "held_migrated",
                     "force_resumes", "marks", "retraction_orders")
 
 

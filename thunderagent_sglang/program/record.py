@@ -27,6 +27,18 @@ class Status(str, Enum):
     TERMINATED = "terminated"
 
 
+class ProgramBusy(RuntimeError):
+    """The program has calls running here, so it cannot move (HTTP 409)."""
+
+    def __init__(self, program_id: str, running: int):
+        super().__init__(program_id)
+        self.program_id, self.running = program_id, running
+
+    def __str__(self) -> str:
+        return (f"program {self.program_id!r} has {self.running} call(s) running on this "
+                "replica; it can move only while none runs")
+
+
 class UnknownProgram(KeyError):
     """No program (live, or for ``get`` also kept terminated) has this id."""
 
@@ -38,7 +50,7 @@ class UnknownProgram(KeyError):
         return f"unknown program id {self.program_id!r}"
 
 
-RELEASE_CAUSES = ("explicit", "final", "idle")
+RELEASE_CAUSES = ("explicit", "final", "idle", "migrated")
 
 RECORD_KEYS = (
     "program_id", "incarnation", "parent_id", "status", "phase", "context_tokens", "steps",
@@ -85,7 +97,7 @@ class Program:
     idle_since: float = 0.0
     release_requested: bool = False
     requested_cause: str | None = None  # "explicit" | "final" while release_requested
-    release_cause: str | None = None  # "explicit" | "final" | "idle" once terminated
+    release_cause: str | None = None  # "explicit" | "final" | "idle" | "migrated" once ended
     terminated_at: float | None = None
     tool_running: bool = False
     tool_expected_s: float | None = None

@@ -188,16 +188,19 @@ class ProgramTable:
 
     # ---- control (HTTP endpoints through IPC) ----------------------------------------------
 
-    def release(self, program_id: str) -> Program:
-        """End a live program: at once if nothing is in flight (cause "explicit"), otherwise
-        mark it and terminate when its last in-flight request finishes (an earlier "final"
-        marker keeps its cause). UnknownProgram for an unknown or terminated id."""
+    def release(self, program_id: str, cause: str = "explicit") -> Program:
+        """End a live program: at once if nothing is in flight (``cause``: "explicit", or
+        "migrated" when a router moves it), otherwise mark it and terminate when its last
+        in-flight request finishes (an earlier "final" marker keeps its cause). UnknownProgram
+        for an unknown or terminated id."""
+        if cause not in RELEASE_CAUSES:
+            raise ValueError(f"unknown release cause {cause!r}")
         p = self._require_live(program_id)
         now = self.clock()
         if not p.release_requested:
-            p.release_requested, p.requested_cause = True, "explicit"
+            p.release_requested, p.requested_cause = True, cause
         if not p.in_flight:
-            self._terminate(p, p.requested_cause or "explicit", now)
+            self._terminate(p, p.requested_cause or cause, now)
         return p
 
     def tool_event(self, program_id: str, event: str, expected_s: float | None = None,

@@ -1,0 +1,227 @@
+"""Generating calls through the router: identity as the server reads it, the replica chosen
+(replica-local state first, then the program's placement, then cache-aware for untagged
+calls), sent, handed back and sent again when its program moved, and streamed to the client."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from thunderagent_sglang.policy.affinity import prefix_keys
+from thunderagent_sglang.program.identity import (
+    InvalidFinalMarker,
+    InvalidProgramId,
+    extract_identity,
+)
+from thunderagent_sglang.router import forward
+
+log = logging.getLogger("thunderagent.router")
+PROMPT_FIELDS = ("system", "instructions", "messages", "prompt", "text", "input_ids", "input")
+_RESPONSE_ID = re.compile(rb'"id"\s*:\s*"(resp_[^"]{1,200})"')
+_SESSION_ID = re.compile(rb'^"?([A-Za-z0-9._:-]{1,256})"?$')
+
+
+def error(status: int, message: str, **headers) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": "router_error", "code": status}},
+                        status_code=status, headers=headers or None)
+
+
+def _json_object(body: bytes) -> dict | None:
+    try:
+        value = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return None  # the replica answers malformed JSON itself
+    return value if isinstance(value, dict) else None
+
+
+def prompt_text(obj: dict | None) -> str:
+    if not obj:
+        return ""
+    return "".join(orjson.dumps(obj[f]).decode() for f in PROMPT_FIELDS if f in obj)
+
+
+def _pinned(router, path: str, obj: dict | None) -> tuple[str | None, str | None]:
+    """(the replica a call must go to, what pins it) for replica-local state: a Responses
+    ``previous_response_id`` or an SGLang session."""
+    if not obj:
+        return None, None
+    if path == "/v1/responses" and isinstance(obj.get("previous_response_id"), str):
+        key = obj["previous_response_id"]
+        return router.state.responses.get(key, ""), f"previous_response_id {key!r}"
+    session = obj.get("session_params")
+    if isinstance(session, dict) and isinstance(session.get("id"), str):
+        key = session["id"]
+        return router.state.sessions.get(key, ""), f"session {key!r}"
+    return None, None
+
+
+async def _until_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_gone(request: Request, coro):
+    """``coro``'s result, or None if the client went away first (the call is cancelled, so
+    the replica sees its connection close and aborts it)."""
+    task = asyncio.ensure_future(coro)
+    gone = asyncio.ensure_future(_until_disconnect(request))
+    done, _ = await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        gone.cancel()
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except BaseException:  # noqa: BLE001 - cancelled, or failed as it was cancelled
+        pass
+    return None
+
+
+async def generating_call(router, request: Request) -> Response:
+    body = await request.body()
+    obj = _json_object(body)
+    try:
+        identity = extract_identity(dict(request.headers), obj, router.settings.id_sources)
+    except (InvalidProgramId, InvalidFinalMarker) as exc:
+        return JSONResponse(status_code=400, content={"error": {
+            "message": str(exc), "type": "invalid_request_error",
+            "param": getattr(exc, "source", None), "code": 400}})
+    pid = identity.program_id
+    pinned, pin = _pinned(router, request.url.path, obj)
+    if pinned == "":
+        return error(409, f"{pin} is unknown to this router or lived on a replica that is "
+                     "gone; start a new conversation (without it)")
+    if pinned is not None and not router.fleet.replicas[pinned].ready:
+        return error(409, f"{pin} lives on replica {pinned}, which is not available; "
+                     "start a new conversation (without it)")
+    keys = prefix_keys(prompt_text(obj))
+    headers = forward.request_headers(request.headers)
+    tried: set[str] = set()
+    retried = False
+    for _ in range(router.settings.max_attempts + 1):
+        await router.wait_if_moving(pid)
+        if pinned is not None:
+            replica = router.fleet.replicas[pinned]
+        else:
+            replica = router.replica_for(pid, keys, frozenset(tried))
+        if replica is None:
+            return error(503, "no replica is ready; retry shortly", **{"Retry-After": "1"})
+        replica.calls += 1
+        try:
+            upstream = await _unless_gone(request, forward.send(
+                router.client, replica.url, request.method, request.url.path,
+                request.url.query.encode(), headers, body))
+        except forward.ConnectFailed as exc:
+            replica.calls -= 1
+            router.fleet.take_out(replica, f"connect failed: {exc}")
+            if retried or pinned is not None:
+                return error(502, f"replica {replica.url} could not be reached: {exc}")
+            retried, _ = True, tried.add(replica.url)
+            router.state.counters["retried_connect"] += 1
+            continue
+        except forward.UpstreamFailed as exc:
+            replica.calls -= 1
+            router.state.counters["failed_upstream"] += 1
+            return error(502, f"replica {replica.url} failed after the call was sent ({exc}); "
+                         "it was not retried")
+        if upstream is None:
+            replica.calls -= 1
+            return Response(status_code=499)
+        if upstream.migrated:
+            replica.calls -= 1
+            await upstream.close()
+            router.state.counters["resent"] += 1
+            if pid is not None and router.state.placement.get(pid) == replica.url:
+                del router.state.placement[pid]  # ended there without the router asking
+            continue
+        if pid is None:
+            router.affinity.record(replica.url, keys)
+        elif pinned is None:
+            router.affinity.record(replica.url, keys[:1])  # its shared prefix, for ties
+        _remember_local_state(router, request.url.path, replica.url, upstream.head)
+        return _stream(router, replica, upstream)
+    return error(502, f"the call was handed back {router.settings.max_attempts} times while "
+                 "its program moved between replicas; send it again")
+
+
+def _remember_local_state(router, path: str, url: str, head: bytes) -> None:
+    if path == "/v1/responses":
+        match = _RESPONSE_ID.search(head)
+        if match:
+            router.state.responses[match.group(1).decode()] = url
+
+
+def _stream(router, replica, upstream: forward.Upstream) -> Response:
+    streamed = upstream.response.headers.get("content-type", "").startswith("text/event-stream")
+
+    async def body():
+        try:
+            yield upstream.head
+            async for chunk in upstream.rest():
+                yield chunk
+        except forward.UpstreamFailed as exc:
+            router.state.counters["failed_upstream"] += 1
+            log.warning("router: replica %s failed while answering: %s", replica.url, exc)
+            if streamed:
+                message = f"replica {replica.url} failed while answering ({exc})"
+                yield b"data: " + orjson.dumps({"error": {"message": message, "code": 502}}) \
+                    + b"\n\n"
+        finally:
+            replica.calls -= 1
+
+    return StreamingResponse(body(), status_code=upstream.status,
+                             headers=dict(upstream.headers()),
+                             media_type=upstream.response.headers.get("content-type"))
+
+
+async def session_call(router, request: Request) -> Response:
+    """``/open_session`` (least busy replica; its answer names the session) and
+    ``/close_session`` (the session's replica)."""
+    body = await request.body()
+    headers = forward.request_headers(request.headers)
+    if request.url.path == "/close_session":
+        obj = _json_object(body) or {}
+        where = router.state.sessions.get(obj.get("session_id")) if isinstance(
+            obj.get("session_id"), str) else None
+        if where is None:
+            return error(409, f"session {obj.get('session_id')!r} is unknown to this router "
+                         "or lived on a replica that is gone")
+        replica = router.fleet.replicas[where]
+    else:
+        replica = router.replica_for(None, [])
+        if replica is None:
+            return error(503, "no replica is ready; retry shortly", **{"Retry-After": "1"})
+    try:
+        upstream = await forward.send(router.client, replica.url, request.method,
+                                      request.url.path, request.url.query.encode(), headers,
+                                      body)
+    except (forward.ConnectFailed, forward.UpstreamFailed) as exc:
+        return error(502, f"replica {replica.url}: {exc}")
+    if request.url.path == "/open_session" and upstream.status == 200:
+        match = _SESSION_ID.match(upstream.head.strip())
+        if match:
+            router.state.sessions[match.group(1).decode()] = replica.url
+    replica.calls += 1
+    return _stream(router, replica, upstream)
+
+
+async def pass_through(router, request: Request) -> Response:
+    """Any other route (model info, health_generate, flush_cache, ...): the least busy ready
+    replica answers."""
+    replica = router.replica_for(None, [])
+    if replica is None:
+        return error(503, "no replica is ready; retry shortly", **{"Retry-After": "1"})
+    try:
+        upstream = await forward.send(router.client, replica.url, request.method,
+                                      request.url.path, request.url.query.encode(),
+                                      forward.request_headers(request.headers),
+                                      await request.body())
+    except (forward.ConnectFailed, forward.UpstreamFailed) as exc:
+        return error(502, f"replica {replica.url}: {exc}")
+    replica.calls += 1
+    return _stream(router, replica, upstream)

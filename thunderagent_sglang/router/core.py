@@ -1,0 +1,156 @@
+"""``Router``: the one object of the router process. It owns the fleet (replica views), what
+it remembers (placements, replica-local state), the prefix affinity and the HTTP client, and
+runs one placement round after each poll round (adopting, forgetting and moving programs)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from urllib.parse import quote
+
+import httpx
+
+from thunderagent_sglang.policy import placement
+from thunderagent_sglang.policy.affinity import PrefixAffinity
+from thunderagent_sglang.router.replicas import Fleet, Replica
+from thunderagent_sglang.router.state import RouterState
+
+log = logging.getLogger("thunderagent.router")
+
+
+class Router:
+    def __init__(self, settings, client: httpx.AsyncClient | None = None,
+                 clock=time.monotonic):
+        self.settings = settings
+        self.clock = clock
+        self.client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(None, connect=settings.connect_timeout_s),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+            headers={"accept-encoding": "identity"})
+        self.state = RouterState()
+        self.affinity = PrefixAffinity()
+        self.fleet = Fleet(settings, self.client, on_down=self._replica_down, clock=clock)
+        self._admin = ({"Authorization": f"Bearer {settings.backend_admin_key}"}
+                       if settings.backend_admin_key else {})
+        self._task: asyncio.Task | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.fleet.poll_round()
+        self._task = asyncio.create_task(self.fleet.run(after_round=self.placement_round))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        await self.client.aclose()
+
+    def _replica_down(self, replica: Replica) -> None:
+        lost = self.state.replica_down(replica.url)
+        self.affinity.forget(replica.url)
+        if lost:
+            log.warning("replica %s: %d program(s) lost their KV; each is placed again at its "
+                        "next call", replica.url, lost)
+
+    # ---- placement ---------------------------------------------------------------------------
+
+    def replica_for(self, program_id: str | None, keys: list[bytes],
+                    exclude: frozenset[str] = frozenset()) -> Replica | None:
+        """A program's replica (placing it if it has none that is ready), or an untagged
+        call's."""
+        replicas = self.fleet.replicas
+        if program_id is not None:
+            where = self.state.placement.get(program_id)
+            if where is not None and where not in exclude and replicas[where].ready:
+                return replicas[where]
+        loads = [load for load in self.fleet.loads() if load.name not in exclude]
+        matched = {load.name: self.affinity.matched(load.name, keys) for load in loads}
+        if program_id is None:
+            chosen = placement.place_untagged(loads, matched, len(keys))
+            return replicas[chosen] if chosen else None
+        chosen = placement.place_new(loads, matched)
+        if chosen is None:
+            return None
+        self.state.placement[program_id] = chosen
+        replicas[chosen].pending[program_id] = self.clock()
+        self.state.counters["placed"] += 1
+        if program_id in self.state.lost:
+            self.state.counters["replaced_lost"] += 1
+        return replicas[chosen]
+
+    async def wait_if_moving(self, program_id: str | None) -> None:
+        event = self.state.moving.get(program_id) if program_id is not None else None
+        if event is not None:
+            await event.wait()
+
+    # ---- the round after each poll -------------------------------------------------------------
+
+    async def placement_round(self) -> None:
+        now = self.clock()
+        waiting: list[placement.Waiting] = []
+        stray: list[tuple[Replica, str]] = []
+        still_waiting = set()
+        for replica in self.fleet.ready():
+            self.state.forget_ended(replica.url, set(replica.records), set(replica.pending))
+            for pid, record in replica.records.items():
+                where = self.state.placement.setdefault(pid, replica.url)  # adopt what we see
+                if where != replica.url:
+                    if not record.get("in_flight") and pid not in self.state.moving:
+                        stray.append((replica, pid))
+                    continue
+                if record.get("waiting") and record.get("status") in ("paused", "waiting") \
+                        and not record.get("operator_paused"):
+                    since = self.state.waiting_since.setdefault(pid, now)
+                    still_waiting.add(pid)
+                    waiting.append(placement.Waiting(
+                        pid, replica.url, int(record.get("context_tokens") or 0),
+                        int(record.get("resident_tokens") or 0)
+                        + int(record.get("host_tokens") or 0),
+                        now - since, int(record.get("priority") or 0)))
+        for pid in [p for p in self.state.waiting_since if p not in still_waiting]:
+            del self.state.waiting_since[pid]
+        for replica, pid in stray:  # live on a replica it is not placed on: end it there
+            await self._end_stray(replica, pid)
+        if self.settings.migration and waiting:
+            moves = placement.plan_moves(self.fleet.loads(), waiting, self.settings.max_wait_s,
+                                         min_wait_s=self.settings.poll_interval_s)
+            await asyncio.gather(*(self.move(m) for m in moves))
+
+    async def _migrate_call(self, url: str, program_id: str) -> httpx.Response | None:
+        try:
+            return await self.client.post(f"{url}/programs/{quote(program_id, safe='')}/migrate",
+                                          headers=self._admin, timeout=10)
+        except httpx.HTTPError as exc:
+            log.warning("router: could not move %s off %s: %s", program_id, url, exc)
+            return None
+
+    async def _end_stray(self, replica: Replica, program_id: str) -> None:
+        response = await self._migrate_call(replica.url, program_id)
+        if response is not None and response.status_code == 200:
+            log.info("router: %s was live on %s as well as on %s; ended there (migrated)",
+                     program_id, replica.url, self.state.placement.get(program_id))
+
+    async def move(self, move: placement.Move) -> bool:
+        """Place the program on ``move.target`` first (its next calls wait for the move), then
+        end it on its source, whose held calls come back 421 and are sent to the target."""
+        pid = move.program_id
+        done = self.state.moving[pid] = asyncio.Event()
+        self.state.placement[pid] = move.target
+        self.fleet.replicas[move.target].pending[pid] = self.clock()
+        try:
+            response = await self._migrate_call(move.source, pid)
+            if response is not None and response.status_code == 200:
+                self.state.counters["migrations"] += 1
+                self.state.moved[pid] = move.source
+                self.state.waiting_since.pop(pid, None)
+                log.info("router: moved %s from %s to %s (staying: %.1f s, moving: %.1f s)",
+                         pid, move.source, move.target, move.stay_s, move.move_s)
+                return True
+            self.state.counters["migrations_refused"] += 1
+            self.state.placement[pid] = move.source  # it started there meanwhile: it stays
+            self.fleet.replicas[move.target].pending.pop(pid, None)
+            return False
+        finally:
+            del self.state.moving[pid]
+            done.set()
