@@ -44,15 +44,16 @@ def free_port() -> int:
 class Server:
     """``python -m thunderagent_sglang.launch_server`` with a log file."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path):
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path,
+                 port: int | None = None):
         self.name = name
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{name}.log"
         full_env = {**os.environ, "THUNDERAGENT_DEBUG_MEMCHECK": "1", **env}
         cmd = [sys.executable, "-m", "thunderagent_sglang.launch_server",
                "--port", str(self.port), *args]
-        self._log = open(self.log_path, "w")
+        self._log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
             cmd, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,

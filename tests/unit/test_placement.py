@@ -17,9 +17,9 @@ from thunderagent_sglang.policy.placement import (
 from thunderagent_sglang.router.settings import SettingsError, backends, from_args
 
 
-def load(name, footprint, high=1000, capacity=1000, **kw):
+def load(name, footprint, low=1000, capacity=1000, **kw):
     return ReplicaLoad(name=name, ready=kw.pop("ready", True), capacity_tokens=capacity,
-                       high_tokens=high, footprint_tokens=footprint, **kw)
+                       high_tokens=low + 50, low_tokens=low, footprint_tokens=footprint, **kw)
 
 
 def test_a_new_program_goes_to_the_replica_with_the_most_free_demand_capacity():
@@ -51,8 +51,8 @@ def waiting(pid, replica, context, reusable=0, waited=10.0, priority=0):
 
 
 def test_a_waiting_program_moves_to_a_replica_with_room_when_re_prefill_is_cheaper():
-    loads = [load("a", 1000, prefill_tokens_per_s=100.0),
-             load("b", 200, prefill_tokens_per_s=100.0)]
+    loads = [load("a", 900, waiting_tokens=300, prefill_tokens_per_s=100.0),
+             load("b", 200, prefill_tokens_per_s=100.0)]  # a's queue holds the program
     moves = plan_moves(loads, [waiting("p", "a", 300, reusable=100, waited=2.5)], 300)
     assert moves == [Move("p", "a", "b", stay_s=2.5 + 2.0, move_s=3.0)]
     # it just started waiting and its KV is all there: staying is cheaper
@@ -60,7 +60,7 @@ def test_a_waiting_program_moves_to_a_replica_with_room_when_re_prefill_is_cheap
 
 
 def test_no_move_when_its_own_replica_has_room_none_has_or_it_waited_too_long():
-    roomy = [load("a", 500), load("b", 0)]
+    roomy = [load("a", 500, waiting_tokens=300), load("b", 0)]
     assert plan_moves(roomy, [waiting("p", "a", 300, waited=100)], 300) == []
     full = [load("a", 1000), load("b", 900)]
     assert plan_moves(full, [waiting("p", "a", 300, waited=100)], 300) == []
@@ -70,7 +70,7 @@ def test_no_move_when_its_own_replica_has_room_none_has_or_it_waited_too_long():
 
 
 def test_moves_take_the_smallest_first_and_do_not_overfill_the_target():
-    loads = [load("a", 1000), load("b", 500), load("c", 800)]
+    loads = [load("a", 1000, waiting_tokens=850), load("b", 500), load("c", 800)]
     moves = plan_moves(loads, [waiting("big", "a", 400, waited=100),
                                waiting("small", "a", 150, waited=100),
                                waiting("mid", "a", 300, waited=100)], 300)

@@ -475,3 +475,15 @@ def test_migrating_a_never_admitted_program_leaves_nothing_behind():
                                                 "release_cause": "migrated", "handed_over": 1})
     assert answered == [("big-1", 421)] and "big" not in runtime.ledger
     assert runtime.table.live_program("big") is None and runtime.scheduler.held.count() == 0
+
+
+def test_the_listed_measure_drops_to_zero_once_no_tagged_program_is_live():
+    runtime, _, _ = make_runtime()
+    engine = Engine()
+    arrive(runtime, engine, recv("r1", "p", range(64), max_new=16))
+    assert runtime.scheduler.stats()["footprint_tokens"] == 64 + 16
+    runtime.on_stream_output(None, None, [finished("r1", range(64), range(4))], False)
+    handle(runtime, program_ipc.ReleaseProgram(program_id="p"))
+    runtime.scheduler.check("tick")
+    listed = handle(runtime, program_ipc.ListPrograms()).body["scheduler"]
+    assert listed["footprint_tokens"] == 0

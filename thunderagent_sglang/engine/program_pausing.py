@@ -150,7 +150,8 @@ class ProgramScheduler:
             return
         try:
             views = self.snapshot(self.runtime.clock())
-            if not views:
+            if not views:  # nothing tagged is live: the measure is the untagged calls' alone
+                self.last_footprint = float(self.runtime.running_headroom(None))
                 return
             decision = decide(views, self.config, ledger_footprint(self.runtime.ledger),
                               untagged_tokens=self.runtime.running_headroom(None))

@@ -26,6 +26,7 @@ class ReplicaLoad:
     ready: bool
     capacity_tokens: int
     high_tokens: int
+    low_tokens: int  # its scheduler admits and resumes while its measure stays below this
     footprint_tokens: float  # its scheduler's measure after its last decision
     waiting_tokens: int = 0  # demand of its own programs whose calls it holds (its queue)
     pending_tokens: int = 0  # programs the router placed there that no poll shows yet
@@ -35,8 +36,9 @@ class ReplicaLoad:
 
     @property
     def free_tokens(self) -> float:
-        """Demand it can take before its high watermark, after its own queue."""
-        return self.high_tokens - self.footprint_tokens - self.waiting_tokens - self.pending_tokens
+        """Demand it can take now: below its low watermark (where its scheduler admits new
+        programs and resumes paused ones), after its own queue and the router's placements."""
+        return self.low_tokens - self.footprint_tokens - self.waiting_tokens - self.pending_tokens
 
     @property
     def prefill_rate(self) -> float:
@@ -104,6 +106,9 @@ def plan_moves(loads: list[ReplicaLoad], waiting: list[Waiting], max_wait_s: flo
     its replica no longer holds. One that has waited ``max_wait_s`` stays (its replica
     resumes it by force), so the two levels' holds stay within one bound."""
     free = {r.name: r.free_tokens for r in loads if r.ready}
+    for w in waiting:  # its own demand is in its replica's queue: not in the way of itself
+        if w.replica in free:
+            free[w.replica] += w.context_tokens
     rates = {r.name: r.prefill_rate for r in loads}
     moves = []
     for w in sorted(waiting, key=lambda w: (-w.priority, w.context_tokens, w.program_id)):

@@ -98,8 +98,8 @@ def _candidates(router: Router, program_id: str) -> list:
 async def on_program(router: Router, request: Request, program_id: str, path: str) -> Response:
     """One program's route: its replica first, then the others; 404 when none knows it."""
     try:
-        check_program_id(program_id, "program id in the path" if "{id}" not in path
-                         else "program id")
+        check_program_id(program_id, "program id in the path" if "{id}" in path
+                         else "body field 'program_id'")
     except InvalidProgramId as exc:
         return _program_error(400, str(exc))
     body = await request.body()

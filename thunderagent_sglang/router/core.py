@@ -113,8 +113,13 @@ class Router:
         for replica, pid in stray:  # live on a replica it is not placed on: end it there
             await self._end_stray(replica, pid)
         if self.settings.migration and waiting:
-            moves = placement.plan_moves(self.fleet.loads(), waiting, self.settings.max_wait_s,
+            loads = self.fleet.loads()
+            moves = placement.plan_moves(loads, waiting, self.settings.max_wait_s,
                                          min_wait_s=self.settings.poll_interval_s)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("router: waiting %s; free %s; moves %s",
+                          [(w.program_id, w.context_tokens, round(w.waited_s, 1)) for w in waiting],
+                          {r.name: round(r.free_tokens) for r in loads}, moves)
             await asyncio.gather(*(self.move(m) for m in moves))
 
     async def _migrate_call(self, url: str, program_id: str) -> httpx.Response | None:

@@ -53,7 +53,7 @@ class Replica:
         mean = sum(known) / len(known) if known else 0
         return ReplicaLoad(
             name=self.url, ready=self.ready, capacity_tokens=sched.get("capacity_tokens") or 0,
-            high_tokens=sched.get("high_tokens") or 0,
+            high_tokens=sched.get("high_tokens") or 0, low_tokens=sched.get("low_tokens") or 0,
             footprint_tokens=sched.get("footprint_tokens") or 0.0, waiting_tokens=waiting,
             pending_tokens=round(mean * len(self.pending)), calls=self.calls,
             placed=len(self.pending),
