@@ -44,8 +44,9 @@ FEATURES: tuple[Feature, ...] = (
             "Program-aware KV accounting, eviction and offload live in the "
             "radix cache."),
     Feature("Data parallelism", ("--dp-size", "--data-parallel-size"), "refused",
-            "One program table per scheduler; a program-aware router across "
-            "replicas is not built yet.", refused_unless="1"),
+            "One program table per scheduler; run one server per replica behind "
+            "python -m thunderagent_sglang.router --backends URL1,URL2 instead.",
+            refused_unless="1"),
     Feature("Tensor parallelism", ("--tp-size", "--tensor-parallel-size"), "refused",
             "Each rank's scheduler would take program decisions (holds, pauses, offload, "
             "eviction order) on its own clock, so ranks could diverge and hang; serve one rank "
