@@ -16,46 +16,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.integration.router_process import RouterProcess
 from tests.integration.server import REPO, Server, free_port, wait_until
 
 REPLICA_ARGS = ["--max-total-tokens", "2048", "--thunderagent-max-pause", "120"]
 FILLER = [i % 1900 + 50 for i in range(300)]  # with 1600 outputs, most of a 2048-token pool
-
-
-class RouterProcess:
-    def __init__(self, backends: list[str], log_dir: Path, *extra: str, name: str = "router"):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = open(log_dir / f"{name}.log", "w")
-        self.log_path = log_dir / f"{name}.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "thunderagent_sglang.router", "--backends", ",".join(backends),
-             "--port", str(self.port), "--log-level", "debug", *extra],
-            cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_ready(self, replicas: int) -> "RouterProcess":
-        def ready():
-            assert self.proc.poll() is None, self.log_path.read_text()
-            try:
-                body = requests.get(f"{self.url}/health", timeout=2).json()
-            except requests.RequestException:
-                return False
-            return body.get("ready_replicas") == replicas
-        wait_until(ready, "the router sees its replicas", 30)
-        return self
-
-    def status(self) -> dict:
-        return requests.get(f"{self.url}/router/replicas", timeout=5).json()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
 @dataclass
