@@ -45,13 +45,13 @@ class Server:
     """``python -m thunderagent_sglang.launch_server`` with a log file."""
 
     def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path,
-                 port: int | None = None):
+                 port: int | None = None, prefix: tuple[str, ...] = ()):
         self.name = name
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{name}.log"
         full_env = {**os.environ, "THUNDERAGENT_DEBUG_MEMCHECK": "1", **env}
-        cmd = [sys.executable, "-m", "thunderagent_sglang.launch_server",
+        cmd = [*prefix, sys.executable, "-m", "thunderagent_sglang.launch_server",
                "--port", str(self.port), *args]
         self._log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
