@@ -9,6 +9,11 @@ prompt exactly, so cached-token counts are exact). A program's calls carry
 waits. Cached tokens come from ``usage.prompt_tokens_details.cached_tokens``
 (servers run with ``--enable-cache-report``).
 
+Chat mode (``text`` given; the runner's fleet mode, since every front serves chat): each call
+is ``POST /v1/chat/completions``, the program's history as messages (its tool outputs and new
+input as user messages, the model's answers as assistant messages, the text made from the
+workload's token ids by the model's own detokenizer); cached tokens are counted the same way.
+
 Modes: ``serve`` keeps N programs running (a finished one is replaced by the
 slot's next program) until a deadline; ``rollout`` starts a batch at once and
 waits for all of it.
@@ -65,11 +70,14 @@ class Player:
     """One HTTP client for one server; ``call_fields`` go into every call's body."""
 
     def __init__(self, url: str, call_fields: dict | None = None, tagged: bool = True,
-                 model: str = "default"):
+                 model: str = "default", text: Callable[[tuple[int, ...]], str] | None = None,
+                 id_in_body: bool = False):
         self.url = url.rstrip("/")
         self.call_fields = dict(call_fields or {})
         self.tagged = tagged
         self.model = model
+        self.text = text  # chat mode: token ids -> message text (the model's own detokenizer)
+        self.id_in_body = id_in_body
         self.http = httpx.AsyncClient(timeout=HTTP_TIMEOUT_S,
                                       limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
 
@@ -91,6 +99,24 @@ class Player:
         data = orjson.loads(reply.content)
         return data["choices"][0]["token_ids"], data["usage"]
 
+    async def chat(self, messages: list[dict], max_tokens: int,
+                   program_id: str | None = None) -> tuple[str, dict]:
+        """One chat call (fleet mode, as every front serves it): (answer text, usage)."""
+        body = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
+                "temperature": 0, "ignore_eos": True, **self.call_fields}
+        headers = {"Content-Type": "application/json"}
+        if program_id is not None:
+            if self.id_in_body:
+                body["program_id"] = program_id
+            else:
+                headers["X-Program-Id"] = program_id
+        reply = await self.http.post(f"{self.url}/v1/chat/completions",
+                                     content=orjson.dumps(body), headers=headers)
+        if reply.status_code != 200:
+            raise RuntimeError(f"call of {program_id} answered {reply.status_code}: {reply.text[:300]}")
+        data = orjson.loads(reply.content)
+        return data["choices"][0]["message"]["content"] or "", data["usage"]
+
     async def tool_hint(self, program_id: str, tool: str) -> None:
         """Names the tool of the gap that starts now (404 on plain SGLang: ignored)."""
         reply = await self.http.post(f"{self.url}/programs/{program_id}/tool",
@@ -107,20 +133,29 @@ class Player:
     async def play(self, program: Program, rec: Recorder) -> None:
         """Play one program to its end, recording each call, then release it."""
         pid = program.program_id if self.tagged else None
-        start, prompt, answer = rec.now(), (), []
+        start, prompt, answer, messages = rec.now(), (), None, []
         for turn, call in enumerate(program.calls):
             if call.tool is not None and pid is not None:
                 await self.tool_hint(pid, call.tool)
             if call.tool_wait_s:
                 await asyncio.sleep(call.tool_wait_s)
-            if program.carries_output and turn:
+            if self.text is not None:
+                if not (program.carries_output and turn):
+                    messages = []
+                elif answer is not None:
+                    messages.append({"role": "assistant", "content": answer})
+                messages.append({"role": "user", "content": self.text(call.new_tokens)})
+            elif program.carries_output and turn:
                 prompt = prompt + tuple(answer) + call.new_tokens
             else:
                 prompt = call.new_tokens
             t = rec.now()
             rec.in_flight += 1
             try:
-                answer, usage = await self.complete(prompt, call.output_tokens, pid)
+                if self.text is not None:
+                    answer, usage = await self.chat(list(messages), call.output_tokens, pid)
+                else:
+                    answer, usage = await self.complete(prompt, call.output_tokens, pid)
             finally:
                 rec.in_flight -= 1
             details = usage.get("prompt_tokens_details") or {}

@@ -109,6 +109,16 @@ def table(points: list[dict]) -> str:
                      + "".join(f" {_cell(c):>10}" for c in cells)
                      + f" {_cell(pauses):>7} {_cell(offloads):>8} {_cell(p.get('scheduler_cpu_ms_per_call')):>17}"
                      + f" {_cell(loop_ms_per_call(m, f['calls'])):>12}")
+    fleet = [p for p in points if "kv_imbalance" in p["figures"]]
+    if fleet:
+        lines += ["", f"{'fleet':8} {'N':>4} {'system':20} {'imbalance':>10} {'usage':>14} "
+                  f"{'migrations':>10}"]
+        for p in fleet:
+            f = p["figures"]
+            usage = "/".join(_cell(u) for u in f.get("kv_usage_mean") or [])
+            lines.append(f"{p['mode']:8} {p['concurrency']:>4} {p['system']:20} "
+                         f"{_cell(f['kv_imbalance']):>10} {usage:>14} "
+                         f"{_cell(f.get('migrations')):>10}")
     return "\n".join(lines)
 
 

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.agentic import plots, report, trace
+from benchmarks.agentic import fleet, plots, report, trace
 from benchmarks.agentic import server as servers
 from benchmarks.agentic.calibrate import MODEL_SPEC, RESULTS, model_dir
 from benchmarks.agentic.player import Player, Recorder, rollout, serve
@@ -66,6 +66,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         "write_through (SGLang's default) keeps a host copy of what the device "
                         "holds, which fills such a budget with duplicates")
     p.add_argument("--limit-tokens", type=int, default=262144, help="the limit system's pool")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="fleet mode when above 1: that many replicas per system, each pinned to "
+                        "its share of the cores, behind a front (systems: gateway, proxy, "
+                        "ours-router, limit; chat calls; benchmarks/fleet_baselines.sh installs "
+                        "the baselines)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ours-flags", default="",
                    help="extra launcher flags for our systems only, e.g. \"--thunderagent-high-"
@@ -86,6 +91,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.systems is None and args.mode == "chat":
         args.systems = CHAT_SYSTEMS
     suffix = "" if args.preset == "default" else f"-{args.preset}"
+    if args.replicas > 1:
+        suffix += f"-fleet{args.replicas}"
     args.out = args.out or RESULTS / f"{'quick' if args.quick else 'full'}-{args.mode}{suffix}"
     return args
 
@@ -98,9 +105,10 @@ def configuration(args: argparse.Namespace, pools: Pools) -> dict:
             "sglang_metrics": args.sglang_metrics, "ours_flags": args.ours_flags,
             "trace": str(args.trace) if args.trace else None, "block_size": args.block_size,
             "workload": dataclasses.asdict(preset_spec(args.preset, args.window)),
-            "pools": dataclasses.asdict(pools),
+            "pools": dataclasses.asdict(pools), "replicas": args.replicas,
             "model_spec": dataclasses.asdict(MODEL_SPEC),
-            "systems": [{**dataclasses.asdict(s), "args": list(s.args)} for s in by_name(pools, None)]}
+            "systems": [{**dataclasses.asdict(s), "args": list(s.args)}
+                        for s in table_of(args, pools, None)]}
 
 
 def write_config(out: Path, config: dict) -> None:
@@ -126,14 +134,34 @@ def program_source(args: argparse.Namespace, replayed: list[Program] | None):
     return lambda slot, index: serving_program(spec, args.seed, slot, index)
 
 
-async def play_point(url: str, system: System, args, n: int, replayed, sched) -> dict:
-    player = Player(url, system.call_fields, tagged=args.mode != "chat")
+def table_of(args, pools: Pools, names):
+    return fleet.by_name(pools, names) if args.replicas > 1 else by_name(pools, names)
+
+
+async def play_point(url: str, system: System, args, n: int, replayed, scheds,
+                     replica_urls: list[str], text=None) -> dict:
+    player = Player(url, system.call_fields, tagged=args.mode != "chat", text=text,
+                    id_in_body=system.id_in_body)
     label = f"{args.mode} N={n} {system.name}"
     marks: dict = {}
+    usage: list = []
 
     async def mark(key: str, delay: float) -> None:
         await asyncio.sleep(delay)
-        marks[key] = (await servers.sample_metrics(player.http, url), servers.cpu_seconds(sched))
+        metrics: dict = {}
+        for replica in replica_urls:
+            for k, v in (await servers.sample_metrics(player.http, replica)).items():
+                metrics[k] = metrics.get(k, 0.0) + v
+        marks[key] = (metrics, sum(servers.cpu_seconds(s) for s in scheds),
+                      await router_counters(player.http, url, system))
+
+    async def sample_usage() -> None:
+        await asyncio.sleep(args.warmup if args.mode != "rollout" else 0)
+        while True:
+            usage.append(await fleet.kv_usage(player.http, replica_urls))
+            await asyncio.sleep(1.0)
+
+    sampler = asyncio.create_task(sample_usage()) if len(replica_urls) > 1 else None
 
     try:
         if args.mode == "rollout":
@@ -148,10 +176,18 @@ async def play_point(url: str, system: System, args, n: int, replayed, sched) ->
                               stagger_s=min(STAGGER_MAX_S, args.warmup / (2 * n)))
             await opener
             figures = report.serving_figures(rec, args.warmup, args.window)
+        if sampler is not None:
+            sampler.cancel()
         await mark("end", 0)
     finally:
+        if sampler is not None:
+            sampler.cancel()
         await player.aclose()
-    (m0, cpu0), (m1, cpu1) = marks["start"], marks["end"]
+    (m0, cpu0, r0), (m1, cpu1, r1) = marks["start"], marks["end"]
+    if len(replica_urls) > 1:
+        figures = {**figures, **fleet.imbalance(usage),
+                   "migrations": (r1 or {}).get("migrations", 0) - (r0 or {}).get("migrations", 0)
+                   if r1 else None}
     return {"figures": figures, "server_metrics": report.metric_deltas(m0, m1) if m1 else {},
             "scheduler_cpu_ms_per_call": round(1000 * (cpu1 - cpu0) / figures["calls"], 1)
             if figures["calls"] else None,
@@ -159,16 +195,46 @@ async def play_point(url: str, system: System, args, n: int, replayed, sched) ->
             "programs": [dataclasses.astuple(p) for p in rec.programs]}
 
 
+async def router_counters(http, url: str, system: System) -> dict | None:
+    if system.front != "router":
+        return None
+    try:
+        return (await http.get(f"{url}/router/replicas", timeout=10)).json()["counters"]
+    except Exception:  # noqa: BLE001 - a figure, not the run
+        return None
+
+
 def run_point(system: System, args, n: int, model: Path, replayed) -> dict:
     started = time.time()
-    server = servers.start(system, model, args.out / "logs", f"{args.mode}-c{n}", args.sglang_metrics)
+    tag = f"{args.mode}-c{n}"
+    if args.replicas > 1:
+        group = fleet.start(system, args.replicas, model, args.out / "logs", tag)
+        try:
+            result = asyncio.run(play_point(
+                group.url, system, args, n, replayed,
+                [servers.scheduler_process(r) for r in group.replicas],
+                [r.url for r in group.replicas], text=detokenizer(model)))
+        finally:
+            group.stop()
+        return {"mode": args.mode, "concurrency": n, "system": system.name,
+                "label": system.label, "started_at": round(started),
+                "seconds": round(time.time() - started, 1), **result}
+    server = servers.start(system, model, args.out / "logs", tag, args.sglang_metrics)
     try:
         result = asyncio.run(play_point(server.url, system, args, n, replayed,
-                                        servers.scheduler_process(server)))
+                                        [servers.scheduler_process(server)], [server.url]))
     finally:
         server.stop()
     return {"mode": args.mode, "concurrency": n, "system": system.name, "label": system.label,
             "started_at": round(started), "seconds": round(time.time() - started, 1), **result}
+
+
+def detokenizer(model: Path):
+    """Token ids -> text with the model's own tokenizer (fleet mode's chat messages)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    return lambda ids: tokenizer.decode(list(ids))
 
 
 def with_flags(systems: list[System], flags: list[str]) -> list[System]:
@@ -214,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.background:
         return background(argv, args.out)
     pools = Pools(args.device_tokens, args.host_ratio, args.limit_tokens, args.write_policy)
-    systems = with_flags(by_name(pools, args.systems), shlex.split(args.ours_flags))
+    systems = with_flags(table_of(args, pools, args.systems), shlex.split(args.ours_flags))
     write_config(args.out, configuration(args, pools))
     replayed = trace.read(args.trace, args.block_size, args.seed) if args.trace else None
     model = model_dir(args.cache_dir)

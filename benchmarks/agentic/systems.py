@@ -30,6 +30,8 @@ class System:
     ours: bool  # program-aware: /programs and thunderagent_ metrics exist
     call_fields: dict = dataclasses.field(default_factory=dict)  # extra JSON fields per call
     is_limit: bool = False
+    front: str | None = None  # fleet mode: router | smg | proxy in front of the replicas
+    id_in_body: bool = False  # the program id as body field program_id (the proxy reads no header)
 
 
 @dataclasses.dataclass(frozen=True)

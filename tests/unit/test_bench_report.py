@@ -47,3 +47,12 @@ def test_scheduler_loop_time_leaves_out_the_forward_pass_and_idling():
          'sglang:scheduler_stage_seconds_total{category="recv_requests"}': 0.2,
          'sglang:scheduler_stage_seconds_total{category="process_batch_result"}': 0.3}
     assert loop_ms_per_call(m, 10) == 50.0 and loop_ms_per_call({}, 10) is None
+
+
+def test_fleet_imbalance_is_the_time_mean_of_the_spread_and_skips_partial_samples():
+    from benchmarks.agentic.fleet import imbalance
+
+    got = imbalance([[0.5, 0.1], [0.2, 0.4], [None, 0.3], [0.3, 0.3]])
+    assert got == {"kv_imbalance": round((0.4 + 0.2 + 0.0) / 3, 4),
+                   "kv_usage_mean": [round(1.0 / 3, 4), round(0.8 / 3, 4)], "samples": 3}
+    assert imbalance([]) == {"kv_imbalance": None, "kv_usage_mean": None, "samples": 0}

@@ -42,7 +42,7 @@ class Upstream:
 
     def headers(self) -> list[tuple[str, str]]:
         return [(k, v) for k, v in self.response.headers.multi_items()
-                if k.lower() not in HOP_BY_HOP]
+                if k.lower() not in HOP_BY_HOP and k.lower() not in ("date", "server")]
 
     async def rest(self):
         """The body after ``head``; a failure mid-way raises UpstreamFailed."""

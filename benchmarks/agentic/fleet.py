@@ -1,0 +1,191 @@
+"""The runner's fleet mode (``--replicas N``): N replicas on this machine, each pinned to its
+own cores, and one front (our router, SGLang's gateway, or the published ThunderAgent proxy).
+
+Pinning: replica i runs under ``taskset -c <its cores>`` and with
+``SGLANG_CPU_OMP_THREADS_BIND=<its cores>`` (SGLang's CPU thread binding), the cores split
+evenly, so the replicas share the machine fairly and do not fight over one core's threads.
+The front and the player run unpinned.
+
+The baselines are installed outside the package by ``benchmarks/fleet_baselines.sh``
+(``.bench-env/``): ``smg`` (SGLang's gateway, pinned on PyPI) and the published proxy from its
+source. Every fleet system serves with ``--enable-metrics`` (the proxy reads SGLang's
+``sglang:token_usage``; the runner samples it for the KV imbalance).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from benchmarks.agentic.systems import PLAIN, Pools, System
+from tests.integration.router_process import RouterProcess
+from tests.integration.server import REPO, Server, free_port
+
+BENCH_ENV = REPO / ".bench-env"
+SMG = BENCH_ENV / "smg" / "bin" / "smg"
+PROXY = BENCH_ENV / "proxy" / "bin" / "thunderagent"
+FRONT_READY_S = 120
+
+
+def fleet_systems(pools: Pools) -> list[System]:
+    device = ("--max-total-tokens", str(pools.device_tokens), "--enable-metrics")
+    limit = ("--max-total-tokens", str(pools.limit_tokens), "--enable-metrics")
+    return [
+        System("gateway", "SGLang replicas + SGLang gateway (smg cache_aware)", device, PLAIN,
+               ours=False, front="smg"),
+        System("proxy", "SGLang replicas + published ThunderAgent proxy (tr)", device, PLAIN,
+               ours=False, front="proxy", id_in_body=True),
+        System("ours-router", "ThunderAgent replicas (offload off) + our router",
+               (*device, "--thunderagent-offload", "off"), {}, ours=True, front="router"),
+        System("limit", "no eviction (limit) + smg cache_aware", limit, PLAIN, ours=False,
+               is_limit=True, front="smg"),
+    ]
+
+
+def by_name(pools: Pools, names: list[str] | None) -> list[System]:
+    table = fleet_systems(pools)
+    if not names:
+        return table
+    unknown = [n for n in names if n not in {s.name for s in table}]
+    if unknown:
+        raise SystemExit(f"unknown fleet system(s) {unknown}; choose from "
+                         f"{[s.name for s in table]}")
+    return [s for s in table if s.name in names]
+
+
+def core_groups(n: int) -> list[str]:
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < n:
+        raise SystemExit(f"--replicas {n} needs at least {n} cores; this machine has "
+                         f"{len(cores)}")
+    size = len(cores) // n
+    return [",".join(map(str, cores[i * size:(i + 1) * size])) for i in range(n)]
+
+
+@dataclass
+class Fleet:
+    url: str
+    replicas: list[Server]
+    front: object  # RouterProcess or Popen
+    front_url: str
+    kind: str
+    logs: list = field(default_factory=list)
+
+    def stop(self) -> None:
+        if isinstance(self.front, RouterProcess):
+            self.front.stop()
+        elif self.front is not None and self.front.poll() is None:
+            self.front.terminate()
+            try:
+                self.front.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.front.kill()
+                self.front.wait()
+        for log in self.logs:
+            log.close()
+        for replica in self.replicas:
+            replica.stop()
+
+
+def start(system: System, n: int, model_dir: Path, log_dir: Path, tag: str) -> Fleet:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    replicas = []
+    try:
+        for i, cores in enumerate(core_groups(n)):
+            env = {**system.env, "THUNDERAGENT_DEBUG_MEMCHECK": "0",
+                   "SGLANG_CPU_OMP_THREADS_BIND": cores}
+            args = ["--model-path", str(model_dir), "--enable-cache-report", *system.args]
+            replicas.append(Server(f"{system.name}-{tag}-r{i}", args, env, log_dir,
+                                   prefix=("taskset", "-c", cores)))
+        for replica in replicas:
+            replica.wait_ready()
+        fleet = _front(system, [r.url for r in replicas], model_dir, log_dir, tag)
+        fleet.replicas = replicas
+        return fleet
+    except BaseException:
+        for replica in replicas:
+            replica.stop()
+        raise
+
+
+def _front(system: System, urls: list[str], model_dir: Path, log_dir: Path, tag: str) -> Fleet:
+    if system.front == "router":
+        router = RouterProcess(urls, log_dir, "--log-level", "info", name=f"router-{tag}")
+        router.wait_ready(len(urls))
+        return Fleet(router.url, [], router, router.url, "router")
+    port = free_port()
+    log = open(log_dir / f"{system.front}-{tag}.log", "w")
+    if system.front == "smg":
+        _need(SMG)
+        cmd = [str(SMG), "launch", "--host", "127.0.0.1", "--port", str(port),
+               "--worker-urls", *urls, "--policy", "cache_aware",
+               "--model-alias", f"default={model_dir}", "--prometheus-port", str(free_port())]
+    elif system.front == "proxy":
+        _need(PROXY)
+        cmd = [str(PROXY), "--backend-type", "sglang", "--backends", ",".join(urls),
+               "--router", "tr", "--host", "127.0.0.1", "--port", str(port)]
+    else:
+        raise ValueError(f"unknown front {system.front!r}")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    fleet = Fleet(url, [], proc, url, system.front, [log])
+    try:
+        _wait_serving(url, proc)
+    except BaseException:
+        fleet.stop()
+        raise
+    return fleet
+
+
+def _need(path: Path) -> None:
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: run benchmarks/fleet_baselines.sh first")
+
+
+def _wait_serving(url: str, proc) -> None:
+    """Until a one-token chat call through the front answers 200."""
+    deadline = time.monotonic() + FRONT_READY_S
+    body = {"model": "default", "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 1}
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the front at {url} exited ({proc.returncode})")
+        try:
+            if httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"the front at {url} did not serve in {FRONT_READY_S} s")
+
+
+async def kv_usage(http: httpx.AsyncClient, urls: list[str]) -> list[float | None]:
+    """Each replica's ``sglang:token_usage`` (pool fraction held by running calls)."""
+    out = []
+    for url in urls:
+        try:
+            text = (await http.get(f"{url}/metrics", timeout=10)).text
+        except httpx.HTTPError:
+            out.append(None)
+            continue
+        values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                  if line.startswith("sglang:token_usage{") or line.startswith(
+                      "sglang:token_usage ")]
+        out.append(values[0] if values else None)
+    return out
+
+
+def imbalance(samples: list[list[float | None]]) -> dict:
+    """Time-mean of |u_A - u_B| (two replicas; max - min for more) and each one's mean."""
+    rows = [s for s in samples if s and all(v is not None for v in s)]
+    if not rows:
+        return {"kv_imbalance": None, "kv_usage_mean": None, "samples": 0}
+    spread = [max(r) - min(r) for r in rows]
+    means = [round(sum(r[i] for r in rows) / len(rows), 4) for i in range(len(rows[0]))]
+    return {"kv_imbalance": round(sum(spread) / len(spread), 4), "kv_usage_mean": means,
+            "samples": len(rows)}
