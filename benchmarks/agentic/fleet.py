@@ -30,6 +30,10 @@ BENCH_ENV = REPO / ".bench-env"
 SMG = BENCH_ENV / "smg" / "bin" / "smg"
 PROXY = BENCH_ENV / "proxy" / "bin" / "thunderagent"
 FRONT_READY_S = 120
+# A busy CPU replica answers /health slower than smg's 5 s probe, and smg then opens its
+# circuit breaker on both replicas ("All workers are unavailable", the first run's end): its
+# health checks and breaker are off, so what is measured is its placement policy.
+SMG_CPU_FLAGS = ("--disable-health-check", "--disable-circuit-breaker")
 
 
 def fleet_systems(pools: Pools) -> list[System]:
@@ -124,7 +128,8 @@ def _front(system: System, urls: list[str], model_dir: Path, log_dir: Path, tag:
         _need(SMG)
         cmd = [str(SMG), "launch", "--host", "127.0.0.1", "--port", str(port),
                "--worker-urls", *urls, "--policy", "cache_aware",
-               "--model-alias", f"default={model_dir}", "--prometheus-port", str(free_port())]
+               "--model-alias", f"default={model_dir}", "--prometheus-port", str(free_port()),
+               *SMG_CPU_FLAGS]
     elif system.front == "proxy":
         _need(PROXY)
         cmd = [str(PROXY), "--backend-type", "sglang", "--backends", ",".join(urls),

@@ -12,6 +12,9 @@ METRICS = (("steps_per_min", "steps per minute (LLM calls completed)", "throughp
            ("kv_hit_rate", "KV cache hit rate (cached / prompt tokens)", "hit_rate"))
 
 
+FLEET_METRICS = (("kv_imbalance", "KV imbalance: time-mean |usage A - usage B|", "imbalance"),)
+
+
 def draw(points: list[dict], out: Path) -> list[Path]:
     try:
         import matplotlib
@@ -26,7 +29,8 @@ def draw(points: list[dict], out: Path) -> list[Path]:
         systems = list(dict.fromkeys(p["system"] for p in mine))
         labels = {p["system"]: p.get("label", p["system"]) for p in mine}
         loads = sorted({p["concurrency"] for p in mine})
-        for key, ylabel, stem in METRICS:
+        fleet = any("kv_imbalance" in p["figures"] for p in mine)
+        for key, ylabel, stem in METRICS + (FLEET_METRICS if fleet else ()):
             fig, ax = plt.subplots(figsize=(7, 4.2))
             if len(loads) == 1:
                 values = [next((p["figures"][key] or 0 for p in mine if p["system"] == s), 0) for s in systems]
@@ -44,7 +48,7 @@ def draw(points: list[dict], out: Path) -> list[Path]:
                 ax.legend(fontsize=8)
                 ax.set_title(mode)
             ax.set_ylabel(ylabel)
-            if key == "kv_hit_rate":
+            if key in ("kv_hit_rate", "kv_imbalance"):
                 ax.set_ylim(0, 1)
             ax.grid(alpha=0.3)
             fig.tight_layout()

@@ -78,7 +78,6 @@ class Fleet:
         self.replicas = {url: Replica(url) for url in settings.backends}
         self.on_down = on_down or (lambda replica: None)
         self.clock = clock
-        self.polled = asyncio.Event()  # set after each round of polls
         self._headers = ({"Authorization": f"Bearer {settings.backend_api_key}"}
                          if settings.backend_api_key else {})
 
@@ -93,7 +92,10 @@ class Fleet:
         try:
             response = await self.client.get(f"{replica.url}/programs", params={"live": "1"},
                                              headers=self._headers,
-                                             timeout=max(1.0, 2 * self.settings.poll_interval_s))
+                                             timeout=self.settings.down_after_s)
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            # refused or reset: the server is gone, not slow
+            return self._failed(replica, f"{type(exc).__name__}: {exc}", gone=True)
         except httpx.HTTPError as exc:
             return self._failed(replica, f"{type(exc).__name__}: {exc}")
         if response.status_code == 404:
@@ -114,13 +116,16 @@ class Fleet:
             replica.ready = True
             log.info("replica %s is ready (%d live programs)", replica.url, len(replica.records))
 
-    def _failed(self, replica: Replica, why: str) -> None:
+    def _failed(self, replica: Replica, why: str, gone: bool = False) -> None:
+        """A refused connection takes the replica out at once; a slow or failing answer once
+        it has not answered for ``down_after_s`` (a busy replica is slow, not gone)."""
         now = self.clock()
         replica.poll_failures += 1
         if replica.first_failure is None:
             replica.first_failure = now
         since = replica.last_ok if replica.last_ok is not None else replica.first_failure
-        if replica.ready and (replica.refused or now - since >= self.settings.down_after_s):
+        if replica.ready and (gone or replica.refused
+                              or now - since >= self.settings.down_after_s):
             self.take_out(replica, why)
         elif not replica.ready and replica.polls == 0 and replica.poll_failures == 1:
             log.warning("replica %s is not answering yet (%s); probing again", replica.url, why)
@@ -135,19 +140,30 @@ class Fleet:
 
     async def poll_round(self) -> None:
         await asyncio.gather(*(self.poll_once(r) for r in self.replicas.values()))
-        self.polled.set()
-        self.polled = asyncio.Event()
 
-    async def run(self, after_round=None) -> None:
+    async def _poll_loop(self, replica: Replica) -> None:
+        """One replica's polls: a slow one does not delay the others'."""
         while True:
             started = self.clock()
-            await self.poll_round()
-            if after_round is not None:
-                try:
-                    await after_round()
-                except Exception:  # noqa: BLE001 - the loop must go on
-                    log.exception("router: a placement round failed")
+            await self.poll_once(replica)
             await asyncio.sleep(max(0.0, self.settings.poll_interval_s - (self.clock() - started)))
+
+    async def run(self, after_round=None) -> None:
+        """Poll every replica on its own loop; ``after_round`` every poll interval."""
+        loops = [asyncio.create_task(self._poll_loop(r)) for r in self.replicas.values()]
+        try:
+            while True:
+                started = self.clock()
+                if after_round is not None:
+                    try:
+                        await after_round()
+                    except Exception:  # noqa: BLE001 - the loop must go on
+                        log.exception("router: a placement round failed")
+                await asyncio.sleep(max(0.0, self.settings.poll_interval_s
+                                        - (self.clock() - started)))
+        finally:
+            for loop in loops:
+                loop.cancel()
 
 
 def refused_backends(settings) -> list[str]:

@@ -20,7 +20,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 30010
     poll_interval_s: float = 0.5
-    down_after_s: float = 3.0
+    down_after_s: float = 10.0
     api_key: str | None = None
     backend_api_key: str | None = None
     backend_admin_key: str | None = None
@@ -72,7 +72,9 @@ def parser() -> argparse.ArgumentParser:
                    metavar="SECONDS", help="how often each replica's /programs is read "
                    "(default: the engine's tick, 0.5)")
     p.add_argument("--down-after", type=float, default=Settings.down_after_s, metavar="SECONDS",
-                   help="a replica that has not answered for this long is taken out (default 3)")
+                   help="a replica whose polls have failed or timed out for this long is taken "
+                   "out (default 10: a busy replica answers slowly); one that refuses "
+                   "connections is taken out at once")
     p.add_argument("--api-key", default=os.environ.get("THUNDERAGENT_ROUTER_API_KEY"),
                    help="clients must send it as a bearer token (default: none); also the "
                    "replicas' key unless --backend-api-key is given")
