@@ -94,7 +94,11 @@ class Router:
         for replica in self.fleet.ready():
             self.state.forget_ended(replica.url, set(replica.records), set(replica.pending))
             for pid, record in replica.records.items():
-                where = self.state.placement.setdefault(pid, replica.url)  # adopt what we see
+                if pid not in self.state.placement:  # adopt what we see
+                    self.state.placement[pid] = replica.url
+                    if self.state.lost.get(pid) == replica.url:
+                        del self.state.lost[pid]  # its replica came back with it: not lost
+                where = self.state.placement[pid]
                 if where != replica.url:
                     if not record.get("in_flight") and pid not in self.state.moving:
                         stray.append((replica, pid))

@@ -92,10 +92,14 @@ class Fleet:
         try:
             response = await self.client.get(f"{replica.url}/programs", params={"live": "1"},
                                              headers=self._headers,
-                                             timeout=self.settings.down_after_s)
+                                             timeout=self.settings.silent_after_s)
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
             # refused or reset: the server is gone, not slow
             return self._failed(replica, f"{type(exc).__name__}: {exc}", gone=True)
+        except httpx.TimeoutException as exc:
+            # accepted but not answered: a long prefill can block a CPU replica's scheduler
+            return self._failed(replica, f"no answer in {self.settings.silent_after_s:g} s "
+                                f"({type(exc).__name__})", slow=True)
         except httpx.HTTPError as exc:
             return self._failed(replica, f"{type(exc).__name__}: {exc}")
         if response.status_code == 404:
@@ -116,15 +120,17 @@ class Fleet:
             replica.ready = True
             log.info("replica %s is ready (%d live programs)", replica.url, len(replica.records))
 
-    def _failed(self, replica: Replica, why: str, gone: bool = False) -> None:
-        """A refused connection takes the replica out at once; a slow or failing answer once
-        it has not answered for ``down_after_s`` (a busy replica is slow, not gone)."""
+    def _failed(self, replica: Replica, why: str, gone: bool = False,
+                slow: bool = False) -> None:
+        """A refused or reset connection takes the replica out at once; error answers once it
+        has not answered well for ``down_after_s``; a poll that is accepted but not answered
+        (``slow``) is one ``silent_after_s`` long, and that is the bound for silence."""
         now = self.clock()
         replica.poll_failures += 1
         if replica.first_failure is None:
             replica.first_failure = now
         since = replica.last_ok if replica.last_ok is not None else replica.first_failure
-        if replica.ready and (gone or replica.refused
+        if replica.ready and (gone or slow or replica.refused
                               or now - since >= self.settings.down_after_s):
             self.take_out(replica, why)
         elif not replica.ready and replica.polls == 0 and replica.poll_failures == 1:

@@ -20,7 +20,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 30010
     poll_interval_s: float = 0.5
-    down_after_s: float = 10.0
+    down_after_s: float = 3.0
+    silent_after_s: float = 60.0
     api_key: str | None = None
     backend_api_key: str | None = None
     backend_admin_key: str | None = None
@@ -72,9 +73,12 @@ def parser() -> argparse.ArgumentParser:
                    metavar="SECONDS", help="how often each replica's /programs is read "
                    "(default: the engine's tick, 0.5)")
     p.add_argument("--down-after", type=float, default=Settings.down_after_s, metavar="SECONDS",
-                   help="a replica whose polls have failed or timed out for this long is taken "
-                   "out (default 10: a busy replica answers slowly); one that refuses "
-                   "connections is taken out at once")
+                   help="a replica whose polls get errors for this long is taken out (default "
+                   "3); one that refuses or resets connections is taken out at once")
+    p.add_argument("--silent-after", type=float, default=Settings.silent_after_s,
+                   metavar="SECONDS", help="a replica that accepts a poll but does not answer "
+                   "it in this long is taken out (default 60: a long prefill can block a "
+                   "CPU replica's scheduler for many seconds; it is busy, not gone)")
     p.add_argument("--api-key", default=os.environ.get("THUNDERAGENT_ROUTER_API_KEY"),
                    help="clients must send it as a bearer token (default: none); also the "
                    "replicas' key unless --backend-api-key is given")
@@ -98,7 +102,7 @@ def parser() -> argparse.ArgumentParser:
 
 def from_args(argv: list[str] | None = None) -> Settings:
     args = parser().parse_args(argv)
-    for name in ("poll_interval", "down_after", "max_wait"):
+    for name in ("poll_interval", "down_after", "silent_after", "max_wait"):
         if not getattr(args, name) > 0:
             raise SettingsError(f"--{name.replace('_', '-')} must be a positive number")
     if not 0 <= args.port < 65536:
@@ -106,7 +110,8 @@ def from_args(argv: list[str] | None = None) -> Settings:
     backend_key = args.backend_api_key or args.api_key
     return Settings(
         backends=backends(args.backends), host=args.host, port=args.port,
-        poll_interval_s=args.poll_interval, down_after_s=args.down_after, api_key=args.api_key,
+        poll_interval_s=args.poll_interval, down_after_s=args.down_after,
+        silent_after_s=args.silent_after, api_key=args.api_key,
         backend_api_key=backend_key, backend_admin_key=args.backend_admin_key or backend_key,
         migration=args.migration == "on", max_wait_s=args.max_wait,
         id_sources=parse_id_sources(args.id_sources), log_level=args.log_level)
