@@ -115,7 +115,7 @@ def write_config(out: Path, config: dict) -> None:
     path = out / "config.json"
     if path.exists():
         before = json.loads(path.read_text())["configuration"]
-        if before != config:
+        if before != json.loads(json.dumps(config)):  # as saved: tuples are lists there
             raise SystemExit(f"{path} holds another configuration; resume with the same flags, "
                              "or pass another --out")
         return
