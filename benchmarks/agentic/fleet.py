@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.agentic.systems import PLAIN, Pools, System
-from tests.integration.router_process import RouterProcess
+from tests.integration.router_process import RouterProcess, stop_process
 from tests.integration.server import REPO, Server, free_port
 
 BENCH_ENV = REPO / ".bench-env"
@@ -83,13 +83,8 @@ class Fleet:
     def stop(self) -> None:
         if isinstance(self.front, RouterProcess):
             self.front.stop()
-        elif self.front is not None and self.front.poll() is None:
-            self.front.terminate()
-            try:
-                self.front.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.front.kill()
-                self.front.wait()
+        elif self.front is not None:
+            stop_process(self.front, 15)
         for log in self.logs:
             log.close()
         for replica in self.replicas:

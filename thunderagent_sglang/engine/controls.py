@@ -53,9 +53,8 @@ def _not_admitted(runtime) -> list[str]:
 
 
 def _list(runtime, msg: ipc.ListPrograms) -> dict:
-    programs = runtime.table.programs()
-    if msg.live_only:
-        programs = [p for p in programs if p.live]
+    table = runtime.table
+    programs = table.live_programs() if msg.live_only else table.programs()  # O(live) polls
     return {"programs": [record(runtime, p) for p in programs]
             + [waiting_record(runtime, pid) for pid in _not_admitted(runtime)],
             "demand_tokens": runtime.ledger.demand_tokens(),

@@ -32,6 +32,7 @@ from thunderagent_sglang.program.identity import (
     InvalidProgramId,
     check_program_id,
     extract_identity,
+    invalid_identity_body,
     names_program,
     tagged_paths,
 )
@@ -59,7 +60,7 @@ class IdentityMiddleware:
             identity = extract_identity(_headers(scope), _json_object(body, self.body_fields),
                                         self.id_sources)
         except (InvalidProgramId, InvalidFinalMarker) as exc:
-            response = JSONResponse(status_code=400, content=_error(exc))
+            response = JSONResponse(status_code=400, content=invalid_identity_body(exc))
             return await response(scope, receive, send)
         scope.setdefault("state", {})[STATE_KEY] = identity
         await self.app(scope, receive, _stamping(send, identity))
@@ -99,11 +100,6 @@ def _json_object(body: bytes, fields: tuple[bytes, ...]):
     except orjson.JSONDecodeError:
         return None  # SGLang answers malformed JSON itself
     return value if isinstance(value, dict) else None
-
-
-def _error(exc: ValueError) -> dict:
-    return {"error": {"message": str(exc), "type": "invalid_request_error",
-                      "param": getattr(exc, "source", None), "code": 400}}
 
 
 def _stamping(send, identity: Identity):

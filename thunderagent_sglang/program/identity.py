@@ -59,6 +59,12 @@ class InvalidProgramId(ValueError):
         self.source = source  # e.g. "header X-Program-Id", "body field 'program_id'"
 
 
+def invalid_identity_body(exc: ValueError) -> dict:
+    """The 400 body for an invalid id or mark (the server's and the router's)."""
+    return {"error": {"message": str(exc), "type": "invalid_request_error",
+                      "param": getattr(exc, "source", None), "code": 400}}
+
+
 class InvalidFinalMarker(ValueError):
     """A final marker (X-Program-Final, X-Dynamo-Session-Final, is_last_step) with a bad value."""
 

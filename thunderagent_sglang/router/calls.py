@@ -17,6 +17,7 @@ from thunderagent_sglang.program.identity import (
     InvalidFinalMarker,
     InvalidProgramId,
     extract_identity,
+    invalid_identity_body,
 )
 from thunderagent_sglang.router import forward
 
@@ -29,6 +30,10 @@ _SESSION_ID = re.compile(rb'^"?([A-Za-z0-9._:-]{1,256})"?$')
 def error(status: int, message: str, **headers) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": "router_error", "code": status}},
                         status_code=status, headers=headers or None)
+
+
+def no_replica() -> JSONResponse:
+    return error(503, "no replica is ready; retry shortly", **{"Retry-After": "1"})
 
 
 def _json_object(body: bytes) -> dict | None:
@@ -88,9 +93,7 @@ async def generating_call(router, request: Request) -> Response:
     try:
         identity = extract_identity(dict(request.headers), obj, router.settings.id_sources)
     except (InvalidProgramId, InvalidFinalMarker) as exc:
-        return JSONResponse(status_code=400, content={"error": {
-            "message": str(exc), "type": "invalid_request_error",
-            "param": getattr(exc, "source", None), "code": 400}})
+        return JSONResponse(status_code=400, content=invalid_identity_body(exc))
     pid = identity.program_id
     pinned, pin = _pinned(router, request.url.path, obj)
     if pinned == "":
@@ -110,7 +113,7 @@ async def generating_call(router, request: Request) -> Response:
         else:
             replica = router.replica_for(pid, keys, frozenset(tried))
         if replica is None:
-            return error(503, "no replica is ready; retry shortly", **{"Retry-After": "1"})
+            return no_replica()
         replica.calls += 1
         try:
             upstream = await _unless_gone(request, forward.send(
@@ -183,7 +186,6 @@ async def session_call(router, request: Request) -> Response:
     """``/open_session`` (least busy replica; its answer names the session) and
     ``/close_session`` (the session's replica)."""
     body = await request.body()
-    headers = forward.request_headers(request.headers)
     if request.url.path == "/close_session":
         obj = _json_object(body) or {}
         where = router.state.sessions.get(obj.get("session_id")) if isinstance(
@@ -195,19 +197,13 @@ async def session_call(router, request: Request) -> Response:
     else:
         replica = router.replica_for(None, [])
         if replica is None:
-            return error(503, "no replica is ready; retry shortly", **{"Retry-After": "1"})
-    try:
-        upstream = await forward.send(router.client, replica.url, request.method,
-                                      request.url.path, request.url.query.encode(), headers,
-                                      body)
-    except (forward.ConnectFailed, forward.UpstreamFailed) as exc:
-        return error(502, f"replica {replica.url}: {exc}")
-    if request.url.path == "/open_session" and upstream.status == 200:
-        match = _SESSION_ID.match(upstream.head.strip())
+            return no_replica()
+    response = await _send_as_is(router, replica, request, body)
+    if request.url.path == "/open_session" and response.status_code == 200:
+        match = _SESSION_ID.match(response.head.strip())
         if match:
             router.state.sessions[match.group(1).decode()] = replica.url
-    replica.calls += 1
-    return _stream(router, replica, upstream)
+    return response
 
 
 async def pass_through(router, request: Request) -> Response:
@@ -215,13 +211,20 @@ async def pass_through(router, request: Request) -> Response:
     replica answers."""
     replica = router.replica_for(None, [])
     if replica is None:
-        return error(503, "no replica is ready; retry shortly", **{"Retry-After": "1"})
+        return no_replica()
+    return await _send_as_is(router, replica, request, await request.body())
+
+
+async def _send_as_is(router, replica, request: Request, body: bytes) -> Response:
+    """The call sent unchanged to ``replica`` and its answer streamed back (502 naming the
+    replica if it fails); the answer's ``head`` stays readable on the response."""
     try:
         upstream = await forward.send(router.client, replica.url, request.method,
                                       request.url.path, request.url.query.encode(),
-                                      forward.request_headers(request.headers),
-                                      await request.body())
+                                      forward.request_headers(request.headers), body)
     except (forward.ConnectFailed, forward.UpstreamFailed) as exc:
         return error(502, f"replica {replica.url}: {exc}")
     replica.calls += 1
-    return _stream(router, replica, upstream)
+    response = _stream(router, replica, upstream)
+    response.head = upstream.head
+    return response
