@@ -97,15 +97,21 @@ def test_prefix_keys_chain_whole_chunks_and_affinity_counts_leading_matches():
 
 
 @pytest.mark.parametrize("text", ["foo", "ftp://h:1", "http://", "http://h:99999",
-                                  "http://u:p@h:1", "http://h:1?x=1", "", "http://h:1,http://h:1"])
+                                  "http://u:p@h:1", "http://h:1?x=1", "http://h:1,http://h:1",
+                                  "a b=http://h:1", "a/b=http://h:1", "x=http://h:1,x=http://h:2",
+                                  "=http://h:1", "x" * 65 + "=http://h:1"])
 def test_a_malformed_backend_list_is_an_error_naming_it(text):
     with pytest.raises(SettingsError):
         backends(text)
 
 
-def test_backend_urls_are_normalised_and_flags_checked():
-    assert backends(" http://127.0.0.1:30000/ ,https://h/x/") == (
-        "http://127.0.0.1:30000", "https://h/x")
+def test_backend_urls_are_normalised_named_and_flags_checked():
+    assert backends(" http://127.0.0.1:30000/ ,r-2=https://h/x/") == (
+        ("http://127.0.0.1:30000", "https://h/x"), ("backend-0", "r-2"))
+    with pytest.raises(SettingsError, match="--admin-api-key"):
+        from_args(["--backends", ""])
+    empty = from_args(["--admin-api-key", "adm"])
+    assert (empty.backends, empty.names, empty.admin_api_key) == ((), (), "adm")
     settings = from_args(["--backends", "http://a:1", "--api-key", "k"])
     assert (settings.backend_api_key, settings.backend_admin_key, settings.migration) == (
         "k", "k", True)

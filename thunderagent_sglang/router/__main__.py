@@ -29,7 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("thunderagent.router").info(
         "router on http://%s:%d in front of %s (poll every %.2f s, migration %s)",
-        settings.host, settings.port, ", ".join(settings.backends), settings.poll_interval_s,
+        settings.host, settings.port,
+        ", ".join(f"{n}={u}" for n, u in zip(settings.names, settings.backends))
+        or "no replica yet (they register through PUT /router/backends/NAME)",
+        settings.poll_interval_s,
         "on" if settings.migration else "off")
     uvicorn.run(build_app(Router(settings)), host=settings.host, port=settings.port,
                 log_level=settings.log_level, access_log=False, timeout_keep_alive=75)

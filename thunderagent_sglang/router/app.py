@@ -22,6 +22,7 @@ from starlette.routing import Route
 from thunderagent_sglang.program.identity import InvalidProgramId, check_program_id, tagged_paths
 from thunderagent_sglang.router import calls, forward
 from thunderagent_sglang.router.core import Router
+from thunderagent_sglang.router.settings import SettingsError, backend_name, backend_url
 
 OPEN_PATHS = frozenset({"/health", "/metrics"})
 
@@ -137,6 +138,55 @@ async def release_own(router: Router, request: Request) -> Response:
     return await on_program(router, request, pid, "/programs/release")
 
 
+def _admin_allowed(router: Router, request: Request) -> Response | None:
+    """None when the request carries the router's --admin-api-key; else the error to answer."""
+    key = router.settings.admin_api_key
+    if not key:
+        return calls.error(403, "registering replicas at run time is off: start the router "
+                           "with --admin-api-key")
+    given = request.headers.get("authorization", "")
+    given = given[7:] if given.lower().startswith("bearer ") else ""
+    if not hmac.compare_digest(given.encode(), key.encode()):
+        return calls.error(401, "missing or wrong admin key (send --admin-api-key as a "
+                           "bearer token)")
+    return None
+
+
+async def put_backend(router: Router, request: Request, name: str) -> Response:
+    """``PUT /router/backends/{name}`` with ``{"url": ...}``: add replica ``name`` or move it
+    to a new URL (its old one is taken out, as a replica that went down)."""
+    refused = _admin_allowed(router, request)
+    if refused is not None:
+        return refused
+    try:
+        value = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        return calls.error(400, f"the body must be a JSON object with 'url': {exc}")
+    try:
+        name = backend_name(name)
+        if not isinstance(value, dict) or not isinstance(value.get("url"), str):
+            raise SettingsError("the body must be a JSON object with 'url', such as "
+                                '{"url": "http://10.0.0.2:30000"}')
+        url = backend_url(value["url"])
+    except SettingsError as exc:
+        return calls.error(400, str(exc))
+    try:
+        old = router.fleet.register(name, url)
+    except ValueError as exc:
+        return calls.error(409, str(exc))
+    return JSONResponse({"name": name, "url": url, "replaced": old})
+
+
+async def delete_backend(router: Router, request: Request, name: str) -> Response:
+    refused = _admin_allowed(router, request)
+    if refused is not None:
+        return refused
+    url = router.fleet.remove(name)
+    if url is None:
+        return calls.error(404, f"no replica is named {name!r}")
+    return JSONResponse({"name": name, "url": url, "removed": True})
+
+
 async def health(router: Router, request: Request) -> Response:
     ready = len(router.fleet.ready())
     if ready:
@@ -150,7 +200,7 @@ def replicas_status(router: Router) -> dict:
     for r in router.fleet.replicas.values():
         polls = sorted(r.poll_seconds)
         out.append({
-            "replica": r.url, "ready": r.ready, "refused": r.refused, "calls": r.calls,
+            "replica": r.url, "name": r.label, "ready": r.ready, "refused": r.refused, "calls": r.calls,
             "programs": len(r.records), "downs": r.downs, "polls": r.polls,
             "poll_failures": r.poll_failures,
             "view_age_s": round(now - r.view_at, 3) if r.view_at else None,
@@ -204,6 +254,11 @@ def build_app(router: Router) -> Starlette:
             return await handler(router, request, *params)
         return endpoint
 
+    def admin(handler, *extra):  # its own key (checked by the handler), not the client's
+        async def endpoint(request: Request):
+            return await handler(router, request, *[request.path_params[n] for n in extra])
+        return endpoint
+
     async def metrics(router_, request):
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
 
@@ -227,6 +282,8 @@ def build_app(router: Router) -> Starlette:
         Route("/health", bound(health), methods=["GET"]),
         Route("/metrics", bound(metrics), methods=["GET"]),
         Route("/router/replicas", bound(status), methods=["GET"]),
+        Route("/router/backends/{name}", admin(put_backend, "name"), methods=["PUT"]),
+        Route("/router/backends/{name}", admin(delete_backend, "name"), methods=["DELETE"]),
         Route("/programs", bound(list_programs), methods=["GET"]),
         Route("/programs/release", bound(release_own), methods=["POST"]),
         *[Route("/programs/{program_id:path}/" + op, bound(program_op("/" + op), "program_id"),

@@ -99,7 +99,7 @@ async def generating_call(router, request: Request) -> Response:
     if pinned == "":
         return error(409, f"{pin} is unknown to this router or lived on a replica that is "
                      "gone; start a new conversation (without it)")
-    if pinned is not None and not router.fleet.replicas[pinned].ready:
+    if pinned is not None and not getattr(router.fleet.replicas.get(pinned), "ready", False):
         return error(409, f"{pin} lives on replica {pinned}, which is not available; "
                      "start a new conversation (without it)")
     keys = prefix_keys(prompt_text(obj))
@@ -109,7 +109,10 @@ async def generating_call(router, request: Request) -> Response:
     for _ in range(router.settings.max_attempts + 1):
         await router.wait_if_moving(pid)
         if pinned is not None:
-            replica = router.fleet.replicas[pinned]
+            replica = router.fleet.replicas.get(pinned)
+            if replica is None:
+                return error(409, f"{pin} lived on replica {pinned}, which was removed; "
+                             "start a new conversation (without it)")
         else:
             replica = router.replica_for(pid, keys, frozenset(tried))
         if replica is None:
@@ -129,6 +132,15 @@ async def generating_call(router, request: Request) -> Response:
             continue
         except forward.UpstreamFailed as exc:
             replica.calls -= 1
+            if not retried and pinned is None and await router.gone(replica):
+                # it died before answering anything: the call ran nowhere else and nothing
+                # reached the client, so it is sent once to another replica
+                router.fleet.take_out(replica, f"died while answering ({exc})")
+                retried, _ = True, tried.add(replica.url)
+                router.state.counters["resent_after_failure"] += 1
+                log.warning("router: replica %s died before answering a call; sent again "
+                            "elsewhere", replica.url)
+                continue
             router.state.counters["failed_upstream"] += 1
             return error(502, f"replica {replica.url} failed after the call was sent ({exc}); "
                          "it was not retried")
@@ -193,7 +205,10 @@ async def session_call(router, request: Request) -> Response:
         if where is None:
             return error(409, f"session {obj.get('session_id')!r} is unknown to this router "
                          "or lived on a replica that is gone")
-        replica = router.fleet.replicas[where]
+        replica = router.fleet.replicas.get(where)
+        if replica is None:
+            return error(409, f"session {obj.get('session_id')!r} lived on replica {where}, "
+                         "which was removed")
     else:
         replica = router.replica_for(None, [])
         if replica is None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -61,9 +61,9 @@ class Router:
         call's."""
         replicas = self.fleet.replicas
         if program_id is not None:
-            where = self.state.placement.get(program_id)
-            if where is not None and where not in exclude and replicas[where].ready:
-                return replicas[where]
+            where = replicas.get(self.state.placement.get(program_id))
+            if where is not None and where.url not in exclude and where.ready:
+                return where
         loads = [load for load in self.fleet.loads() if load.name not in exclude]
         matched = {load.name: self.affinity.matched(load.name, keys) for load in loads}
         if program_id is None:
@@ -78,6 +78,21 @@ class Router:
         if program_id in self.state.lost:
             self.state.counters["replaced_lost"] += 1
         return replicas[chosen]
+
+    async def gone(self, replica: Replica) -> bool:
+        """Whether ``replica`` now refuses new connections (its server is dead, not slow). A
+        fresh connection, not the pool's: a pooled one to a dead server fails differently."""
+        parts = urlsplit(replica.url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port),
+                                               min(2.0, self.settings.connect_timeout_s))
+        except asyncio.TimeoutError:  # (an OSError too) unreachable is not known dead
+            return False
+        except OSError:  # refused: nothing listens there any more
+            return True
+        writer.close()
+        return False
 
     async def wait_if_moving(self, program_id: str | None) -> None:
         event = self.state.moving.get(program_id) if program_id is not None else None
@@ -145,8 +160,11 @@ class Router:
         end it on its source, whose held calls come back 421 and are sent to the target."""
         pid = move.program_id
         done = self.state.moving[pid] = asyncio.Event()
+        target = self.fleet.replicas.get(move.target)
+        if target is None:  # removed since the plan
+            return False
         self.state.placement[pid] = move.target
-        self.fleet.replicas[move.target].pending[pid] = self.clock()
+        target.pending[pid] = self.clock()
         try:
             response = await self._migrate_call(move.source, pid)
             if response is not None and response.status_code == 200:
@@ -158,7 +176,7 @@ class Router:
                 return True
             self.state.counters["migrations_refused"] += 1
             self.state.placement[pid] = move.source  # it started there meanwhile: it stays
-            self.fleet.replicas[move.target].pending.pop(pid, None)
+            target.pending.pop(pid, None)
             return False
         finally:
             del self.state.moving[pid]

@@ -27,6 +27,7 @@ NOT_OURS = ("{url} answers without a /programs route: it is plain SGLang or anot
 @dataclass
 class Replica:
     url: str
+    label: str = ""  # its name: from --backends or its registration
     ready: bool = False
     refused: str | None = None  # why it cannot be used at all (plain SGLang)
     last_ok: float | None = None
@@ -75,9 +76,12 @@ class Fleet:
     def __init__(self, settings, client: httpx.AsyncClient, on_down=None, clock=time.monotonic):
         self.settings = settings
         self.client = client
-        self.replicas = {url: Replica(url) for url in settings.backends}
+        names = settings.names or tuple(f"backend-{i}" for i in range(len(settings.backends)))
+        self.replicas = {url: Replica(url, name) for url, name in zip(settings.backends, names)}
+        self.names = dict(zip(names, settings.backends))  # name -> url
         self.on_down = on_down or (lambda replica: None)
         self.clock = clock
+        self._loops: dict[str, asyncio.Task] | None = None  # url -> its poll loop, once running
         self._headers = ({"Authorization": f"Bearer {settings.backend_api_key}"}
                          if settings.backend_api_key else {})
 
@@ -144,8 +148,42 @@ class Fleet:
         log.warning("replica %s taken out: %s", replica.url, why)
         self.on_down(replica)
 
+    def register(self, name: str, url: str) -> str | None:
+        """Add replica ``name`` at ``url``, or move it there (the replica at its old URL is
+        taken out: its programs' KV is lost). Returns the old URL, if it had another. A URL
+        registered under another name is a ValueError."""
+        owner = next((n for n, u in self.names.items() if u == url), None)
+        if owner is not None and owner != name:
+            raise ValueError(f"{url} is already registered as {owner!r}")
+        old = self.names.get(name)
+        if old == url:
+            return None
+        if old is not None:
+            self.remove(name)
+        self.names[name] = url
+        replica = self.replicas[url] = Replica(url, name)
+        if self._loops is not None:
+            self._loops[url] = asyncio.create_task(self._poll_loop(replica))
+        log.info("replica %s registered at %s%s", name, url, f" (was {old})" if old else "")
+        return old
+
+    def remove(self, name: str) -> str | None:
+        """Stop using replica ``name`` (as if it went down); its URL, or None if unknown."""
+        url = self.names.pop(name, None)
+        if url is None:
+            return None
+        replica = self.replicas.pop(url)
+        if self._loops is not None and url in self._loops:
+            self._loops.pop(url).cancel()
+        if replica.ready:
+            self.take_out(replica, "removed")
+        else:
+            self.on_down(replica)  # anything still placed on it is placed again
+        log.info("replica %s at %s removed", name, url)
+        return url
+
     async def poll_round(self) -> None:
-        await asyncio.gather(*(self.poll_once(r) for r in self.replicas.values()))
+        await asyncio.gather(*(self.poll_once(r) for r in list(self.replicas.values())))
 
     async def _poll_loop(self, replica: Replica) -> None:
         """One replica's polls: a slow one does not delay the others'."""
@@ -156,7 +194,8 @@ class Fleet:
 
     async def run(self, after_round=None) -> None:
         """Poll every replica on its own loop; ``after_round`` every poll interval."""
-        loops = [asyncio.create_task(self._poll_loop(r)) for r in self.replicas.values()]
+        self._loops = {url: asyncio.create_task(self._poll_loop(r))
+                       for url, r in self.replicas.items()}
         try:
             while True:
                 started = self.clock()
@@ -168,8 +207,9 @@ class Fleet:
                 await asyncio.sleep(max(0.0, self.settings.poll_interval_s
                                         - (self.clock() - started)))
         finally:
-            for loop in loops:
+            for loop in self._loops.values():
                 loop.cancel()
+            self._loops = None
 
 
 def refused_backends(settings) -> list[str]:

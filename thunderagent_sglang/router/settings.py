@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -14,15 +15,20 @@ class SettingsError(ValueError):
     """A flag the router cannot start with (the message says what to pass)."""
 
 
+NAME_RULE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
 @dataclass(frozen=True)
 class Settings:
     backends: tuple[str, ...]
+    names: tuple[str, ...] = ()  # each backend's name (default backend-0, backend-1, ...)
     host: str = "127.0.0.1"
     port: int = 30010
     poll_interval_s: float = 0.5
     down_after_s: float = 3.0
     silent_after_s: float = 60.0
     api_key: str | None = None
+    admin_api_key: str | None = None  # guards PUT/DELETE /router/backends (off without it)
     backend_api_key: str | None = None
     backend_admin_key: str | None = None
     migration: bool = True
@@ -49,13 +55,27 @@ def backend_url(text: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
-def backends(text: str) -> tuple[str, ...]:
-    urls = tuple(backend_url(item) for item in text.split(",") if item.strip())
-    if not urls:
-        raise SettingsError("--backends needs at least one URL (comma-separated)")
+def backend_name(text) -> str:
+    if not isinstance(text, str) or not NAME_RULE.match(text):
+        raise SettingsError(f"replica name {text!r} must be 1-64 characters of "
+                            "[A-Za-z0-9._-]")
+    return text
+
+
+def backends(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(URLs, names) from ``URL1,NAME=URL2,...``; an unnamed backend is ``backend-<i>``."""
+    urls, names = [], []
+    for i, item in enumerate(x.strip() for x in text.split(",") if x.strip()):
+        name, sep, url = item.partition("=")
+        if not sep or "://" in name:
+            name, url = f"backend-{i}", item
+        names.append(backend_name(name))
+        urls.append(backend_url(url))
     if len(set(urls)) != len(urls):
         raise SettingsError(f"--backends names a replica twice: {text!r}")
-    return urls
+    if len(set(names)) != len(names):
+        raise SettingsError(f"--backends gives two replicas one name: {text!r}")
+    return tuple(urls), tuple(names)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -65,8 +85,10 @@ def parser() -> argparse.ArgumentParser:
         "each program on the replica with the most free KV demand capacity, keeps it there "
         "while its KV lives, moves a waiting program to a replica with room, and serves the "
         "same OpenAI, Anthropic, native and /programs routes (clients change only the URL).")
-    p.add_argument("--backends", required=True, metavar="URL1,URL2",
-                   help="the replicas: our servers (python -m thunderagent_sglang.launch_server)")
+    p.add_argument("--backends", default="", metavar="URL1,NAME=URL2",
+                   help="the replicas: our servers (python -m thunderagent_sglang.launch_server), "
+                   "each optionally named (default backend-<i>); may be empty with "
+                   "--admin-api-key, when replicas register themselves (PUT /router/backends)")
     p.add_argument("--host", default=Settings.host)
     p.add_argument("--port", type=int, default=Settings.port)
     p.add_argument("--poll-interval", type=float, default=Settings.poll_interval_s,
@@ -82,9 +104,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=os.environ.get("THUNDERAGENT_ROUTER_API_KEY"),
                    help="clients must send it as a bearer token (default: none); also the "
                    "replicas' key unless --backend-api-key is given")
+    p.add_argument("--admin-api-key", default=os.environ.get("THUNDERAGENT_ROUTER_ADMIN_KEY"),
+                   help="a bearer token for adding, replacing and removing replicas at run "
+                   "time (PUT/DELETE /router/backends/NAME); without it those routes are off")
     p.add_argument("--backend-api-key", default=None,
                    help="the replicas' --api-key, for the router's own reads")
-    p.add_argument("--backend-admin-key", default=None,
+    p.add_argument("--backend-admin-key",
+                   default=os.environ.get("THUNDERAGENT_ROUTER_BACKEND_ADMIN_KEY"),
                    help="the replicas' --admin-api-key, for moving programs (default: the "
                    "backend API key)")
     p.add_argument("--migration", choices=("on", "off"), default="on",
@@ -108,8 +134,13 @@ def from_args(argv: list[str] | None = None) -> Settings:
     if not 0 <= args.port < 65536:
         raise SettingsError("--port must be in 0..65535")
     backend_key = args.backend_api_key or args.api_key
+    urls, names = backends(args.backends)
+    if not urls and not args.admin_api_key:
+        raise SettingsError("--backends needs at least one URL (comma-separated), unless "
+                            "replicas register themselves: then give --admin-api-key")
     return Settings(
-        backends=backends(args.backends), host=args.host, port=args.port,
+        backends=urls, names=names, admin_api_key=args.admin_api_key,
+        host=args.host, port=args.port,
         poll_interval_s=args.poll_interval, down_after_s=args.down_after,
         silent_after_s=args.silent_after, api_key=args.api_key,
         backend_api_key=backend_key, backend_admin_key=args.backend_admin_key or backend_key,

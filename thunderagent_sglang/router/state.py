@@ -33,7 +33,8 @@ class RouterState:
         self.waiting_since: dict[str, float] = {}  # program id -> first seen waiting
         self.moving: dict[str, asyncio.Event] = {}  # program id -> set once its move is done
         self.counters = {"placed": 0, "migrations": 0, "migrations_refused": 0,
-                         "resent": 0, "retried_connect": 0, "failed_upstream": 0,
+                         "resent": 0, "retried_connect": 0, "resent_after_failure": 0,
+                         "failed_upstream": 0,
                          "replaced_lost": 0}
 
     def replica_down(self, url: str) -> int:

@@ -1,0 +1,136 @@
+"""Replicas registered, moved and removed at run time (PUT/DELETE /router/backends/NAME):
+the router's admin key, bad input, and what a move or removal does to placed programs."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.testclient import TestClient
+
+from thunderagent_sglang.router.app import build_app
+from thunderagent_sglang.router.core import Router
+from thunderagent_sglang.router.settings import from_args
+
+ADMIN = {"Authorization": "Bearer adm"}
+
+
+@pytest.fixture
+def router():
+    return Router(from_args(["--backends", "a=http://10.0.0.1:30000", "--admin-api-key", "adm",
+                             "--api-key", "client"]))
+
+
+@pytest.fixture
+def client(router):
+    return TestClient(build_app(router))  # no lifespan: nothing is polled
+
+
+def test_a_replica_registers_and_moves_and_its_old_urls_programs_are_lost(router, client):
+    router.state.placement.update({"p1": "http://10.0.0.1:30000", "p2": "http://10.0.0.1:30000"})
+    router.fleet.replicas["http://10.0.0.1:30000"].ready = True
+    added = client.put("/router/backends/b", json={"url": "http://10.0.0.2:30000/"},
+                       headers=ADMIN)
+    assert (added.status_code, added.json()) == (200, {"name": "b", "url": "http://10.0.0.2:30000",
+                                                       "replaced": None})
+    same = client.put("/router/backends/a", json={"url": "http://10.0.0.1:30000"}, headers=ADMIN)
+    assert same.json()["replaced"] is None and router.state.placement["p1"] == \
+        "http://10.0.0.1:30000"  # the same URL again: nothing changes
+    moved = client.put("/router/backends/a", json={"url": "http://10.0.0.3:30001"},
+                       headers=ADMIN)
+    assert moved.json()["replaced"] == "http://10.0.0.1:30000"
+    assert router.fleet.names == {"a": "http://10.0.0.3:30001", "b": "http://10.0.0.2:30000"}
+    assert set(router.fleet.replicas) == {"http://10.0.0.3:30001", "http://10.0.0.2:30000"}
+    assert (router.state.placement, dict(router.state.lost)) == (
+        {}, {"p1": "http://10.0.0.1:30000", "p2": "http://10.0.0.1:30000"})
+    status = client.get("/router/replicas", headers={"Authorization": "Bearer client"}).json()
+    assert sorted((r["name"], r["replica"], r["ready"]) for r in status["replicas"]) == [
+        ("a", "http://10.0.0.3:30001", False), ("b", "http://10.0.0.2:30000", False)]
+    removed = client.delete("/router/backends/b", headers=ADMIN)
+    assert removed.json() == {"name": "b", "url": "http://10.0.0.2:30000", "removed": True}
+    assert client.delete("/router/backends/b", headers=ADMIN).status_code == 404
+    assert list(router.fleet.names) == ["a"]
+
+
+@pytest.mark.parametrize("name,body,status", [
+    ("b", {"url": "ftp://x:1"}, 400),
+    ("b", {"url": "http://h:1?k=v"}, 400),
+    ("b", {"url": 5}, 400),
+    ("b", ["http://h:1"], 400),
+    ("b", None, 400),
+    ("a%20b", {"url": "http://h:1"}, 400),
+    ("x" * 65, {"url": "http://h:1"}, 400),
+    ("c", {"url": "http://10.0.0.1:30000"}, 409),  # a's URL under another name
+])
+def test_bad_registrations_are_refused_and_change_nothing(router, client, name, body, status):
+    response = client.put(f"/router/backends/{name}", json=body, headers=ADMIN)
+    assert response.status_code == status and response.json()["error"]["code"] == status
+    assert router.fleet.names == {"a": "http://10.0.0.1:30000"}
+
+
+def test_a_body_that_is_not_json_is_a_400(router, client):
+    response = client.put("/router/backends/b", content=b"{nope", headers=ADMIN)
+    assert response.status_code == 400 and list(router.fleet.names) == ["a"]
+
+
+def test_registration_needs_the_admin_key_not_the_client_key(router, client):
+    for headers in ({}, {"Authorization": "Bearer client"}, {"x-api-key": "adm"}):
+        response = client.put("/router/backends/b", json={"url": "http://h:1"}, headers=headers)
+        assert response.status_code == 401
+        assert client.delete("/router/backends/a", headers=headers).status_code == 401
+    assert list(router.fleet.names) == ["a"]
+
+
+def test_without_an_admin_key_registration_is_off():
+    router = Router(from_args(["--backends", "http://10.0.0.1:30000"]))
+    client = TestClient(build_app(router))
+    response = client.put("/router/backends/b", json={"url": "http://h:1"}, headers=ADMIN)
+    assert response.status_code == 403 and "--admin-api-key" in response.json()["error"][
+        "message"]
+    assert router.fleet.names == {"backend-0": "http://10.0.0.1:30000"}
+
+
+def _fleet_of_two(dead_is_gone: bool):
+    """A router whose replica A drops every call unanswered, and B answers; ``gone`` says
+    whether A then refuses connections."""
+    import httpx
+
+    sent = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.host)
+        if request.url.host == "a":
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return httpx.Response(200, headers={"content-type": "application/json"},
+                              stream=httpx.ByteStream(b'{"text": "from b"}'))
+
+    settings = from_args(["--backends", "a=http://a:1,b=http://b:1"])
+    router = Router(settings, client=httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+    for replica in router.fleet.replicas.values():
+        replica.ready = True
+        replica.view = {"scheduler": {"capacity_tokens": 1000, "high_tokens": 900,
+                                      "low_tokens": 800, "footprint_tokens": 0}}
+    router.state.placement["p"] = "http://a:1"
+
+    async def gone(replica):
+        return dead_is_gone
+    router.gone = gone
+    return router, sent
+
+
+def test_a_call_whose_replica_died_before_answering_is_sent_once_more_elsewhere():
+    router, sent = _fleet_of_two(dead_is_gone=True)
+    response = TestClient(build_app(router)).post(
+        "/generate", json={"text": "hi"}, headers={"X-Program-Id": "p"})
+    assert (response.status_code, response.json(), sent) == (200, {"text": "from b"},
+                                                             ["a", "b"])
+    assert router.state.counters["resent_after_failure"] == 1
+    assert router.state.placement["p"] == "http://b:1" and router.state.lost["p"] == "http://a:1"
+    assert not router.fleet.replicas["http://a:1"].ready
+
+
+def test_a_call_whose_replica_failed_but_still_listens_is_a_502_not_resent():
+    router, sent = _fleet_of_two(dead_is_gone=False)
+    response = TestClient(build_app(router)).post(
+        "/generate", json={"text": "hi"}, headers={"X-Program-Id": "p"})
+    assert response.status_code == 502 and sent == ["a"]
+    assert "it was not retried" in response.json()["error"]["message"]
+    assert router.state.counters["failed_upstream"] == 1
