@@ -35,7 +35,7 @@ if [ ! -f "$stamp" ] || ! "$VENV/bin/python" -c 'import thunderagent_sglang' 2>/
   log "installing SGLang 0.5.23 and thunderagent-sglang (first time: several minutes, ~11 GB)"
   start=$(date +%s)
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[dev,ray]"
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[dev,ray,examples]"
   rm -f "$VENV"/.thunderagent-installed-*
   touch "$stamp"
   log "pip install took $(( $(date +%s) - start )) s"

@@ -1,0 +1,49 @@
+"""The README's agent-framework examples against the shared demo server: mini-swe-agent runs a
+few steps through litellm (with random weights every answer is a format error, which still
+sends the client's real requests with a growing history) as one tracked, released program."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import requests
+
+from tests.integration.server import REPO
+
+pytestmark = pytest.mark.server
+
+
+def example(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mini_swe_agent_runs_as_one_tracked_program_and_is_released(default_server, tmp_path):
+    mini = example("mini_swe_agent")
+    url, pid = default_server.url, "mini-swe-ci"
+    agent = mini.make_agent(url, pid, steps=3, workdir=str(tmp_path))
+    seen = []
+    query = agent.model.query
+
+    def observed(*args, **kwargs):  # the program's record after each of the agent's calls
+        try:
+            return query(*args, **kwargs)
+        finally:
+            seen.append(requests.get(f"{url}/programs/{pid}", timeout=10).json())
+    agent.model.query = observed
+    result = agent.run("Count the files in this directory.")
+    assert result["exit_status"] == "LimitsExceeded" and agent.n_calls == 3
+    assert [r["steps"] for r in seen] == [1, 2, 3]
+    cached = [r["prefill_tokens_cached"] for r in seen]
+    contexts = [r["context_tokens"] for r in seen]
+    assert cached[0] < cached[1] < cached[2]  # each call reuses the growing history
+    assert contexts[0] < contexts[1] < contexts[2]
+    assert all(m["role"] != "tool" for m in agent.messages)  # no action ran
+    record = mini.release(url, pid)
+    assert (record["status"], record["release_cause"], record["steps"]) == (
+        "terminated", "explicit", 3)
+    live = requests.get(f"{url}/programs", params={"live": "1"}, timeout=10).json()
+    assert pid not in {r["program_id"] for r in live["programs"]}
