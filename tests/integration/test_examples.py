@@ -1,9 +1,12 @@
-"""The README's agent-framework examples against the shared demo server: mini-swe-agent runs a
+"""The README's agent-framework examples against the shared demo server. mini-swe-agent runs a
 few steps through litellm (with random weights every answer is a format error, which still
-sends the client's real requests with a growing history) as one tracked, released program."""
+sends the client's real requests with a growing history) as one tracked, released program; an
+OpenAI Agents SDK run is one program and a subagent's run its child; a LangGraph run is one
+program."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 
 import pytest
@@ -47,3 +50,37 @@ def test_mini_swe_agent_runs_as_one_tracked_program_and_is_released(default_serv
         "terminated", "explicit", 3)
     live = requests.get(f"{url}/programs", params={"live": "1"}, timeout=10).json()
     assert pid not in {r["program_id"] for r in live["programs"]}
+
+
+def record(url: str, pid: str) -> dict:
+    return requests.get(f"{url}/programs/{pid}", timeout=10).json()
+
+
+def test_an_agents_sdk_run_is_one_program_and_a_subagents_run_its_child(default_server):
+    sdk = example("openai_agents_sdk")
+    url, parent, child = default_server.url, "sdk-planner", "sdk-planner/researcher"
+    llm = sdk.model(url)
+    planner = sdk.Agent(name="planner", model=llm, instructions="Plan in three steps.")
+    researcher = sdk.Agent(name="researcher", model=llm, instructions="Answer briefly.")
+
+    async def both():  # one event loop: the SDK's client keeps its connections in it
+        plan = await sdk.run_program(planner, "Plan a fix.", url, parent)
+        return plan, await sdk.run_program(researcher, "Research it.", url, child,
+                                           parent_id=parent)
+    plan, facts = asyncio.run(both())
+    first, second = record(url, parent), record(url, child)
+    assert (first["parent_id"], first["steps"], first["release_cause"]) == (
+        None, len(plan.raw_responses), "explicit")
+    assert (second["parent_id"], second["steps"], second["release_cause"]) == (
+        parent, len(facts.raw_responses), "explicit")
+    assert first["status"] == second["status"] == "terminated"
+
+
+def test_a_langgraph_run_is_one_program_released_at_its_end(default_server):
+    graph = example("langgraph_agent")
+    url, pid = default_server.url, "langgraph-ci"
+    state = graph.run(url, "How many words are in 'a b c'?", pid)
+    model_calls = sum(1 for m in state["messages"] if m.type == "ai")
+    assert model_calls >= 1
+    assert (record(url, pid)["steps"], record(url, pid)["release_cause"]) == (
+        model_calls, "explicit")
