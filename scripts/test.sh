@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # What the sidecar tests use: overlay workspaces on ext4 loop images and namespaces
 # (util-linux, e2fsprogs, iproute2), and a real Docker engine with a static busybox for the tiny
-# test image (no registry). Without a Docker engine its tests skip and say why.
+# test image (no registry). Without a Docker engine its tests skip and say why. Chromium (Debian's)
+# is the browser the live view's tests drive through Playwright.
 need=()
-for tool in unshare:util-linux setpriv:util-linux losetup:mount mkfs.ext4:e2fsprogs ip:iproute2 dockerd:docker.io busybox:busybox-static; do
+for tool in unshare:util-linux setpriv:util-linux losetup:mount mkfs.ext4:e2fsprogs ip:iproute2 dockerd:docker.io busybox:busybox-static chromium:chromium; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

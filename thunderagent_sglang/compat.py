@@ -395,6 +395,11 @@ DECODE_RETRACTION_ORDER = Symbol(
     "(indices most-preferred-to-keep first; SGLang pops from the end)",
     "(reqs: 'List[Req]') -> 'List[int]'",
 )
+ADD_API_KEY_MIDDLEWARE = Symbol(
+    "sglang.srt.utils.auth:add_api_key_middleware",
+    "the live view's page is served outside SGLang's API-key check (its data routes are not)",
+    "(app, *, api_key: 'Optional[str]', admin_api_key: 'Optional[str]')",
+)
 SIGTERM_HANDLER = Symbol(
     "sglang.srt.managers.tokenizer_manager:SignalHandler.sigterm_handler",
     "SIGTERM starts SGLang's drain: held calls are answered 503 at once, not waited for",
@@ -441,6 +446,7 @@ HOOK_TARGETS: tuple[Symbol, ...] = (
     SCHEDULER_RUN_BATCH,
     DECODE_RETRACTION_ORDER,
     SIGTERM_HANDLER,
+    ADD_API_KEY_MIDDLEWARE,
     RWLOCK_ACQUIRE_WRITER,
     RWLOCK_RELEASE_WRITER,
     WEIGHTS_RELEASE_MEMORY,

@@ -34,6 +34,7 @@ class ConfigError(ValueError):
 # programs' KV decays. Paused time and reported tool time do not count.
 DEFAULT_IDLE_EXPIRY_S = 900.0
 DEFAULT_MAX_TERMINATED = 10000
+DEFAULT_EVENT_RING = 10_000
 # Acting programs' KV value halves every this many seconds of tool time: the
 # paper's f(t) = 2^-t per 5 s tick. Measured against 15 s (benchmarks/results/agentic/tune).
 DEFAULT_DECAY_HALF_LIFE_S = 5.0
@@ -144,6 +145,10 @@ class ThunderAgentConfig:
     max_terminated: int = option(
         DEFAULT_MAX_TERMINATED, "How many ended programs' records GET /programs keeps, oldest "
         f"dropped first (default: {DEFAULT_MAX_TERMINATED}).", metavar="N", parse=_positive_int)
+    event_ring: int = option(
+        DEFAULT_EVENT_RING, "How many program events GET /programs/events (the live view at "
+        f"/thunderagent/view) keeps, oldest dropped first (default: {DEFAULT_EVENT_RING}).",
+        metavar="N", parse=_positive_int)
     link_untagged: bool = option(
         False, "Give a call without a program id to the live program whose last sequence "
         "(prompt and output) its prompt continues, so unmodified agents are programs too "

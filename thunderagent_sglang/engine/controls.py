@@ -84,8 +84,14 @@ def _migrate(runtime, msg: ipc.MigrateProgram) -> dict:
 
 
 def _tool(runtime, msg: ipc.ToolHint) -> dict:
-    return record(runtime, runtime.table.tool_event(msg.program_id, msg.event, msg.expected_s,
-                                                    msg.tool))
+    program = runtime.table.tool_event(msg.program_id, msg.event, msg.expected_s, msg.tool)
+    runtime.events.add("tool", msg.program_id, event=msg.event, tool=msg.tool,
+                       expected_s=msg.expected_s)
+    return record(runtime, program)
+
+
+def _events(runtime, msg: ipc.ProgramEvents) -> dict:
+    return runtime.events.since(msg.since, msg.limit)
 
 
 def _pause(runtime, msg: ipc.PauseProgram) -> dict:
@@ -133,4 +139,5 @@ _OPS = {
     ipc.ProgramStats: _stats,
     ipc.ShutDownHeld: _shut_down,
     ipc.DrainHeld: _drain,
+    ipc.ProgramEvents: _events,
 }

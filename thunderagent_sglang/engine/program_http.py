@@ -24,7 +24,9 @@ from sglang.utils import TypeBasedDispatcher
 from thunderagent_sglang import compat, config
 from thunderagent_sglang.engine import hooks, program_ipc
 from thunderagent_sglang.engine.logs import get_logger
+from thunderagent_sglang.engine import view_http
 from thunderagent_sglang.engine.metrics_http import AppendMetrics, MetricsMiddleware
+from thunderagent_sglang.engine.view_http import ViewPage
 from thunderagent_sglang.program.identity import (
     FINAL_BODY_FIELD,
     Identity,
@@ -224,6 +226,37 @@ async def list_programs(live: str | None = None):
     return await control(program_ipc.ListPrograms(live_only=live in ("1", "true")))
 
 
+MAX_SEQ = 2 ** 53
+
+
+MAX_WAIT_S = 10.0
+WAIT_STEP_S = 0.1
+
+
+async def program_events(since: str = "0", limit: str = "1000", wait: str = "0"):
+    """``GET /programs/events?since=SEQ&limit=N&wait=S``: the live view's history
+    (program/event_ring); with ``wait``, answered once there is a newer event or after S
+    seconds (the scheduler asked every 0.1 s meanwhile), so a page sees news at once while
+    polling rarely."""
+    try:
+        since_n, limit_n, wait_s = int(since), int(limit), float(wait)
+    except ValueError:
+        return _invalid(ValueError("since and limit must be integers, wait a number"))
+    if not 0 <= since_n < MAX_SEQ:
+        return _invalid(ValueError(f"since must be 0..{MAX_SEQ - 1}"))
+    if not 1 <= limit_n <= 5000:
+        return _invalid(ValueError("limit must be 1..5000"))
+    if not 0 <= wait_s <= MAX_WAIT_S:
+        return _invalid(ValueError(f"wait must be 0..{MAX_WAIT_S:g} seconds"))
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        out = await ask_scheduler(program_ipc.ProgramEvents(since=since_n, limit=limit_n))
+        if out.status != 200 or out.body["events"] \
+                or asyncio.get_running_loop().time() + WAIT_STEP_S > deadline:
+            return ORJSONResponse(status_code=out.status, content=out.body)
+        await asyncio.sleep(WAIT_STEP_S)
+
+
 async def _on_program(message_type, program_id: str, what: str = "program id in the path",
                       **fields):
     """One program's operation, its id checked by the one rule every id source follows."""
@@ -378,9 +411,13 @@ def install(cfg: config.ThunderAgentConfig) -> None:
         "routes that do not generate carry none", ",".join(cfg.id_sources),
         " ".join(sorted(TAGGED_PATHS)))
     app.add_middleware(MetricsMiddleware, fetch_stats=_fetch_stats)
+    app.add_middleware(ViewPage)  # and again outside SGLang's API-key check when it adds one
+    hooks.install(compat.ADD_API_KEY_MIDDLEWARE, view_http.outside_api_key, "after")
     routes = [
         ("/programs", list_programs, ["GET"]),
         ("/programs/release", _own_release(cfg), ["POST"]),
+        # before the id route: GET /profiles/events reads a program named "events"
+        ("/programs/events", program_events, ["GET"]),
         # ":path": an id may hold "/" (sent as %2F or as is); the POST routes end in a fixed
         # word, and GET has no such route, so every accepted id reaches every route.
         ("/programs/{program_id:path}/tool", tool_event, ["POST"]),

@@ -70,13 +70,20 @@ class DrainHeld(BaseReq, kw_only=True):
     on: bool
 
 
+class ProgramEvents(BaseReq, kw_only=True):
+    """The live view's history: events numbered above ``since``, at most ``limit``."""
+
+    since: int = 0
+    limit: int = 1000
+
+
 class ProgramReply(BaseReq, kw_only=True):
     status: int  # an HTTP status code
     body: dict
 
 
 REQUESTS = (ListPrograms, GetProgram, ReleaseProgram, ToolHint, PauseProgram, ResumeProgram,
-            ProgramStats, ShutDownHeld, DrainHeld, MigrateProgram)
+            ProgramStats, ShutDownHeld, DrainHeld, MigrateProgram, ProgramEvents)
 
 
 def register_types() -> None:

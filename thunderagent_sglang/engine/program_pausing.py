@@ -107,6 +107,7 @@ class ProgramScheduler:
         item = Held(program_id, rid, self.runtime.clock(), self.headroom_of(max_new), admit,
                     chain)
         self.counters["held_requests"] += 1
+        self.runtime.events.add("held", program_id)
         if self.shutdown_answer is not None:  # the server is draining: never wait for a resume
             self._answer_at_shutdown([item])
             return

@@ -24,6 +24,7 @@ from thunderagent_sglang.engine.runtime_hooks import SchedulerHooks
 from thunderagent_sglang.policy.demand import BlockChain, DemandLedger, block_keys
 from thunderagent_sglang.policy.eviction import ProgramState, program_key
 from thunderagent_sglang.policy.residency import Residency
+from thunderagent_sglang.program.event_ring import EventRing
 from thunderagent_sglang.program import events, misses
 from thunderagent_sglang.program.linking import PrefixLinker
 from thunderagent_sglang.program.record import Phase, Program, ProgramBusy, Status, UnknownProgram
@@ -80,6 +81,7 @@ class ProgramRuntime(SchedulerHooks):
         self._headroom: dict[str | None, int] = {}  # program id (None: untagged) -> tokens
         self._finish_chain: dict[str, BlockChain] = {}  # program id -> its last finish's chain
         self.events_out = events_out  # the EventSender to the sidecar, or None
+        self.events = EventRing(cfg.event_ring)  # the live view's history
         self.notify = events_out.submit if events_out is not None else (lambda pid, event: None)
         self.page_size = 1
         self.tree = None  # our tree core, once SGLang builds the cache
@@ -113,6 +115,8 @@ class ProgramRuntime(SchedulerHooks):
         self.scheduler.marked.discard(pid)
         self._count(pid)
         self.offload.on_pause(program)
+        self.events.add("pause", pid, reason=reason, operator=operator or None,
+                        kv=program.kv_decision)
         self.notify(pid, events.PAUSED)
         get_logger().debug("ThunderAgent scheduler: paused %s (%s)", pid, reason)
 
@@ -127,6 +131,7 @@ class ProgramRuntime(SchedulerHooks):
             return
         self._count(pid)
         self.offload.on_resume(pid, decision)
+        self.events.add("resume", pid, reason=reason, operator=operator or None)
         self.notify(pid, events.RESUMED)
         get_logger().debug("ThunderAgent scheduler: resumed %s (%s)", pid, reason)
         self.scheduler.release_held(pid)
@@ -169,6 +174,7 @@ class ProgramRuntime(SchedulerHooks):
         self._finish_chain.pop(pid, None)
         self._retire(pid)
         self.scheduler.forget(pid)
+        self.events.add("end", pid, cause=program.release_cause or "ended")
         self.notify(pid, events.TERMINATED)
         self.scheduler.release_held(pid)  # its next calls start a new incarnation
         if self.linker is not None:
@@ -215,6 +221,7 @@ class ProgramRuntime(SchedulerHooks):
         except ValueError as exc:  # a duplicate rid: SGLang answers it; we do not track it
             get_logger().warning("ThunderAgent: request %s not tracked: %s", recv_req.rid, exc)
             return
+        self.events.add("call", arrival.program_id)
         if chain is None or self.ledger.chain_of(arrival.program_id) is not chain:
             chain = self.set_prompt(arrival.program_id, recv_req)
         else:
@@ -290,6 +297,10 @@ class ProgramRuntime(SchedulerHooks):
             req.rid, prompt_tokens=len(prompt), cached_tokens=cached,
             output_tokens=len(req.output_ids), missed=missed, sequence=sequence,
             full_sequence=full)
+        if program is not None:
+            self.events.add("finish", program.program_id, prompt=len(prompt), cached=cached,
+                            output=len(req.output_ids), missed_evicted=missed.evicted or None,
+                            missed_changed=missed.changed or None)
         self._ended(program)
 
     def _set_finished_context(self, program_id: str, tokens: list[int], call: Call | None):

@@ -187,6 +187,12 @@ async def delete_backend(router: Router, request: Request, name: str) -> Respons
     return JSONResponse({"name": name, "url": url, "removed": True})
 
 
+async def events_per_replica(router: Router, request: Request) -> Response:
+    return calls.error(501, "program events are numbered per replica: read GET "
+                       "/programs/events (or open /thunderagent/view) on each replica; "
+                       "GET /router/replicas lists them")
+
+
 async def health(router: Router, request: Request) -> Response:
     ready = len(router.fleet.ready())
     if ready:
@@ -286,6 +292,7 @@ def build_app(router: Router) -> Starlette:
         Route("/router/backends/{name}", admin(delete_backend, "name"), methods=["DELETE"]),
         Route("/programs", bound(list_programs), methods=["GET"]),
         Route("/programs/release", bound(release_own), methods=["POST"]),
+        Route("/programs/events", bound(events_per_replica), methods=["GET"]),
         *[Route("/programs/{program_id:path}/" + op, bound(program_op("/" + op), "program_id"),
                 methods=["POST"]) for op in ("tool", "pause", "resume", "release", "migrate")],
         Route("/programs/{program_id:path}", bound(get_one, "program_id"), methods=["GET"]),
