@@ -7,6 +7,7 @@ const POLL_MS = 1000;
 const WINDOW_S = 300;
 const MAX_EVENTS = 20000;
 const ROW_PX = 14;
+const MAX_ENDED = 60;
 const KEY_NAME = "thunderagent-view-key";
 const COLORS = ["#4f9cf0", "#3fbf7f", "#e0a03a", "#9b7be0", "#e05a5a", "#45b5c4", "#c4c445",
   "#d46fb0", "#7f8cff", "#8bd17c", "#f08f5f", "#6fa8a0"];
@@ -235,7 +236,7 @@ function renderRates() {
 function timelines(now) {
   const rows = new Map();
   const row = (pid) => {
-    if (!rows.has(pid)) rows.set(pid, { pid, spans: [], marks: [], phase: null, since: null, paused: null, ended: null });
+    if (!rows.has(pid)) rows.set(pid, { pid, spans: [], marks: [], phase: null, since: null, paused: null, ended: null, held: null, last: 0 });
     return rows.get(pid);
   };
   const close = (r, t) => {
@@ -244,20 +245,29 @@ function timelines(now) {
   };
   for (const e of state.events) {
     const r = row(e.program_id);
-    if (e.kind === "call") { close(r, e.t); r.phase = "reasoning"; r.since = e.t; r.tool = null; r.ended = null; }
+    r.last = e.t;
+    if (e.kind === "call") {
+      close(r, e.t);
+      if (r.held !== null) r.spans.push({ kind: "held", from: r.held, to: e.t });
+      r.held = null; r.phase = "reasoning"; r.since = e.t; r.tool = null; r.ended = null;
+    }
     else if (e.kind === "finish") { close(r, e.t); r.phase = "acting"; r.since = e.t; }
     else if (e.kind === "tool" && e.event === "start") { r.tool = e.tool || null; }
     else if (e.kind === "pause") { r.paused = e.t; }
     else if (e.kind === "resume") { if (r.paused !== null) r.spans.push({ kind: "paused", from: r.paused, to: e.t }); r.paused = null; }
-    else if (e.kind === "held") { r.marks.push({ kind: "held", t: e.t }); }
+    else if (e.kind === "held") { if (r.held === null) r.held = e.t; }
     else if (e.kind === "end") {
       close(r, e.t);
       if (r.paused !== null) r.spans.push({ kind: "paused", from: r.paused, to: e.t });
-      r.paused = null; r.ended = e.t; r.marks.push({ kind: "end", t: e.t, cause: e.cause });
+      if (r.held !== null) r.spans.push({ kind: "held", from: r.held, to: e.t });
+      r.paused = null; r.held = null; r.ended = e.t; r.marks.push({ kind: "end", t: e.t, cause: e.cause });
     }
   }
+  const live = new Set();
   for (const p of state.programs) {
+    live.add(p.program_id);
     const r = row(p.program_id);
+    r.last = Math.max(r.last, now - WINDOW_S);
     if (r.phase === null && r.ended === null && r.spans.length === 0) {
       r.phase = p.phase === "reasoning" ? "reasoning" : "acting"; r.since = now - WINDOW_S; r.tool = p.tool;
       if (p.status === "paused" && r.paused === null) r.paused = now - WINDOW_S;
@@ -266,9 +276,13 @@ function timelines(now) {
   for (const r of rows.values()) {
     if (r.phase) r.spans.push({ kind: r.phase, from: r.since, to: now, tool: r.tool });
     if (r.paused !== null) r.spans.push({ kind: "paused", from: r.paused, to: now });
+    if (r.held !== null) r.spans.push({ kind: "held", from: r.held, to: now });
   }
-  return [...rows.values()].filter((r) => r.spans.some((s) => s.to >= now - WINDOW_S)
-    || r.marks.some((m) => m.t >= now - WINDOW_S));
+  // live programs first, then those that ended most recently (at most MAX_ENDED of them)
+  const shown = [...rows.values()].filter((r) => r.last >= now - WINDOW_S);
+  const liveRows = shown.filter((r) => live.has(r.pid)).sort((a, b) => (a.pid < b.pid ? -1 : 1));
+  const ended = shown.filter((r) => !live.has(r.pid)).sort((a, b) => b.last - a.last);
+  return liveRows.concat(ended.slice(0, MAX_ENDED));
 }
 
 function renderTimeline() {
@@ -277,7 +291,8 @@ function renderTimeline() {
   const [ctx, width] = canvas("timeline", Math.max(40, rows.length * ROW_PX + 18));
   const label = 170;
   const x = (t) => label + Math.max(0, (t - (now - WINDOW_S)) / WINDOW_S) * (width - label);
-  const fills = { reasoning: css("--reason"), acting: css("--act"), paused: css("--pause") };
+  const fills = { reasoning: css("--reason"), acting: css("--act"), paused: css("--pause"),
+    held: css("--held") };
   rows.forEach((r, i) => {
     const y = i * ROW_PX;
     ctx.fillStyle = css("--text");
@@ -287,13 +302,13 @@ function renderTimeline() {
       const from = x(s.from);
       const to = x(s.to);
       ctx.fillStyle = fills[s.kind];
-      if (s.kind === "paused") ctx.fillRect(from, y + 9, Math.max(1, to - from), 4);
+      if (s.kind === "paused" || s.kind === "held") ctx.fillRect(from, y + 9, Math.max(1, to - from), 4);
       else ctx.fillRect(from, y + 2, Math.max(1, to - from), 7);
       if (s.tool && to - from > 40) { ctx.fillStyle = css("--bg"); ctx.fillText(s.tool, from + 2, y + 9); }
     }
     for (const m of r.marks) {
       if (m.t < now - WINDOW_S) continue;
-      ctx.fillStyle = m.kind === "held" ? css("--held") : css("--dim");
+      ctx.fillStyle = css("--dim");
       ctx.fillRect(x(m.t) - 1, y + 1, 3, ROW_PX - 2);
     }
   });
