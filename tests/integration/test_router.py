@@ -54,9 +54,10 @@ def fleet(request, tmp_path_factory):
 def generate(url, pid, ids, n=4, stream=False, timeout=120, **headers):
     if pid is not None:
         headers["X-Program-Id"] = pid
-    return requests.post(f"{url}/generate", headers=headers, timeout=timeout, json={
-        "input_ids": ids, "stream": stream,
-        "sampling_params": {"max_new_tokens": n, "ignore_eos": True, "temperature": 0}})
+    return requests.post(f"{url}/generate", headers=headers, timeout=timeout, stream=stream,
+                         json={"input_ids": ids, "stream": stream,
+                               "sampling_params": {"max_new_tokens": n, "ignore_eos": True,
+                                                   "temperature": 0}})
 
 
 def chat(url, pid, text, n=4, stream=False):
@@ -188,6 +189,24 @@ def test_an_api_key_guards_the_router_and_bad_backends_stop_it_at_start(fleet, p
                               capture_output=True, text=True)
         assert done.returncode == 2 and says in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_a_client_gone_mid_stream_ends_the_call_on_its_replica(fleet):
+    """The client reads two events of a long stream and goes away: the router closes its
+    call to the replica, which aborts it; nothing stays counted as running."""
+    pid = "walks-away"
+    response = generate(fleet.router.url, pid, [3] * 40, n=1500, stream=True)
+    assert response.status_code == 200
+    lines = response.iter_lines()
+    assert [next(lines) for _ in range(3)][0].startswith(b"data:")
+    replica = record(fleet.router.url, pid)["replica"]
+    assert record(replica, pid)["in_flight"] == 1
+    response.close()  # the client goes away mid-stream
+    wait_until(lambda: record(replica, pid)["in_flight"] == 0, "the call ended upstream", 30)
+    wait_until(lambda: {r["replica"]: r for r in fleet.router.status()["replicas"]}[replica][
+        "calls"] == 0, "the router counts no call running", 10)
+    assert record(replica, pid)["decode_tokens"] < 1500  # aborted, not run to its end
+    release_all(fleet, [pid])
 
 
 def test_an_unreachable_backend_is_probed_and_the_router_serves_meanwhile(fleet):

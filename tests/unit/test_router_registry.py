@@ -134,3 +134,25 @@ def test_a_call_whose_replica_failed_but_still_listens_is_a_502_not_resent():
     assert response.status_code == 502 and sent == ["a"]
     assert "it was not retried" in response.json()["error"]["message"]
     assert router.state.counters["failed_upstream"] == 1
+
+
+def test_gone_means_refusing_connections_within_the_watch():
+    import asyncio
+    import socket
+
+    from thunderagent_sglang.router.replicas import Replica
+
+    router = Router(from_args(["--backends", "http://127.0.0.1:1"]))
+
+    async def probe():
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        alive = await router.gone(Replica(url), within_s=0.3)
+        asyncio.get_running_loop().call_later(0.4, listener.close)  # dies a moment later
+        dying = await router.gone(Replica(url), within_s=2.0)
+        dead = await router.gone(Replica(url), within_s=0.0)
+        return alive, dying, dead
+
+    assert asyncio.run(probe()) == (False, True, True)

@@ -17,6 +17,8 @@ from thunderagent_sglang.router.replicas import Fleet, Replica
 from thunderagent_sglang.router.state import RouterState
 
 log = logging.getLogger("thunderagent.router")
+GONE_WITHIN_S = 3.0  # how long a replica that dropped a call is watched for its death
+GONE_PROBE_EVERY_S = 0.25
 
 
 class Router:
@@ -79,20 +81,27 @@ class Router:
             self.state.counters["replaced_lost"] += 1
         return replicas[chosen]
 
-    async def gone(self, replica: Replica) -> bool:
-        """Whether ``replica`` now refuses new connections (its server is dead, not slow). A
-        fresh connection, not the pool's: a pooled one to a dead server fails differently."""
+    async def gone(self, replica: Replica, within_s: float = GONE_WITHIN_S) -> bool:
+        """Whether ``replica`` refuses new connections within ``within_s`` (its server is
+        dead, not slow). A dying server can drop its calls a moment before it stops
+        listening (its scheduler goes first), so it is probed a few times. A fresh connection
+        each time, not the pool's: a pooled one to a dead server fails differently."""
         parts = urlsplit(replica.url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port),
-                                               min(2.0, self.settings.connect_timeout_s))
-        except asyncio.TimeoutError:  # (an OSError too) unreachable is not known dead
-            return False
-        except OSError:  # refused: nothing listens there any more
-            return True
-        writer.close()
-        return False
+        deadline = self.clock() + within_s
+        while True:
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(parts.hostname, port),
+                    min(2.0, self.settings.connect_timeout_s))
+            except asyncio.TimeoutError:  # (an OSError too) unreachable is not known dead
+                return False
+            except OSError:  # refused: nothing listens there any more
+                return True
+            writer.close()
+            if self.clock() >= deadline:
+                return False
+            await asyncio.sleep(GONE_PROBE_EVERY_S)
 
     async def wait_if_moving(self, program_id: str | None) -> None:
         event = self.state.moving.get(program_id) if program_id is not None else None
