@@ -41,9 +41,10 @@ def test_mini_swe_agent_runs_as_one_tracked_program_and_is_released(default_serv
     assert result["exit_status"] == "LimitsExceeded" and agent.n_calls == 3
     assert [r["steps"] for r in seen] == [1, 2, 3]
     cached = [r["prefill_tokens_cached"] for r in seen]
-    contexts = [r["context_tokens"] for r in seen]
-    assert cached[0] < cached[1] < cached[2]  # each call reuses the growing history
-    assert contexts[0] < contexts[1] < contexts[2]
+    totals = [r["prefill_tokens_cached"] + r["prefill_tokens_computed"] for r in seen]
+    prompts = [totals[0], totals[1] - totals[0], totals[2] - totals[1]]
+    assert prompts[0] < prompts[1] < prompts[2]  # each call sends the grown history
+    assert cached[0] < cached[1] < cached[2]  # and reuses it from the cache
     assert all(m["role"] != "tool" for m in agent.messages)  # no action ran
     record = mini.release(url, pid)
     assert (record["status"], record["release_cause"], record["steps"]) == (
