@@ -25,6 +25,13 @@ def _node() -> tuple[str, str]:
     return ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id()
 
 
+def _listen(spec: fleet_spec.FleetSpec, node_ip: str, preferred: int) -> tuple[str, int, str]:
+    """(address to bind, port, URL others reach it at) on this node."""
+    bind = spec.host or node_ip
+    port = pick_port(bind, preferred)
+    return bind, port, fleet_spec.url_for(node_ip if bind in ("0.0.0.0", "::") else bind, port)
+
+
 def _watch(owner, what: str) -> None:
     """Exit the actor's process when its child exits unasked: Ray then restarts the actor."""
     def loop():
@@ -45,15 +52,12 @@ class ReplicaActor:
         self.name = fleet_spec.replica_name(spec.name, index)
         self.node_ip, self.node_id = _node()
         self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
-        bind = spec.host or self.node_ip
-        port = pick_port(bind, spec.replica_port + index)
-        self.url = fleet_spec.url_for(self.node_ip if bind in ("0.0.0.0", "::") else bind, port)
+        bind, port, self.url = _listen(spec, self.node_ip, spec.replica_port + index)
         started = time.monotonic()
         self.child = Child(fleet_spec.server_command(sys.executable, spec, bind, port),
                            Path(spec.log_dir) / spec.name / f"replica-{index}.log")
-        key = fleet_spec.flag_value(spec.server_args, ("--api-key",))
         wait_answering(self.child, f"{self.url}/health", spec.start_timeout_s,
-                       headers={"Authorization": f"Bearer {key}"} if key else None)
+                       headers=spec.bearer())
         self.ready_s = round(time.monotonic() - started, 1)
         self.started_at = time.time()
         _watch(self, "its server")
@@ -90,9 +94,7 @@ class RouterActor:
         self.node_ip, self.node_id = _node()
         self.starts: dict[str, int] = {}
         self.urls = self._replicas_up()
-        bind = spec.host or self.node_ip
-        port = pick_port(bind, spec.router_port)
-        self.url = fleet_spec.url_for(self.node_ip if bind in ("0.0.0.0", "::") else bind, port)
+        bind, port, self.url = _listen(spec, self.node_ip, spec.router_port)
         self.child = Child(
             fleet_spec.router_command(sys.executable, spec, self.urls, bind, port),
             Path(spec.log_dir) / spec.name / "router.log",
@@ -133,10 +135,9 @@ class RouterActor:
 
     def view(self) -> dict:
         """The router's ``GET /router/replicas`` (with the client key the servers have)."""
-        key = fleet_spec.flag_value(self.spec.server_args, ("--api-key",))
         try:
-            return httpx.get(f"{self.url}/router/replicas", timeout=10, headers={
-                "Authorization": f"Bearer {key}"} if key else None).json()
+            return httpx.get(f"{self.url}/router/replicas", timeout=10,
+                             headers=self.spec.bearer()).json()
         except (httpx.HTTPError, ValueError) as exc:
             return {"replicas": [], "error": f"{type(exc).__name__}: {exc}"}
 

@@ -57,6 +57,14 @@ class FleetSpec:
             raise SpecError("--start-timeout must be positive")
         check_server_args(self.server_args)
 
+    @property
+    def api_key(self) -> str | None:
+        """The servers' ``--api-key`` (the router asks clients for it too)."""
+        return flag_value(self.server_args, ("--api-key",))
+
+    def bearer(self) -> dict[str, str] | None:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
+
 
 def flag_value(args: tuple[str, ...] | list[str], names: tuple[str, ...]) -> str | None:
     """The value of the last of ``names`` in ``args`` (``--flag V`` or ``--flag=V``)."""
@@ -135,9 +143,8 @@ def router_env(spec: FleetSpec, admin_key: str) -> dict[str, str]:
     (replicas register with it) and the servers' keys when they have them; clients then use
     the servers' API key with the router too."""
     env = {"THUNDERAGENT_ROUTER_ADMIN_KEY": admin_key}
-    api_key = flag_value(spec.server_args, ("--api-key",))
-    if api_key:
-        env["THUNDERAGENT_ROUTER_API_KEY"] = api_key
+    if spec.api_key:
+        env["THUNDERAGENT_ROUTER_API_KEY"] = spec.api_key
     backend_admin = flag_value(spec.server_args, ("--admin-api-key",))
     if backend_admin:
         env["THUNDERAGENT_ROUTER_BACKEND_ADMIN_KEY"] = backend_admin

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from itertools import islice
 from typing import Callable
 
 KINDS = ("call", "held", "finish", "tool", "pause", "resume", "end")
@@ -54,7 +55,7 @@ class EventRing:
         missed = max(0, min(first, self._next) - (seq + 1))
         # events are numbered without gaps: the index of ``start`` is its distance from first
         index = start - first
-        out = [self._events[i] for i in range(index, min(len(self._events), index + limit))]
+        out = list(islice(self._events, index, index + limit))
         return {"events": out, "next": out[-1]["seq"] if out else max(seq, start - 1),
                 "first": first, "last": self._next - 1, "missed": missed,
                 "capacity": self.capacity}

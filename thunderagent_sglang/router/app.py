@@ -32,14 +32,19 @@ def _program_error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+def _key_given(request: Request, key: str, x_api_key: bool = True) -> bool:
+    """Whether the request carries ``key`` as a bearer token (or, for clients, ``x-api-key``)."""
+    given = request.headers.get("authorization", "")
+    if given.lower().startswith("bearer "):
+        given = given[7:]
+    else:
+        given = request.headers.get("x-api-key", "") if x_api_key else ""
+    return hmac.compare_digest(given.encode(), key.encode())
+
+
 def _authorized(router: Router, request: Request) -> bool:
     key = router.settings.api_key
-    if not key or request.url.path in OPEN_PATHS:
-        return True
-    given = request.headers.get("authorization", "")
-    given = given[7:] if given.lower().startswith("bearer ") else request.headers.get(
-        "x-api-key", "")
-    return hmac.compare_digest(given.encode(), key.encode())
+    return not key or request.url.path in OPEN_PATHS or _key_given(request, key)
 
 
 async def _get_json(router: Router, url: str, path: str, request: Request):
@@ -144,9 +149,7 @@ def _admin_allowed(router: Router, request: Request) -> Response | None:
     if not key:
         return calls.error(403, "registering replicas at run time is off: start the router "
                            "with --admin-api-key")
-    given = request.headers.get("authorization", "")
-    given = given[7:] if given.lower().startswith("bearer ") else ""
-    if not hmac.compare_digest(given.encode(), key.encode()):
+    if not _key_given(request, key, x_api_key=False):
         return calls.error(401, "missing or wrong admin key (send --admin-api-key as a "
                            "bearer token)")
     return None

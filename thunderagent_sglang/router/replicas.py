@@ -78,7 +78,6 @@ class Fleet:
         self.client = client
         names = settings.names or tuple(f"backend-{i}" for i in range(len(settings.backends)))
         self.replicas = {url: Replica(url, name) for url, name in zip(settings.backends, names)}
-        self.names = dict(zip(names, settings.backends))  # name -> url
         self.on_down = on_down or (lambda replica: None)
         self.clock = clock
         self._loops: dict[str, asyncio.Task] | None = None  # url -> its poll loop, once running
@@ -148,19 +147,23 @@ class Fleet:
         log.warning("replica %s taken out: %s", replica.url, why)
         self.on_down(replica)
 
+    @property
+    def names(self) -> dict[str, str]:
+        """Replica name -> URL (each replica carries its name as ``label``)."""
+        return {r.label: r.url for r in self.replicas.values()}
+
     def register(self, name: str, url: str) -> str | None:
         """Add replica ``name`` at ``url``, or move it there (the replica at its old URL is
         taken out: its programs' KV is lost). Returns the old URL, if it had another. A URL
         registered under another name is a ValueError."""
-        owner = next((n for n, u in self.names.items() if u == url), None)
-        if owner is not None and owner != name:
-            raise ValueError(f"{url} is already registered as {owner!r}")
+        owner = self.replicas.get(url)
+        if owner is not None and owner.label != name:
+            raise ValueError(f"{url} is already registered as {owner.label!r}")
         old = self.names.get(name)
         if old == url:
             return None
         if old is not None:
             self.remove(name)
-        self.names[name] = url
         replica = self.replicas[url] = Replica(url, name)
         if self._loops is not None:
             self._loops[url] = asyncio.create_task(self._poll_loop(replica))
@@ -169,7 +172,7 @@ class Fleet:
 
     def remove(self, name: str) -> str | None:
         """Stop using replica ``name`` (as if it went down); its URL, or None if unknown."""
-        url = self.names.pop(name, None)
+        url = self.names.get(name)
         if url is None:
             return None
         replica = self.replicas.pop(url)
