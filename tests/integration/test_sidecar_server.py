@@ -141,6 +141,41 @@ def test_a_tool_exec_through_the_sidecar_is_the_programs_acting_phase(served, ba
     assert after["seconds_acting"] >= before["seconds_acting"] + 1.0
 
 
+def test_the_programs_record_shows_its_environments_disk_and_running_commands(served, base):
+    server, sidecar = served
+    pid = new_id()
+    generate(server, pid)
+    env_id = sidecar.create(pid, base)
+    envs = wait_until(lambda: record(server, pid)["environments"], "the sidecar's report")
+    assert [(e["env_id"], e["backend"], e["state"], e["commands"]) for e in envs] == [
+        (env_id, "local", "running", [])]
+    sidecar.exec(env_id, "head -c 1048576 /dev/zero > blob")
+    wait_until(lambda: record(server, pid)["environments"][0]["disk_bytes"] >= 1 << 20,
+               "the disk use reported")
+    runner = threading.Thread(target=sidecar.exec, args=(env_id, "sleep 2"),
+                              kwargs={"tool": "pytest"})
+    runner.start()
+    running = wait_until(lambda: record(server, pid)["environments"][0]["commands"],
+                         "the running command reported", deadline_s=1.5)
+    assert [(c["cmd"], c["tool"]) for c in running] == [("sleep 2", "pytest")]
+    runner.join(30)
+    wait_until(lambda: record(server, pid)["environments"][0]["commands"] == [],
+               "the command's end reported")
+    assert sidecar.session.delete(f"{sidecar.url}/envs/{env_id}", timeout=30).status_code == 200
+    wait_until(lambda: record(server, pid)["environments"] == [], "the destroy reported")
+    url = f"{server.url}/programs/{pid}/environments"
+    bad = requests.put(url, headers=AUTH, timeout=30,
+                       json={"environments": [{"env_id": "a b", "backend": "local",
+                                               "state": "running"}]})
+    assert bad.status_code == 400 and "env_id must be 1-64" in bad.json()["error"]
+    assert requests.put(url, headers=AUTH, data=b"\x00", timeout=30).status_code == 400
+    assert requests.put(url, json={"environments": []}, timeout=30).status_code == 401
+    unknown = requests.put(f"{server.url}/programs/{new_id()}/environments", headers=AUTH,
+                           json={"environments": []}, timeout=30)
+    assert unknown.status_code == 404
+    assert record(server, pid)["environments"] == []
+
+
 def test_release_makes_the_sidecar_destroy_the_programs_environments_only(served, base):
     server, sidecar = served
     pid, other = new_id(), new_id()

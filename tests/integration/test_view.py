@@ -7,13 +7,16 @@ a refresh stays under 250 ms. Also the events route's answers to bad input."""
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
 
-from tests.integration.server import Server
+from tests.integration.server import Server, wait_until
+from tests.integration.test_sidecar_server import find_sidecar
 
 pytestmark = pytest.mark.server
 KEY = "view-test-key"
@@ -22,10 +25,26 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
-def server(request, tmp_path_factory):
-    server = Server("view", ["--api-key", KEY], {}, tmp_path_factory.mktemp("view"))
+def bases(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("view-bases") / "base"
+    base.mkdir()
+    (base / "README").write_text("base\n")
+    return base.parent
+
+
+@pytest.fixture(scope="module")
+def server(request, tmp_path_factory, bases):
+    """With its sidecar, whose reports the page shows (the page never calls it)."""
+    server = Server("view", ["--api-key", KEY, "--thunderagent-sidecar",
+                             "--thunderagent-sidecar-base-root", str(bases)], {},
+                    tmp_path_factory.mktemp("view"))
     request.addfinalizer(server.stop)
     return server.wait_ready()
+
+
+@pytest.fixture(scope="module")
+def sidecar(server):
+    return find_sidecar(server)[0]
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +139,40 @@ def test_an_id_that_is_html_is_shown_as_text_and_runs_nothing(server, page, pid)
     assert page.dialogs_seen == []
     requests.post(f"{server.url}/programs/release", headers={**AUTH, "X-Program-Id": pid},
                   json={"program_id": pid}, timeout=30)
+
+
+def cells(page, pid: str) -> dict:
+    """The program's row, column by column (the table's header names)."""
+    return page.evaluate(
+        "(pid) => { const row = [...document.querySelectorAll('#rows tr')]"
+        ".find(r => r.dataset.program === pid); if (!row) return null;"
+        " const names = [...document.querySelectorAll('thead th')].map(th => th.textContent);"
+        " return Object.fromEntries([...row.children].map((td, i) => [names[i], td.textContent]));"
+        " }", pid)
+
+
+def test_the_sidecars_environments_and_running_commands_show_in_the_programs_row(
+        server, page, sidecar, bases):
+    pid = "view-tools-1"
+    call(server, pid)
+    env_id = sidecar.create(pid, bases / "base")
+    row = wait_until(lambda: (c := cells(page, pid)) and c["environments"].startswith("1 (1")
+                     and c, "the environment in the row", deadline_s=5)
+    assert (row["environments"], row["running commands"]) == ("1 (1 running) 0 B", "")
+    cmd = "sleep 3; echo '<u>under</u>'"
+    runner = threading.Thread(target=sidecar.exec, args=(env_id, cmd), kwargs={"tool": "pytest"})
+    runner.start()
+    started = time.monotonic()
+    row = wait_until(lambda: (c := cells(page, pid)) and c["running commands"] and c,
+                     "the running command in the row", deadline_s=5)
+    print(f"a running command showed {time.monotonic() - started:.2f} s after it started")
+    assert row["running commands"].startswith("pytest: " + cmd + " (")
+    assert page.query_selector_all("u") == [] and page.dialogs_seen == []
+    runner.join(30)
+    wait_until(lambda: cells(page, pid)["running commands"] == "", "the command gone", 5)
+    assert sidecar.session.delete(f"{sidecar.url}/envs/{env_id}", timeout=30).status_code == 200
+    wait_until(lambda: cells(page, pid)["environments"] == "0", "the environment gone", 5)
+    requests.post(f"{server.url}/programs/{pid}/release", headers=AUTH, timeout=30)
 
 
 def test_the_page_asks_nothing_of_any_host_but_the_server(server, page):

@@ -17,10 +17,12 @@ pytestmark = needs_local
 
 
 def _wait(predicate, limit=10.0):
+    """The predicate's first truthy value (polled every 50 ms for ``limit`` seconds)."""
     deadline = time.monotonic() + limit
-    while not predicate():
+    while not (value := predicate()):
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.05)
+    return value
 
 
 def test_terminated_destroys_the_programs_envs_and_unused_snapshots(sidecar, base):
@@ -94,19 +96,33 @@ def test_prepare_materializes_lazy_and_resumes_paused_envs_before_use(sidecar, b
 
 
 class _ToolServer(ThreadingHTTPServer):
-    """A stand-in ThunderAgent server that records POST /programs/{id}/tool."""
+    """A stand-in ThunderAgent server that records POST /programs/{id}/tool and PUT
+    /programs/{id}/environments (answered ``put_status``, 200 or 404)."""
 
     def __init__(self):
         self.events: list[tuple[str, dict]] = []
+        self.reports: list[tuple] = []  # path, status answered, environments, when
+        self.put_status = 200
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                outer.events.append((self.path, body))
-                self.send_response(200)
+            def _body(self):
+                return json.loads(self.rfile.read(int(self.headers["content-length"])))
+
+            def _answer(self, status):
+                self.send_response(status)
                 self.end_headers()
                 self.wfile.write(b"{}")
+
+            def do_POST(self):  # noqa: N802
+                outer.events.append((self.path, self._body()))
+                self._answer(200)
+
+            def do_PUT(self):  # noqa: N802
+                status = outer.put_status
+                outer.reports.append((self.path, status, self._body()["environments"],
+                                      time.monotonic()))
+                self._answer(status)
 
             def log_message(self, *args):
                 pass
@@ -131,6 +147,50 @@ def test_exec_is_reported_as_a_tool_phase_in_order(start_sidecar, base):
         ]
         bad = sc.http.post(f"/envs/{env}/exec", json={"cmd": "true", "tool": "rm -rf"})
         assert bad.status_code == 400 and "tool must be 1-64 characters" in bad.json()["detail"]
+    finally:
+        server.shutdown()
+
+
+def test_environments_are_reported_when_they_change_and_not_again_when_they_do_not(
+        start_sidecar, base):
+    """Each program's environments reach the server's record: created, a running command
+    (its tool, its text cut to 200 characters), the command done, destroyed. A refused report
+    (the program has no call yet) is offered again after 5 s, not every second."""
+    server = _ToolServer()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sc = start_sidecar("--server-url", f"http://127.0.0.1:{server.server_port}")
+        env = sc.create(base, "prog/2", limits={"disk": "16M"})["env_id"]
+        path = "/programs/prog%2F2/environments"
+        first = _wait(lambda: server.reports and server.reports[0])
+        assert first[:2] == (path, 200)
+        assert [(e["env_id"], e["backend"], e["state"], e["disk_cap"], e["commands"])
+                for e in first[2]] == [(env, "local", "running", 16 << 20, [])]
+        cmd = "sleep 2; true " + "x" * 300
+        runner = threading.Thread(target=sc.exec, args=(env, cmd), kwargs={"tool": "pytest"})
+        runner.start()
+        running = _wait(lambda: next((r for r in server.reports if r[2][0]["commands"]), None))
+        assert [(c["cmd"], c["tool"]) for c in running[2][0]["commands"]] == [
+            (cmd[:199] + "\u2026", "pytest")]
+        assert abs(running[2][0]["commands"][0]["started_at"] - time.time()) < 5
+        runner.join(30)
+        _wait(lambda: server.reports[-1][2][0]["commands"] == [])
+        time.sleep(2.5)  # GC ticks: the same report is not sent again
+        count = len(server.reports)
+        time.sleep(2.0)
+        assert len(server.reports) == count, "an unchanged report was sent again"
+        assert sc.http.delete(f"/envs/{env}").status_code == 200
+        _wait(lambda: server.reports[-1][2] == [])
+        server.put_status = 404  # a program the server does not run
+        sc.create(base, "prog-3")
+        refused = lambda: [r for r in server.reports  # noqa: E731
+                           if r[0] == "/programs/prog-3/environments"]
+        # the same report again after 5 s (a changed one, e.g. its disk use, at once)
+        again = _wait(lambda: next((b for a, b in zip(refused(), refused()[1:])
+                                    if a[2] == b[2]), None), limit=12)
+        same = [(a, b) for a, b in zip(refused(), refused()[1:]) if a[2] == b[2]]
+        assert {r[1] for r in refused()} == {404} and again[2][0]["env_id"].startswith("env-")
+        assert all(b[3] - a[3] >= 4.9 for a, b in same), "a refused report resent too soon"
     finally:
         server.shutdown()
 

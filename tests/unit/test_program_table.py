@@ -164,7 +164,7 @@ def test_record_keys_exactly(table, clock):
         "missed_changed_tokens", "decode_tokens", "seconds_reasoning",
         "seconds_acting", "seconds_paused", "in_flight", "tool_running", "tool",
         "tool_expected_s", "tool_predicted_s", "tool_predicted_p90_s", "release_cause",
-        "kv_decision"}
+        "kv_decision", "environments"}
     assert rec == {
         "program_id": "a", "incarnation": 1, "parent_id": "p", "status": "active",
         "phase": "acting", "context_tokens": 13, "steps": 1, "prefill_tokens_computed": 6,
@@ -172,7 +172,8 @@ def test_record_keys_exactly(table, clock):
         "decode_tokens": 3, "seconds_reasoning": 1.0,
         "seconds_acting": 2.0, "seconds_paused": 0.0, "in_flight": 0, "tool_running": True,
         "tool": None, "tool_expected_s": 5.0, "tool_predicted_s": None,
-        "tool_predicted_p90_s": None, "release_cause": None, "kv_decision": None}
+        "tool_predicted_p90_s": None, "release_cause": None, "kv_decision": None,
+        "environments": None}
     assert type(rec["status"]) is str and type(rec["phase"]) is str
 
 

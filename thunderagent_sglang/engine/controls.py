@@ -90,6 +90,11 @@ def _tool(runtime, msg: ipc.ToolHint) -> dict:
     return record(runtime, program)
 
 
+def _environments(runtime, msg: ipc.EnvironmentReport) -> dict:
+    program = runtime.table.set_environments(msg.program_id, msg.environments)
+    return {"program_id": program.program_id, "environments": len(program.environments)}
+
+
 def _events(runtime, msg: ipc.ProgramEvents) -> dict:
     return runtime.events.since(msg.since, msg.limit)
 
@@ -133,6 +138,7 @@ _OPS = {
     ipc.GetProgram: _get,
     ipc.ReleaseProgram: _release,
     ipc.ToolHint: _tool,
+    ipc.EnvironmentReport: _environments,
     ipc.PauseProgram: _pause,
     ipc.MigrateProgram: _migrate,
     ipc.ResumeProgram: _resume,

@@ -37,6 +37,7 @@ from thunderagent_sglang.program.identity import (
     names_program,
     tagged_paths,
 )
+from thunderagent_sglang.program.environments import check_environments
 from thunderagent_sglang.program.table import check_expected_s, check_tool_event
 from thunderagent_sglang.program.tool_time import check_tool_name
 
@@ -320,6 +321,17 @@ async def tool_event(program_id: str, request: Request):
                              expected_s=expected_s, tool=tool)
 
 
+async def environments_report(program_id: str, request: Request):
+    """The sidecar's ``{"environments": [...]}`` for the program's record (the live view shows
+    it); checked here by ``program.environments`` (and again by the table)."""
+    try:
+        environments = check_environments(await _body_object(request))
+    except ValueError as exc:
+        return _invalid(exc)
+    return await _on_program(program_ipc.EnvironmentReport, program_id,
+                             environments=environments)
+
+
 @auth_level(AuthLevel.ADMIN_OPTIONAL)
 async def migrate_program(program_id: str):
     """A router moves the program: 409 while a call of it runs here; else its held calls are
@@ -417,6 +429,7 @@ def install(cfg: config.ThunderAgentConfig) -> None:
         # ":path": an id may hold "/" (sent as %2F or as is); the POST routes end in a fixed
         # word, and GET has no such route, so every accepted id reaches every route.
         ("/programs/{program_id:path}/tool", tool_event, ["POST"]),
+        ("/programs/{program_id:path}/environments", environments_report, ["PUT"]),
         ("/programs/{program_id:path}/pause", pause_program, ["POST"]),
         ("/programs/{program_id:path}/resume", resume_program, ["POST"]),
         ("/programs/{program_id:path}/release", operator_release, ["POST"]),

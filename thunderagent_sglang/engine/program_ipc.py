@@ -41,6 +41,13 @@ class ToolHint(BaseReq, kw_only=True):
     tool: Optional[str] = None  # the tool's name (1-64 of [A-Za-z0-9._:-])
 
 
+class EnvironmentReport(BaseReq, kw_only=True):
+    """The sidecar's current view of a program's tool environments (checked by the route)."""
+
+    program_id: str
+    environments: list
+
+
 class MigrateProgram(BaseReq, kw_only=True):
     """A router moves the program away: its held calls answered 421, then it ends."""
 
@@ -83,7 +90,8 @@ class ProgramReply(BaseReq, kw_only=True):
 
 
 REQUESTS = (ListPrograms, GetProgram, ReleaseProgram, ToolHint, PauseProgram, ResumeProgram,
-            ProgramStats, ShutDownHeld, DrainHeld, MigrateProgram, ProgramEvents)
+            ProgramStats, ShutDownHeld, DrainHeld, MigrateProgram, ProgramEvents,
+            EnvironmentReport)
 
 
 def register_types() -> None:

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from thunderagent_sglang.program.environments import check_environments
 from thunderagent_sglang.program.expiry import ExpiryIndex
 from thunderagent_sglang.program.tool_time import GAP, ToolTimes, check_tool_name, short_repr
 from thunderagent_sglang.program.record import (
@@ -92,6 +93,7 @@ class ProgramTable:
             "pauses": 0,
             "resumes": 0,
             "tool_events": 0,
+            "environment_reports": 0,
             "acting_observed": 0,
             "records_evicted": 0,
             "prefill_tokens_computed": 0,
@@ -226,6 +228,16 @@ class ProgramTable:
         else:
             p.tool_running, p.tool_expected_s, p.tool_since = False, None, None
         self._touch_idle(p, now)
+        return p
+
+    def set_environments(self, program_id: str, environments: list) -> Program:
+        """The sidecar's report of the program's tool environments (replaces the last one;
+        checked by ``program.environments``). Not the program's own activity: idle time goes on.
+        ValueError for a bad report; UnknownProgram for a non-live id."""
+        checked = check_environments({"environments": environments})
+        p = self._require_live(program_id)
+        p.environments = checked
+        self.counters["environment_reports"] += 1
         return p
 
     def set_kv_decision(self, program_id: str, decision: str | None) -> Program:

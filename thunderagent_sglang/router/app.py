@@ -298,6 +298,8 @@ def build_app(router: Router) -> Starlette:
         Route("/programs/events", bound(events_per_replica), methods=["GET"]),
         *[Route("/programs/{program_id:path}/" + op, bound(program_op("/" + op), "program_id"),
                 methods=["POST"]) for op in ("tool", "pause", "resume", "release", "migrate")],
+        Route("/programs/{program_id:path}/environments",
+              bound(program_op("/environments"), "program_id"), methods=["PUT"]),
         Route("/programs/{program_id:path}", bound(get_one, "program_id"), methods=["GET"]),
         Route("/profiles/{program_id:path}", bound(get_one, "program_id"), methods=["GET"]),
         Route("/open_session", bound(calls.session_call), methods=["POST"]),

@@ -20,12 +20,12 @@ from thunderagent_sglang.sidecar import auth, reconcile, stats
 from thunderagent_sglang.sidecar.errors import SidecarError
 from thunderagent_sglang.sidecar.manager import EnvManager
 from thunderagent_sglang.sidecar.models import CreateBody, EventBody, ExecBody, to_spec
-from thunderagent_sglang.sidecar.reporter import ToolReporter
+from thunderagent_sglang.sidecar.reporter import ServerReporter
 
 log = logging.getLogger("thunderagent_sglang.sidecar")
 
 
-def create_app(manager: EnvManager, token: str, reporter: ToolReporter) -> FastAPI:
+def create_app(manager: EnvManager, token: str, reporter: ServerReporter) -> FastAPI:
     # Commands (which may run for their whole timeout) get their own threads, so that any
     # number of long execs never keeps a destroy, a file call or an event waiting.
     pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="sidecar")
@@ -47,6 +47,7 @@ def create_app(manager: EnvManager, token: str, reporter: ToolReporter) -> FastA
             try:
                 await blocking(manager.gc_tick)
                 await blocking(manager.refresh_disk)
+                reporter.sweep(manager.programs_with_environments())
             except Exception:
                 log.exception("lifecycle check failed")
 
@@ -80,7 +81,10 @@ def create_app(manager: EnvManager, token: str, reporter: ToolReporter) -> FastA
     @app.post("/envs", status_code=201)
     async def create_env(body: CreateBody):
         spec = to_spec(body, settings)
-        return (await blocking(manager.create, spec)).to_json()
+        try:
+            return (await blocking(manager.create, spec)).to_json()
+        finally:
+            reporter.environments(spec.program_id)
 
     @app.get("/envs")
     async def list_envs():
@@ -92,17 +96,23 @@ def create_app(manager: EnvManager, token: str, reporter: ToolReporter) -> FastA
 
     @app.delete("/envs/{env_id}")
     async def destroy_env(env_id: str):
-        return {"env_id": env_id, "destroyed": await blocking(manager.destroy, env_id)}
+        program_id = manager.program_of(env_id)
+        destroyed = await blocking(manager.destroy, env_id)
+        reporter.environments(program_id)
+        return {"env_id": env_id, "destroyed": destroyed}
 
     @app.post("/envs/{env_id}/exec")
     async def exec_env(env_id: str, body: ExecBody):
         program_id = manager.get(env_id).spec.program_id
+        loop = asyncio.get_running_loop()
+        listed = lambda: loop.call_soon_threadsafe(reporter.environments, program_id)  # noqa: E731
         reporter.tool(program_id, "start", body.expected_s, body.tool)
         try:
             result = await blocking(manager.exec, env_id, body.cmd, body.cwd, body.env,
-                                    body.timeout, executor=exec_pool)
+                                    body.timeout, body.tool, listed, executor=exec_pool)
         finally:
             reporter.tool(program_id, "end")
+            reporter.environments(program_id)
         return result.to_json()
 
     @app.get("/envs/{env_id}/files/{path:path}")
@@ -123,15 +133,20 @@ def create_app(manager: EnvManager, token: str, reporter: ToolReporter) -> FastA
 
     @app.post("/envs/{env_id}/pause")
     async def pause_env(env_id: str):
-        return (await blocking(manager.pause, env_id)).to_json()
+        env = await blocking(manager.pause, env_id)
+        reporter.environments(env.spec.program_id)
+        return env.to_json()
 
     @app.post("/envs/{env_id}/resume")
     async def resume_env(env_id: str):
-        return (await blocking(manager.resume, env_id)).to_json()
+        env = await blocking(manager.resume, env_id)
+        reporter.environments(env.spec.program_id)
+        return env.to_json()
 
     @app.post("/events")
     async def program_event(body: EventBody):
         envs = await blocking(manager.event, body.program_id, body.event)
+        reporter.environments(body.program_id)
         if body.event in (events.PREPARE, events.RESUMED):
             in_background(blocking(manager.prepare, body.program_id))
             return JSONResponse({"program_id": body.program_id, "event": body.event,

@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from thunderagent_sglang.program.environments import MAX_COMMANDS, short_command
 from thunderagent_sglang.sidecar.policy import PENDING, EnvView
 
 
@@ -43,6 +44,7 @@ class EnvRecord:
     lock: threading.RLock = field(default_factory=threading.RLock)
     busy: int = 0  # commands running
     procs: set = field(default_factory=set)  # Popen objects of running commands (local)
+    commands: dict = field(default_factory=dict)  # running execs: token -> (cmd, wall, tool)
     handle: Any = None  # backend-private (docker: container id)
     disk_bytes: int = 0
     prepared_wall: float | None = None  # when a "prepare" event materialized or resumed it
@@ -52,6 +54,14 @@ class EnvRecord:
     def view(self) -> EnvView:
         return EnvView(self.env_id, self.spec.program_id, self.state, self.created_at,
                        self.last_used_at, self.busy > 0)
+
+    def report(self) -> dict:
+        """This environment in the server's program record (``program.environments``)."""
+        return {"env_id": self.env_id, "backend": self.spec.backend, "state": self.state,
+                "disk_bytes": self.disk_bytes, "disk_cap": self.spec.disk,
+                "commands": [{"cmd": short_command(cmd), "started_at": round(wall, 3),
+                              "tool": tool}
+                             for cmd, wall, tool in list(self.commands.values())[:MAX_COMMANDS]]}
 
     def to_json(self) -> dict:
         s = self.spec

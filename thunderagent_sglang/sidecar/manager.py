@@ -9,6 +9,7 @@ keeps the GC from pausing them; destroy kills them).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 from contextlib import contextmanager
 from typing import Iterator
@@ -18,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 from thunderagent_sglang.program import events
+from thunderagent_sglang.program.environments import MAX_ENVIRONMENTS
 from thunderagent_sglang.sidecar import models, policy
 from thunderagent_sglang.sidecar.envs import Backend, EnvRecord, EnvSpec, ExecResult
 from thunderagent_sglang.sidecar.errors import (BadRequest, Conflict, DiskFull, NotFound,
@@ -66,6 +68,7 @@ class EnvManager:
         self.limits = policy.GcLimits(settings.ttl, settings.idle_ttl, settings.max_running)
         self._envs: dict[str, EnvRecord] = {}
         self._lock = threading.RLock()
+        self._tokens = itertools.count()
         self.total_bytes = 0
 
     # -- create / inspect / destroy ----------------------------------------------------------
@@ -107,6 +110,21 @@ class EnvManager:
         with self._lock:
             return list(self._envs.values())
 
+    def program_of(self, env_id: str) -> str | None:
+        with self._lock:
+            env = self._envs.get(env_id)
+        return None if env is None else env.spec.program_id
+
+    def programs_with_environments(self) -> set[str]:
+        with self._lock:
+            return {e.spec.program_id for e in self._envs.values()}
+
+    def environments_report(self, program_id: str) -> list[dict]:
+        """The program's environments as the server's record shows them (at most
+        MAX_ENVIRONMENTS, oldest first)."""
+        envs = [e for e in self.list() if e.spec.program_id == program_id and not e.destroyed]
+        return [e.report() for e in envs[:MAX_ENVIRONMENTS]]
+
     def with_network(self) -> tuple[bool, bool]:
         """(whether any environment has the network, whether one runs as root with it). Without
         the network a sandbox cannot reach the host's sockets at all."""
@@ -145,12 +163,18 @@ class EnvManager:
 
     # -- work --------------------------------------------------------------------------------
     def exec(self, env_id: str, cmd: str, cwd: str, env_vars: dict[str, str],
-             timeout: float) -> ExecResult:
+             timeout: float, tool: str | None = None, started=None) -> ExecResult:
+        """Runs ``cmd``; while it runs, the program's environment report lists it (``started``,
+        if given, is called once it is listed)."""
         env = self.get(env_id)
         backend = self._backend(env.spec.backend)
+        token = next(self._tokens)
         with env.lock:
             self._ensure_running(env, backend)
             env.busy += 1
+            env.commands[token] = (cmd, time.time(), tool)
+        if started is not None:
+            started()
         try:
             ports = {f"PORT_{name.upper()}": str(port) for name, port in env.ports.items()}
             result = backend.exec(env, cmd, cwd, {**ports, **env_vars}, timeout,
@@ -158,6 +182,7 @@ class EnvManager:
         finally:
             with env.lock:
                 env.busy -= 1
+                env.commands.pop(token, None)
                 env.last_used_at = self.clock()
         self._count("execs")
         self._count("exec_timeouts", int(result.timed_out))

@@ -26,7 +26,7 @@ from thunderagent_sglang.sidecar.errors import SidecarError
 from thunderagent_sglang.sidecar.local_backend import LocalBackend
 from thunderagent_sglang.sidecar.manager import EnvManager
 from thunderagent_sglang.sidecar.records import Records
-from thunderagent_sglang.sidecar.reporter import ToolReporter
+from thunderagent_sglang.sidecar.reporter import ServerReporter
 from thunderagent_sglang.sidecar.settings import SidecarSettings
 
 log = logging.getLogger("thunderagent_sglang.sidecar")
@@ -128,7 +128,8 @@ def run(settings: SidecarSettings) -> int:
     where = f"generated, in {settings.token_file}" if generated else "from the environment"
     print(f"thunderagent sidecar on {url} (backends: {', '.join(manager.backends)}; "
           f"token {where}{': ' + token if generated else ''})", flush=True)
-    app = create_app(manager, token, ToolReporter(settings.server_url))
+    reporter = ServerReporter(settings.server_url, manager.environments_report)
+    app = create_app(manager, token, reporter)
     config = uvicorn.Config(app, log_level="warning", access_log=False)
     config.load()
     config.http_protocol_class = refusing_sandboxes(config.http_protocol_class, manager)

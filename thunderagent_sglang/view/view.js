@@ -319,7 +319,39 @@ function renderTimeline() {
 
 const COLUMNS = ["program_id", "status", "phase", "tool", "steps", "context_tokens", "resident_tokens",
   "host_tokens", "prefill_tokens_cached", "prefill_tokens_computed", "missed_evicted_tokens",
-  "missed_changed_tokens", "kv_decision"];
+  "missed_changed_tokens", "kv_decision", "environments", "commands"];
+const TEXT_COLUMNS = new Set(["program_id", "tool"]);
+
+function bytes(n) {
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return (i ? n.toFixed(1) : String(n)) + " " + units[i];
+}
+
+// the sidecar's report (null without a sidecar): "2 (1 running) 14.2 MB", and the commands
+// running now, as text only
+function environmentsText(envs) {
+  if (!envs) return "";
+  const running = envs.filter((e) => e.state === "running").length;
+  const disk = envs.reduce((sum, e) => sum + (e.disk_bytes || 0), 0);
+  return envs.length + (running ? " (" + running + " running)" : "") + (envs.length ? " " + bytes(disk) : "");
+}
+
+function commandsText(envs) {
+  if (!envs) return "";
+  const now = Date.now() / 1000;
+  return envs.flatMap((e) => e.commands.map((c) =>
+    (c.tool ? c.tool + ": " : "") + c.cmd + " (" + Math.max(0, now - c.started_at).toFixed(0) + " s)"))
+    .join("; ");
+}
+
+function cellText(p, column) {
+  if (TEXT_COLUMNS.has(column)) return p[column] ?? "";
+  if (column === "environments") return environmentsText(p.environments);
+  if (column === "commands") return commandsText(p.environments);
+  return fmt(p[column]);
+}
 const STATUS_ORDER = { waiting: 0, paused: 1, active: 2, terminated: 3 };
 
 function renderTable() {
@@ -333,8 +365,8 @@ function renderTable() {
     tr.dataset.program = p.program_id;
     for (const column of COLUMNS) {
       const td = document.createElement("td");
-      td.textContent = column === "program_id" || column === "tool" ? (p[column] ?? "") : fmt(p[column]);
-      if (column === "program_id") td.title = p.program_id;
+      td.textContent = cellText(p, column);
+      if (column === "program_id" || column === "commands") td.title = td.textContent;
       tr.append(td);
     }
     fragment.append(tr);
