@@ -388,6 +388,21 @@ SCHEDULER_RUN_BATCH = Symbol(
     "sglang.srt.managers.utils.EmbeddingBatchResult]",
 )
 
+# --- tensor parallelism: one decision on every rank --------------------------
+REQUEST_RECEIVER_RECV = Symbol(
+    "sglang.srt.managers.scheduler_components.request_receiver:"
+    "SchedulerRequestReceiver.recv_requests",
+    "tensor parallelism: rank 0's step inputs (its clock, its offload measures) ride this "
+    "per-step broadcast of received requests as a local request, and are taken out after it",
+    "(self, local_reqs: 'Optional[List[AbortReq]]' = None) -> "
+    "'List[Union[TokenizedGenerateReqInput, TokenizedEmbeddingReqInput, Any]]'",
+)
+GET_PARALLEL = Symbol(
+    "sglang.srt.runtime_context:get_parallel",
+    "the scheduler's tensor-parallel rank and size (.tp_rank, .tp_size)",
+    "() -> 'ParallelContext'",
+)
+
 # --- scheduler: decode retraction order, shutdown of held calls -------------
 DECODE_RETRACTION_ORDER = Symbol(
     "sglang.srt.managers.schedule_batch:ScheduleBatch._get_decode_retraction_order",
@@ -444,6 +459,7 @@ HOOK_TARGETS: tuple[Symbol, ...] = (
     SCHEDULER_PROCESS_INPUT_REQUESTS,
     OUTPUT_STREAMER_STREAM_OUTPUT,
     SCHEDULER_RUN_BATCH,
+    REQUEST_RECEIVER_RECV,
     DECODE_RETRACTION_ORDER,
     SIGTERM_HANDLER,
     ADD_API_KEY_MIDDLEWARE,

@@ -47,16 +47,16 @@ FEATURES: tuple[Feature, ...] = (
             "One program table per scheduler; run one server per replica behind "
             "python -m thunderagent_sglang.router --backends URL1,URL2 instead.",
             refused_unless="1"),
-    Feature("Tensor parallelism", ("--tp-size", "--tensor-parallel-size"), "refused",
-            "Each rank's scheduler would take program decisions (holds, pauses, offload, "
-            "eviction order) on its own clock, so ranks could diverge and hang; serve one rank "
-            "per replica until ranks agree on every decision.", refused_unless="1"),
+    Feature("Tensor parallelism", ("--tp-size", "--tensor-parallel-size"), "tested",
+            "CI serves --tp-size 2 on a CPU: every rank decides with rank 0's clock and "
+            "measures, sent with SGLang's per-step request broadcast; the ranks' program "
+            "state digests are compared (GET /thunderagent/digest)."),
     Feature("Pipeline parallelism", ("--pp-size", "--pipeline-parallel-size"), "refused",
-            "Same reason as tensor parallelism: one program decision per step is not shared "
-            "across stages yet.", refused_unless="1"),
+            "Stages would need the same agreement across the pipeline (rank 0's step rides "
+            "only the tensor-parallel broadcast); not built or tested.", refused_unless="1"),
     Feature("Several nodes", ("--nnodes",), "refused",
-            "A server spread over nodes runs several schedulers that would decide apart.",
-            refused_unless="1"),
+            "Ranks on other nodes are not tested; serve one node per replica behind the "
+            "router.", refused_unless="1"),
     Feature("DP attention", ("--enable-dp-attention",), "refused",
             "Attention data parallelism runs several schedulers, one program table each."),
     Feature("Prefill/decode disaggregation", ("--disaggregation-mode",), "refused",

@@ -16,6 +16,13 @@ from thunderagent_sglang import config
 # system RAM (0.05 gave 2 M tokens), far more than a CPU can use.
 CPU_MAX_TOTAL_TOKENS = 65536
 CPU_ENGINE_ENV = "SGLANG_USE_CPU_ENGINE"
+# Tensor parallelism on a CPU: the cores of each rank (SGLang otherwise wants a NUMA node per
+# rank), and no NCCL: a CUDA build of torch ships libnccl, which SGLang would then try to use
+# on the CPU device; a library path that does not load turns it off (gloo all-reduce instead).
+OMP_BIND_ENV = "SGLANG_CPU_OMP_THREADS_BIND"
+NCCL_SO_ENV = "SGLANG_NCCL_SO_PATH"
+NO_NCCL = "/nonexistent/thunderagent-cpu-engine-uses-gloo-not-nccl.so"
+TP_FLAGS = ("--tp-size", "--tensor-parallel-size")
 CACHE_BACKEND = config.CACHE_BACKEND
 OWN_CACHE_FLAGS = config.OWN_CACHE_FLAGS  # ours is then not chosen
 
@@ -63,6 +70,7 @@ def plan_launch(
     demo_model_dir: str | None,
     environ: dict[str, str],
     program_features: bool = True,
+    cpus: tuple[int, ...] = (),
 ) -> LaunchPlan:
     """SGLang's argv and environment for this machine.
 
@@ -76,6 +84,7 @@ def plan_launch(
     device = flag_value(argv, "--device")
     if device == "cpu" or (device is None and not gpu_available):
         _plan_cpu(argv, env, notes, environ)
+        _plan_cpu_ranks(argv, env, notes, environ, cpus)
     if program_features and not has_flag(argv, *OWN_CACHE_FLAGS):
         argv += ["--radix-cache-backend", CACHE_BACKEND]
         notes.append(f"--radix-cache-backend {CACHE_BACKEND} (program-aware radix cache)")
@@ -101,6 +110,47 @@ def flag_value(argv: list[str], name: str) -> str | None:
 
 def needs_demo_model(argv: list[str]) -> bool:
     return not has_flag(argv, "--model-path", "--model", "--config")
+
+
+def tp_size(argv: list[str]) -> int:
+    """The tensor-parallel size the user asked for (1 when not given or not a number: SGLang
+    then says what is wrong)."""
+    values = [v for v in (flag_value(argv, f) for f in TP_FLAGS) if v is not None]
+    try:
+        return int(values[-1]) if values else 1
+    except ValueError:
+        return 1
+
+
+def cpu_bind(ranks: int, cpus: tuple[int, ...]) -> str:
+    """``SGLANG_CPU_OMP_THREADS_BIND`` for ``ranks`` ranks over ``cpus``: equal runs of cores
+    (``0|1``, ``0-3|4-7``); ranks share cores when there are fewer cores than ranks."""
+    cpus = tuple(sorted(cpus)) or (0,)
+    if len(cpus) < ranks:
+        return "|".join(str(cpus[i % len(cpus)]) for i in range(ranks))
+    size = len(cpus) // ranks
+    return "|".join(_span(cpus[i * size:(i + 1) * size]) for i in range(ranks))
+
+
+def _span(group: tuple[int, ...]) -> str:
+    if len(group) == 1:
+        return str(group[0])
+    if group[-1] - group[0] == len(group) - 1:
+        return f"{group[0]}-{group[-1]}"
+    return ",".join(map(str, group))
+
+
+def _plan_cpu_ranks(argv, env, notes, environ, cpus) -> None:
+    ranks = tp_size(argv)
+    if ranks <= 1:
+        return
+    if not environ.get(OMP_BIND_ENV):  # unset or empty (SGLang reads empty as one group)
+        env[OMP_BIND_ENV] = cpu_bind(ranks, cpus)
+        notes.append(f"{OMP_BIND_ENV}={env[OMP_BIND_ENV]} (the cores of each of {ranks} "
+                     "tensor-parallel ranks)")
+    if not environ.get(NCCL_SO_ENV):
+        env[NCCL_SO_ENV] = NO_NCCL
+        notes.append(f"{NCCL_SO_ENV}={NO_NCCL} (no NCCL on a CPU: ranks all-reduce over gloo)")
 
 
 def _plan_cpu(argv, env, notes, environ) -> None:

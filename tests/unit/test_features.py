@@ -16,8 +16,6 @@ README = Path(__file__).resolve().parents[2] / "README.md"
     (["--dp-size", "2"], "--dp-size"),
     (["--data-parallel-size=4"], "--data-parallel-size"),
     (["--disaggregation-mode", "prefill"], "--disaggregation-mode"),
-    (["--tp-size", "2"], "--tp-size"),
-    (["--tensor-parallel-size=8"], "--tensor-parallel-size"),
     (["--pp-size", "2"], "--pp-size"),
     (["--nnodes", "2"], "--nnodes"),
     (["--enable-dp-attention"], "--enable-dp-attention"),
@@ -30,7 +28,8 @@ def test_refused_feature_gives_one_message_naming_the_flag_and_the_way_out(argv,
 
 @pytest.mark.parametrize("argv", [
     [], ["--dp-size", "1"], ["--disaggregation-mode", "null"], ["--page-size", "16"],
-    ["--tp-size", "1"], ["--pp-size=1"], ["--nnodes", "1"],
+    ["--tp-size", "1"], ["--tp-size", "2"], ["--tensor-parallel-size=8"], ["--pp-size=1"],
+    ["--nnodes", "1"],
     ["--enable-hierarchical-cache", "--chunked-prefill-size", "64"]])
 def test_supported_flags_are_not_refused(argv):
     assert features.refusals(argv) == []

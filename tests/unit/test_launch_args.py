@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from thunderagent_sglang import config, launch_args
-from thunderagent_sglang.launch_args import plan_launch, split_args
+from thunderagent_sglang.launch_args import NO_NCCL, cpu_bind, plan_launch, split_args
 
 DEMO = "/cache/demo-models/llama-abc"
 
@@ -67,6 +67,31 @@ def test_flags_the_user_passes_win_on_cpu():
     assert plan.argv == argv
     assert plan.env == {}
     assert plan.notes == []
+
+
+def test_tensor_parallel_ranks_on_a_cpu_get_their_cores_and_gloo():
+    plan = plan_launch(["--model", "/m", "--tp-size", "2"], gpu_available=False,
+                       demo_model_dir=None, environ={}, cpus=(0, 1))
+    assert (plan.env["SGLANG_CPU_OMP_THREADS_BIND"], plan.env["SGLANG_NCCL_SO_PATH"]) == (
+        "0|1", NO_NCCL)
+    assert any("2 tensor-parallel ranks" in n for n in plan.notes)
+    mine = plan_launch(["--model", "/m", "--tensor-parallel-size=2"], gpu_available=False,
+                       demo_model_dir=None, cpus=(0, 1),
+                       environ={"SGLANG_CPU_OMP_THREADS_BIND": "1|0",
+                                "SGLANG_NCCL_SO_PATH": "/x"})
+    assert "SGLANG_CPU_OMP_THREADS_BIND" not in mine.env and "SGLANG_NCCL_SO_PATH" not in mine.env
+    one = plan_launch(["--model", "/m", "--tp-size", "1"], gpu_available=False,
+                      demo_model_dir=None, environ={}, cpus=(0, 1))
+    gpu = plan_launch(["--model", "/m", "--tp-size", "2"], gpu_available=True,
+                      demo_model_dir=None, environ={}, cpus=(0, 1))
+    assert "SGLANG_CPU_OMP_THREADS_BIND" not in one.env and gpu.env == {}
+
+
+@pytest.mark.parametrize("ranks, cpus, bind", [
+    (2, (0, 1), "0|1"), (2, tuple(range(8)), "0-3|4-7"), (2, (0, 2, 4, 6), "0,2|4,6"),
+    (3, (0, 1, 2, 3, 4), "0|1|2"), (2, (5,), "5|5"), (4, (3, 1, 0, 2), "0|1|2|3")])
+def test_cpu_bind_splits_the_cores_into_equal_runs(ranks, cpus, bind):
+    assert cpu_bind(ranks, cpus) == bind
 
 
 def test_mem_fraction_static_counts_as_sizing_the_pool():

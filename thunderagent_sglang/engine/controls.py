@@ -8,6 +8,7 @@ source locations in the body) if an operation fails; never an exception into SGL
 from __future__ import annotations
 
 from thunderagent_sglang.engine import program_ipc as ipc
+from thunderagent_sglang.engine import tp_consensus
 from thunderagent_sglang.engine.logs import get_logger
 from thunderagent_sglang.program.record import ProgramBusy, UnknownProgram
 
@@ -95,6 +96,15 @@ def _environments(runtime, msg: ipc.EnvironmentReport) -> dict:
     return {"program_id": program.program_id, "environments": len(program.environments)}
 
 
+def _digest(runtime, msg: ipc.ProgramDigest) -> dict:
+    """Every rank logs its digest (tensor parallelism: the ranks' lines must agree)."""
+    out = tp_consensus.digest(runtime)
+    get_logger().info("ThunderAgent: digest rank %d of %d after %d steps: %s (programs %d, "
+                      "held %d, resident tokens %d)", out["rank"], out["ranks"], out["steps"],
+                      out["digest"], out["programs"], out["held"], out["resident_tokens"])
+    return out
+
+
 def _events(runtime, msg: ipc.ProgramEvents) -> dict:
     return runtime.events.since(msg.since, msg.limit)
 
@@ -146,4 +156,5 @@ _OPS = {
     ipc.ShutDownHeld: _shut_down,
     ipc.DrainHeld: _drain,
     ipc.ProgramEvents: _events,
+    ipc.ProgramDigest: _digest,
 }

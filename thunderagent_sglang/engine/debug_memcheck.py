@@ -31,7 +31,11 @@ class MemcheckLog:
 
     def log_result(self, result, *args, **kwargs):
         has_leak, messages = result
-        self._log_once(0, f"{LINE_PREFIX} leak={has_leak} {' '.join(messages)}", self.outputs)
+        consensus = getattr(self.runtime, "consensus", None)
+        rank = (f" (tensor-parallel rank {consensus.rank})"
+                if consensus is not None and consensus.size > 1 else "")
+        self._log_once(0, f"{LINE_PREFIX} leak={has_leak} {' '.join(messages)}{rank}",
+                       self.outputs)
         tree = self.runtime.tree if self.runtime is not None else None
         if tree is not None:
             wrong = tree.recount()

@@ -80,6 +80,10 @@ class HeldCalls:
         """Decode tokens the program's held calls may add."""
         return self._headroom.get(program_id, 0)
 
+    def items(self) -> list[Held]:
+        """Every held call, programs in first-held order, each program's oldest first."""
+        return [item for calls in self._by_program.values() for item in calls]
+
     def programs(self) -> Iterator[str]:
         """Programs with a held call, first held first (a copy: safe to change while reading)."""
         return iter(list(self._by_program))

@@ -98,6 +98,7 @@ def _plan(cfg: config.ThunderAgentConfig, rest: list[str],
         demo_model_dir=demo_dir,
         environ=dict(os.environ),
         program_features=program_features,
+        cpus=tuple(sorted(os.sched_getaffinity(0))),
     )
 
 

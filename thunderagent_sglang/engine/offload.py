@@ -36,6 +36,7 @@ class Offloader:
         self.link: tuple[int, float, float] | None = None  # bytes/token, bytes/s, s per load
         self.cuda = False
         self.meter = RateMeter()
+        self.agreed: dict | None = None  # rank 0's link and rate (tensor parallelism)
         self.extends = 0
         self.stats_ = {"decisions": {d.value: 0 for d in KvDecision},
                        "offloaded_tokens": 0, "dropped_tokens": 0, "prefetched_tokens": 0}
@@ -62,16 +63,27 @@ class Offloader:
             "transfer; cost model: %s", measured[0] / 1e9, measured[1] * 1e6,
             self.cost_model().describe())
 
+    def consensus_inputs(self) -> dict:
+        """This rank's measures, which rank 0 sends every rank each step (tp_consensus)."""
+        return {"link": self.link, "rate": self.meter.rate()}
+
+    def adopt(self, inputs: dict) -> None:
+        """Decide by rank 0's measures from now on (every rank, rank 0 included)."""
+        self.agreed = inputs
+
     def cost_model(self) -> CostModel | None:
-        if self.link is None:
+        link = self.link if self.agreed is None else self.agreed["link"]
+        if link is None:
             return None
-        bytes_per_token, bandwidth, latency = self.link
+        bytes_per_token, bandwidth, latency = link
         rate = self.recompute_rate()
         return CostModel(bytes_per_token, bandwidth, latency, rate)
 
     def recompute_rate(self) -> float | None:
-        """Prefill tokens per second: configured, else measured (with a host tier), else None."""
-        return self.cfg.recompute_rate or self.meter.rate()
+        """Prefill tokens per second: configured, else measured (with a host tier; rank 0's
+        under tensor parallelism), else None."""
+        measured = self.meter.rate() if self.agreed is None else self.agreed["rate"]
+        return self.cfg.recompute_rate or measured
 
     def time_prefill(self, original, scheduler, batch, *args, **kwargs):
         """AROUND ``Scheduler.run_batch``: time a sample of prefill batches (recompute rate)."""

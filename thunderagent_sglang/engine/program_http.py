@@ -340,6 +340,13 @@ async def migrate_program(program_id: str):
 
 
 @auth_level(AuthLevel.ADMIN_OPTIONAL)
+async def program_digest():
+    """``GET /thunderagent/digest``: rank 0's hash of its program state; every rank logs its
+    own (tensor-parallel ranks must agree)."""
+    return await control(program_ipc.ProgramDigest())
+
+
+@auth_level(AuthLevel.ADMIN_OPTIONAL)
 async def pause_program(program_id: str):
     return await _on_program(program_ipc.PauseProgram, program_id)
 
@@ -435,6 +442,7 @@ def install(cfg: config.ThunderAgentConfig) -> None:
         ("/programs/{program_id:path}/release", operator_release, ["POST"]),
         ("/programs/{program_id:path}/migrate", migrate_program, ["POST"]),
         ("/programs/{program_id:path}", get_program, ["GET"]),
+        ("/thunderagent/digest", program_digest, ["GET"]),
         ("/profiles/{program_id:path}", get_program, ["GET"]),
     ]
     for path, endpoint, methods in routes:

@@ -84,6 +84,10 @@ class ProgramEvents(BaseReq, kw_only=True):
     limit: int = 1000
 
 
+class ProgramDigest(BaseReq, kw_only=True):
+    """Every rank hashes what ranks must agree on and logs it; rank 0's answer is returned."""
+
+
 class ProgramReply(BaseReq, kw_only=True):
     status: int  # an HTTP status code
     body: dict
@@ -91,7 +95,7 @@ class ProgramReply(BaseReq, kw_only=True):
 
 REQUESTS = (ListPrograms, GetProgram, ReleaseProgram, ToolHint, PauseProgram, ResumeProgram,
             ProgramStats, ShutDownHeld, DrainHeld, MigrateProgram, ProgramEvents,
-            EnvironmentReport)
+            EnvironmentReport, ProgramDigest)
 
 
 def register_types() -> None:

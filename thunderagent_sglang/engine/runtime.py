@@ -12,7 +12,6 @@ sidecar) at once; nothing else changes them.
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Callable, NamedTuple
 
 from thunderagent_sglang import config
@@ -21,6 +20,7 @@ from thunderagent_sglang.engine.offload import Offloader
 from thunderagent_sglang.engine.program_ipc import ID_KEY, FINAL_KEY, PARENT_KEY, PRIORITY_KEY
 from thunderagent_sglang.engine.program_pausing import ProgramScheduler
 from thunderagent_sglang.engine.runtime_hooks import SchedulerHooks
+from thunderagent_sglang.engine.tp_consensus import TpConsensus
 from thunderagent_sglang.policy.demand import BlockChain, DemandLedger, block_keys
 from thunderagent_sglang.policy.eviction import ProgramState, program_key
 from thunderagent_sglang.policy.residency import Residency
@@ -69,8 +69,10 @@ def take_identity(sampling_params) -> Arrival | None:
 
 class ProgramRuntime(SchedulerHooks):
     def __init__(self, cfg: config.ThunderAgentConfig, *,
-                 events_out=None, clock: Callable[[], float] = time.monotonic):
+                 events_out=None, clock: Callable[[], float] | None = None):
         self.cfg = cfg
+        self.consensus = TpConsensus(self)  # tensor parallelism: rank 0's clock on every rank
+        clock = clock or self.consensus.clock
         self.clock = clock
         self.table = ProgramTable(idle_expiry_s=cfg.idle_expiry_s,
                                   max_terminated=cfg.max_terminated, clock=clock)

@@ -29,6 +29,7 @@ class SchedulerHooks:
     def install(self) -> None:
         """Register every hook of the scheduler process (before SGLang applies them)."""
         program_ipc.register_types()
+        self.consensus.install()
         hooks.install(compat.SCHEDULER_INIT_REQUEST_DISPATCHER, self.on_dispatcher_built, "after")
         hooks.install(compat.SCHEDULER_HANDLE_GENERATE_REQUEST, self.on_generate_request,
                       "around")
@@ -44,6 +45,9 @@ class SchedulerHooks:
     def on_dispatcher_built(self, result, scheduler):
         """AFTER ``init_request_dispatcher``: the pool's size, and our control messages."""
         self.sglang = scheduler
+        self.consensus.attach()
+        if not self.consensus.leader:  # one rank speaks to the sidecar
+            self.notify = lambda program_id, event: None
         self.page_size = getattr(scheduler, "page_size", None) or 1
         self.scheduler.set_capacity(scheduler.max_total_num_tokens)
         scheduler._request_dispatcher += TypeBasedDispatcher(

@@ -1,0 +1,119 @@
+"""What rank agreement costs per scheduler step at ``--tp-size 2`` on a CPU: plain SGLang
+(``THUNDERAGENT_DISABLE=1``) against ours (every call a program, rank 0's step riding SGLang's
+per-step broadcast), alternating servers in one run.
+
+    .venv/bin/python benchmarks/tp_step_cost.py [--rounds 2] [--batches 6] [--batch 8] \
+        [--tokens 64]
+
+Each phase starts one TP=2 server (demo model, one core per rank), warms it up, then sends
+``--batches`` batches of ``--batch`` concurrent calls (a 64-token prompt, ``--tokens`` output
+tokens, ``ignore_eos``): the calls of a batch decode together, so a batch takes one prefill
+step and ``--tokens`` decode steps; its wall time over ``--tokens + 1`` steps is the time per
+step. Also an idle phase: ``--idle-calls`` one-token calls one after another (the cost when
+steps are short and the broadcast is a larger share). Reports the median time per step of
+each phase, ours/plain per round and their median; saves
+``benchmarks/results/tp_step_cost.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.integration.server import Server  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "tp_step_cost.json"
+QUIET = {"THUNDERAGENT_DEBUG_MEMCHECK": "0"}  # the tests' idle check walks the tree
+SYSTEMS = {"plain": {**QUIET, "THUNDERAGENT_DISABLE": "1"}, "ours": QUIET}
+
+
+def call(url: str, ids: list[int], tokens: int, pid: str | None) -> None:
+    headers = {"X-Program-Id": pid} if pid else {}
+    reply = requests.post(f"{url}/generate", headers=headers, timeout=300, json={
+        "input_ids": ids, "sampling_params": {"max_new_tokens": tokens, "ignore_eos": True,
+                                              "temperature": 0}})
+    reply.raise_for_status()
+
+
+def batch_step_s(url: str, system: str, index: int, size: int, tokens: int) -> float:
+    tag = system == "ours"
+    prompts = [[100 + (index * 31 + i * 7 + k) % 1800 for k in range(64)] for i in range(size)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(size) as pool:
+        list(pool.map(lambda i: call(url, prompts[i], tokens,
+                                     f"tp-{index}-{i}" if tag else None), range(size)))
+    return (time.perf_counter() - start) / (tokens + 1)
+
+
+def short_calls_s(url: str, system: str, calls: int) -> float:
+    start = time.perf_counter()
+    for i in range(calls):
+        call(url, [7 + i % 50] * 16, 1, f"short-{i}" if system == "ours" else None)
+    return (time.perf_counter() - start) / calls
+
+
+def phase(system: str, args, log_dir: Path) -> dict:
+    server = Server(f"tp2-{system}", ["--tp-size", "2"], SYSTEMS[system], log_dir)
+    try:
+        server.wait_ready()
+        batch_step_s(server.url, system, 999, args.batch, 8)  # warm-up
+        steps = [batch_step_s(server.url, system, i, args.batch, args.tokens)
+                 for i in range(args.batches)]
+        short = short_calls_s(server.url, system, args.idle_calls)
+        return {"step_s": statistics.median(steps), "steps_s": steps, "short_call_s": short}
+    finally:
+        server.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--batches", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--idle-calls", type=int, default=40)
+    parser.add_argument("--log-dir", default="/tmp/tp_step_cost")
+    args = parser.parse_args()
+    log_dir = Path(args.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    rounds = []
+    for r in range(args.rounds):
+        order = ["plain", "ours"] if r % 2 == 0 else ["ours", "plain"]
+        result = {system: phase(system, args, log_dir) for system in order}
+        result["step_ratio"] = result["ours"]["step_s"] / result["plain"]["step_s"]
+        result["short_call_ratio"] = (result["ours"]["short_call_s"]
+                                      / result["plain"]["short_call_s"])
+        rounds.append(result)
+        print(f"round {r + 1}: step plain {result['plain']['step_s'] * 1e3:.2f} ms, ours "
+              f"{result['ours']['step_s'] * 1e3:.2f} ms (x{result['step_ratio']:.3f}); short "
+              f"call plain {result['plain']['short_call_s'] * 1e3:.1f} ms, ours "
+              f"{result['ours']['short_call_s'] * 1e3:.1f} ms (x{result['short_call_ratio']:.3f})",
+              flush=True)
+    summary = {
+        "what": "time per scheduler step at --tp-size 2 on a CPU (gloo), plain SGLang vs ours "
+                "(every call a program), alternating servers in one run",
+        "command": "python benchmarks/tp_step_cost.py " + " ".join(sys.argv[1:]),
+        "args": vars(args), "machine": {"cpus": len(__import__("os").sched_getaffinity(0)),
+                                        "platform": platform.platform()},
+        "rounds": rounds,
+        "median_step_ratio": statistics.median(r["step_ratio"] for r in rounds),
+        "median_short_call_ratio": statistics.median(r["short_call_ratio"] for r in rounds),
+    }
+    RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"median ours/plain: step x{summary['median_step_ratio']:.3f}, short call "
+          f"x{summary['median_short_call_ratio']:.3f}; saved {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Tensor parallelism on a CPU (``--tp-size 2``, gloo all-reduce, one core per rank): both
+ranks take every program decision alike.
+
+One server of ours at TP=2 with every feature on (HiCache host tier, selective offload with
+its cost model *measured*, so rank 0's measures are what both ranks decide by; the scheduler;
+a 1024-token pool that a handful of programs floods), and plain SGLang at TP=2 and TP=1 for
+the outputs. The seeded workload of ``test_cache_invariants`` (operator pauses with offload or
+drop and prefetch, scheduler pauses, an untagged chat), plus a held call, must complete with no
+lost or doubled call; then each rank logs a digest of its program table, residency and
+counters, and the two must be equal; SGLang's idle check reports no leak on either rank.
+Last, one rank is killed: the server exits and leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+import requests
+
+from tests.integration.conftest import API_KEY, HICACHE_ARGS
+from tests.integration.server import CHECK_LINE, Server, wait_until
+from tests.integration.test_cache_invariants import generate, post, run_workload
+
+pytestmark = pytest.mark.server
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+MEASURED = ("--thunderagent-offload-bandwidth", "--thunderagent-offload-latency",
+            "--thunderagent-recompute-rate")
+DIGEST_LINE = re.compile(r"digest rank (\d) of 2 after (\d+) steps: ([0-9a-f]{64}) "
+                         r"\(programs (\d+), held (\d+), resident tokens (\d+)\)")
+PROMPTS = [[1900 + (i * 7 + k) % 90 for k in range(24 + 9 * i)] for i in range(6)]
+
+
+def tp_args() -> list[str]:
+    """The shared HiCache server's flags with the offload cost model left to measurement."""
+    args, skip = [], False
+    for arg in HICACHE_ARGS:
+        if skip:
+            skip = False
+        elif arg in MEASURED:
+            skip = True
+        else:
+            args.append(arg)
+    return [*args, "--tp-size", "2"]
+
+
+def greedy(server, ids) -> list[int]:
+    return generate(server, ids)
+
+
+@pytest.fixture(scope="module")
+def plain_tp2_outputs(tmp_path_factory):
+    """Plain SGLang at TP=2: its greedy outputs, then it stops (memory for the next)."""
+    server = Server("plain-tp2", ["--tp-size", "2", "--api-key", API_KEY],
+                    {"THUNDERAGENT_DISABLE": "1"}, tmp_path_factory.mktemp("plain-tp2"))
+    try:
+        server.wait_ready()
+        return [greedy(server, ids) for ids in PROMPTS]
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def tp_server(request, tmp_path_factory, plain_tp2_outputs):
+    server = Server("ours-tp2", tp_args(), {}, tmp_path_factory.mktemp("ours-tp2"))
+    request.addfinalizer(server.stop)
+    return server.wait_ready()
+
+
+def held_call(server, pid: str) -> list[int]:
+    """A call of an operator-paused program is held until the operator resumes it."""
+    post(server, f"/programs/{pid}/pause")
+    out: dict = {}
+    caller = threading.Thread(target=lambda: out.update(ids=generate(server, PROMPTS[0], pid)))
+    caller.start()
+    wait_until(lambda: requests.get(f"{server.url}/programs/{pid}", headers=AUTH,
+                                    timeout=30).json().get("waiting") == 1, "the call held")
+    assert caller.is_alive()
+    post(server, f"/programs/{pid}/resume")
+    caller.join(120)
+    return out["ids"]
+
+
+@pytest.fixture(scope="module")
+def run(tp_server):
+    answers = run_workload(tp_server)
+    generate(tp_server, PROMPTS[1], "tp-held")
+    answers.append((PROMPTS[0], held_call(tp_server, "tp-held")))
+    post(tp_server, "/programs/release", program_id="tp-held")
+    before = len(tp_server.idle_checks())
+    big = [1000 + i % 800 for i in range(700)]
+    answers.append((big, generate(tp_server, big)))
+    tp_server.last_idle_check_after(before)
+    time.sleep(1)  # both ranks' idle checks
+    reply = requests.get(f"{tp_server.url}/thunderagent/digest", headers=AUTH, timeout=30)
+    assert reply.status_code == 200, reply.text
+    metrics = requests.get(f"{tp_server.url}/metrics", headers=AUTH, timeout=30).text
+    return answers, reply.json(), metrics
+
+
+def test_greedy_outputs_equal_plain_sglang_at_tp2_and_at_tp1(tp_server, plain_tp2_outputs,
+                                                              plain_server):
+    ours = [greedy(tp_server, ids) for ids in PROMPTS]
+    tagged = [generate(tp_server, ids, f"tp-greedy-{i}") for i, ids in enumerate(PROMPTS)]
+    tp1 = [greedy(plain_server, ids) for ids in PROMPTS]
+    assert ours == tagged == plain_tp2_outputs == tp1
+    for i in range(len(PROMPTS)):
+        post(tp_server, "/programs/release", program_id=f"tp-greedy-{i}")
+
+
+def test_both_ranks_logged_one_digest_and_they_agree(run, tp_server):
+    _, digest, _ = run
+    assert (digest["rank"], digest["ranks"]) == (0, 2)
+    lines = {}
+    for rank, steps, value, *_ in DIGEST_LINE.findall(tp_server.log()):
+        lines.setdefault(int(steps), {})[int(rank)] = value
+    assert lines[digest["steps"]] == {0: digest["digest"], 1: digest["digest"]}
+    assert digest["programs"] >= 8 and digest["held"] == 0
+
+
+def test_the_workload_paused_offloaded_and_lost_no_call(run):
+    answers, _, metrics = run
+    from tests.integration.test_cache_invariants import PROGRAMS
+
+    assert len(answers) >= PROGRAMS * 3 + 5 + 2
+    decisions = sum(float(line.split()[-1]) for line in metrics.splitlines()
+                    if line.startswith("thunderagent_kv_decisions_total{"))
+    assert decisions > 0
+
+
+def test_no_leak_on_either_rank_and_the_recounts_agree(run, tp_server):
+    log = tp_server.log()
+    checks = CHECK_LINE.findall(log)
+    ranks = re.findall(r"idle memory check: leak=\w+ .*\(tensor-parallel rank (\d)\)", log)
+    assert checks and all(leak == "False" for leak, *_ in checks)
+    assert {"0", "1"} <= set(ranks)
+    assert "residency recount: MISMATCH" not in log
+
+
+def test_outputs_of_the_workload_equal_plain_sglang_at_tp1(run, plain_server):
+    answers, _, _ = run
+    for prompt, out in answers:
+        assert greedy(plain_server, prompt) == out
+
+
+def test_a_killed_rank_stops_the_server_and_leaves_nothing_running(run, tp_server):
+    """Last in this module: it ends the shared server."""
+    children = psutil.Process(tp_server.proc.pid).children(recursive=True)
+    ranks = [p for p in children if "TP1" in " ".join(_name(p))]
+    assert len(ranks) == 1, [_name(p) for p in children]
+    everyone = {p.pid for p in children}
+    os.kill(ranks[0].pid, signal.SIGKILL)
+    tp_server.proc.wait(timeout=60)
+    wait_until(lambda: not [pid for pid in everyone if psutil.pid_exists(pid)
+                            and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE],
+               "every process of the server gone", deadline_s=30)
+    print(tp_server.tail(8))
+    assert "child" in tp_server.tail(30).lower()
+
+
+def _name(process: psutil.Process) -> list[str]:
+    try:
+        return [process.name(), *process.cmdline()]
+    except psutil.Error:
+        return []
