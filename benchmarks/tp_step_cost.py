@@ -10,8 +10,10 @@ Each phase starts one TP=2 server (demo model, one core per rank), warms it up, 
 tokens, ``ignore_eos``): the calls of a batch decode together, so a batch takes one prefill
 step and ``--tokens`` decode steps; its wall time over ``--tokens + 1`` steps is the time per
 step. Also an idle phase: ``--idle-calls`` one-token calls one after another (the cost when
-steps are short and the broadcast is a larger share). Reports the median time per step of
-each phase, ours/plain per round and their median; saves
+steps are short and the broadcast is a larger share). Then the broadcast alone: two local gloo
+ranks time SGLang's ``broadcast_pyobj`` of an empty step list (plain SGLang's step without a
+new request) and of one carrying our ``ProgramStep`` (``--broadcasts`` calls each). Reports
+the median time per step of each phase, ours/plain per round and their median; saves
 ``benchmarks/results/tp_step_cost.json``.
 """
 
@@ -61,6 +63,49 @@ def short_calls_s(url: str, system: str, calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
+def _broadcast_worker(rank: int, port: int, calls: int, out) -> None:
+    """One of two gloo ranks: SGLang's broadcast_pyobj of an empty step list (plain SGLang's
+    idle step) and of a list holding our ProgramStep, timed on rank 0."""
+    import os
+
+    import torch.distributed as dist
+    from sglang.srt.utils import broadcast_pyobj
+
+    from thunderagent_sglang.engine.tp_consensus import ProgramStep
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    step = ProgramStep(time.monotonic(), {"link": (512, 1.2e10, 5e-6), "rate": 2000.0})
+    times = {}
+    for name, data in (("empty", []), ("program_step", [step]), ("empty_again", [])):
+        dist.barrier()
+        start = time.perf_counter()
+        for _ in range(calls):
+            broadcast_pyobj(list(data) if rank == 0 else None, rank, None, src=0)
+        times[name] = (time.perf_counter() - start) / calls
+    if rank == 0:
+        out.put(times)
+    dist.destroy_process_group()
+
+
+def broadcast_cost(calls: int) -> dict:
+    """Seconds per broadcast of SGLang's per-step request list between two local gloo ranks:
+    empty (a step with no new request) against one carrying our ProgramStep."""
+    import multiprocessing as mp
+
+    from tests.integration.server import free_port
+
+    ctx = mp.get_context("spawn")
+    out, port = ctx.Queue(), free_port()
+    procs = [ctx.Process(target=_broadcast_worker, args=(r, port, calls, out)) for r in (0, 1)]
+    for proc in procs:
+        proc.start()
+    times = out.get(timeout=600)
+    for proc in procs:
+        proc.join(60)
+    return {**times, "added_s": times["program_step"] - (times["empty"] + times["empty_again"]) / 2}
+
+
 def phase(system: str, args, log_dir: Path) -> dict:
     server = Server(f"tp2-{system}", ["--tp-size", "2"], SYSTEMS[system], log_dir)
     try:
@@ -82,6 +127,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--idle-calls", type=int, default=40)
+    parser.add_argument("--broadcasts", type=int, default=2000)
     parser.add_argument("--log-dir", default="/tmp/tp_step_cost")
     args = parser.parse_args()
     log_dir = Path(args.log_dir)
@@ -99,6 +145,10 @@ def main() -> int:
               f"call plain {result['plain']['short_call_s'] * 1e3:.1f} ms, ours "
               f"{result['ours']['short_call_s'] * 1e3:.1f} ms (x{result['short_call_ratio']:.3f})",
               flush=True)
+    broadcast = broadcast_cost(args.broadcasts)
+    print(f"broadcast per step: empty {broadcast['empty'] * 1e6:.0f} us, with our step "
+          f"{broadcast['program_step'] * 1e6:.0f} us (+{broadcast['added_s'] * 1e6:.0f} us)",
+          flush=True)
     summary = {
         "what": "time per scheduler step at --tp-size 2 on a CPU (gloo), plain SGLang vs ours "
                 "(every call a program), alternating servers in one run",
@@ -106,6 +156,7 @@ def main() -> int:
         "args": vars(args), "machine": {"cpus": len(__import__("os").sched_getaffinity(0)),
                                         "platform": platform.platform()},
         "rounds": rounds,
+        "broadcast": broadcast,
         "median_step_ratio": statistics.median(r["step_ratio"] for r in rounds),
         "median_short_call_ratio": statistics.median(r["short_call_ratio"] for r in rounds),
     }

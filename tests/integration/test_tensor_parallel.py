@@ -5,8 +5,9 @@ One server of ours at TP=2 with every feature on (HiCache host tier, selective o
 its cost model *measured*, so rank 0's measures are what both ranks decide by; the scheduler;
 a 1024-token pool that a handful of programs floods), and plain SGLang at TP=2 and TP=1 for
 the outputs. The seeded workload of ``test_cache_invariants`` (operator pauses with offload or
-drop and prefetch, scheduler pauses, an untagged chat), plus a held call, must complete with no
-lost or doubled call; then each rank logs a digest of its program table, residency and
+drop and prefetch, scheduler pauses and marks, an untagged chat), a burst of long decodes
+that overfills the pool (queued; SGLang did not retract a decode here), and a held call must
+complete with no lost or doubled call (every call answered, as many finished as arrived); then each rank logs a digest of its program table, residency and
 counters, and the two must be equal; SGLang's idle check reports no leak on either rank.
 Last, one rank is killed: the server exits and leaves no process behind.
 """
@@ -25,7 +26,7 @@ import requests
 
 from tests.integration.conftest import API_KEY, HICACHE_ARGS
 from tests.integration.server import CHECK_LINE, Server, wait_until
-from tests.integration.test_cache_invariants import generate, post, run_workload
+from tests.integration.test_cache_invariants import PROGRAMS, generate, post, run_workload
 
 pytestmark = pytest.mark.server
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -86,9 +87,36 @@ def held_call(server, pid: str) -> list[int]:
     return out["ids"]
 
 
+def long_decode(server, i: int, tagged: bool, max_new: int = 300):
+    ids = [300 + (i * 13 + k) % 1500 for k in range(150)]
+    headers = {**AUTH, "X-Program-Id": f"tp-long-{i}"} if tagged else AUTH
+    reply = requests.post(f"{server.url}/generate", timeout=600, headers=headers, json={
+        "input_ids": ids, "sampling_params": {"max_new_tokens": max_new, "temperature": 0,
+                                              "ignore_eos": True}})
+    assert reply.status_code == 200, reply.text
+    return ids, reply.json()["output_ids"]
+
+
+def long_decode_burst(server) -> list:
+    """Long decodes at once after 150-token prompts, three untagged (never held) then three
+    tagged: 2700 tokens of KV against the 1024-token pool. SGLang admits them a few at a time
+    here (it has not retracted a decode in this test: its admission leaves room, and our
+    scheduler holds programs that would not fit), so they queue and run in turn."""
+    results: list = [None] * 6
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(
+        i, long_decode(server, i, tagged=i >= 3))) for i in range(6)]
+    for i, t in enumerate(threads):
+        t.start()
+        time.sleep(0.3 if i == 2 else 0.05)
+    for t in threads:
+        t.join(600)
+    return results  # the tagged programs end by idle expiry (2 s on this server)
+
+
 @pytest.fixture(scope="module")
 def run(tp_server):
     answers = run_workload(tp_server)
+    answers += long_decode_burst(tp_server)
     generate(tp_server, PROMPTS[1], "tp-held")
     answers.append((PROMPTS[0], held_call(tp_server, "tp-held")))
     post(tp_server, "/programs/release", program_id="tp-held")
@@ -123,14 +151,22 @@ def test_both_ranks_logged_one_digest_and_they_agree(run, tp_server):
     assert digest["programs"] >= 8 and digest["held"] == 0
 
 
-def test_the_workload_paused_offloaded_and_lost_no_call(run):
-    answers, _, metrics = run
-    from tests.integration.test_cache_invariants import PROGRAMS
+def series(metrics: str, prefix: str) -> float:
+    return sum(float(line.split()[-1]) for line in metrics.splitlines()
+               if line.startswith(prefix))
 
-    assert len(answers) >= PROGRAMS * 3 + 5 + 2
-    decisions = sum(float(line.split()[-1]) for line in metrics.splitlines()
-                    if line.startswith("thunderagent_kv_decisions_total{"))
-    assert decisions > 0
+
+def test_the_workload_paused_offloaded_held_and_lost_no_call(run):
+    answers, _, metrics = run
+    assert len(answers) >= PROGRAMS * 3 + 5 + 6 + 2
+    print({name: series(metrics, name) for name in (
+        "thunderagent_pauses_total", "thunderagent_kv_decisions_total",
+        'thunderagent_scheduler_events_total{event="retraction_orders"}',
+        'thunderagent_scheduler_events_total{event="marks"}')})
+    assert series(metrics, "thunderagent_kv_decisions_total{") > 0
+    assert series(metrics, 'thunderagent_scheduler_events_total{event="held_requests"}') >= 1
+    arrived = series(metrics, 'thunderagent_requests_total{event="arrived"}')
+    assert arrived == series(metrics, 'thunderagent_requests_total{event="finished"}') > 0
 
 
 def test_no_leak_on_either_rank_and_the_recounts_agree(run, tp_server):
@@ -145,7 +181,13 @@ def test_no_leak_on_either_rank_and_the_recounts_agree(run, tp_server):
 def test_outputs_of_the_workload_equal_plain_sglang_at_tp1(run, plain_server):
     answers, _, _ = run
     for prompt, out in answers:
-        assert greedy(plain_server, prompt) == out
+        if len(out) <= 4:
+            assert greedy(plain_server, prompt) == out
+            continue
+        reply = requests.post(f"{plain_server.url}/generate", timeout=600, json={
+            "input_ids": prompt, "sampling_params": {"max_new_tokens": len(out),
+                                                     "temperature": 0, "ignore_eos": True}})
+        assert reply.json()["output_ids"] == out
 
 
 def test_a_killed_rank_stops_the_server_and_leaves_nothing_running(run, tp_server):
@@ -159,8 +201,12 @@ def test_a_killed_rank_stops_the_server_and_leaves_nothing_running(run, tp_serve
     wait_until(lambda: not [pid for pid in everyone if psutil.pid_exists(pid)
                             and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE],
                "every process of the server gone", deadline_s=30)
+    log = tp_server.log()
     print(tp_server.tail(8))
-    assert "child" in tp_server.tail(30).lower()
+    # SGLang's behaviour: the surviving rank's collective fails naming its peer, and the
+    # launcher's process tree goes down on its child's failure
+    assert "TP0] Scheduler hit an exception" in log and "Connection closed by peer" in log
+    assert "SIGQUIT received" in log
 
 
 def _name(process: psutil.Process) -> list[str]:

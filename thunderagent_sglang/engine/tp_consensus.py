@@ -25,6 +25,7 @@ import orjson
 
 from thunderagent_sglang import compat
 from thunderagent_sglang.engine import hooks
+from thunderagent_sglang.engine.guards import guard
 from thunderagent_sglang.engine.logs import get_logger
 
 
@@ -80,15 +81,18 @@ class TpConsensus:
         and gives SGLang the list without it."""
         if self.size <= 1:
             return original(receiver, local_reqs=local_reqs)
-        step = ProgramStep(time.monotonic(), self.runtime.offload.consensus_inputs())
-        reqs = original(receiver, local_reqs=[*(local_reqs or ()), step])
+        step = guard(self._step)  # None on a failure: no rank moves its clock this step
+        reqs = original(receiver, local_reqs=[*(local_reqs or ()), *([step] if step else [])])
         kept = []
         for req in reqs:
             if isinstance(req, ProgramStep):
-                self._apply(req)
+                guard(self._apply, req)
             else:
                 kept.append(req)
         return kept
+
+    def _step(self) -> ProgramStep:
+        return ProgramStep(time.monotonic(), self.runtime.offload.consensus_inputs())
 
     def _apply(self, step: ProgramStep) -> None:
         self.clock.agreed = step.now
