@@ -1,11 +1,12 @@
 """What rank agreement costs per scheduler step at ``--tp-size 2`` on a CPU: plain SGLang
 (``THUNDERAGENT_DISABLE=1``) against ours (every call a program, rank 0's step riding SGLang's
-per-step broadcast), alternating servers in one run.
+per-step broadcast), alternating servers in one run, and the same pair at TP=1 (our features
+with no broadcast of ours): the TP=2 ratio over the TP=1 ratio is what agreement adds.
 
-    .venv/bin/python benchmarks/tp_step_cost.py [--rounds 2] [--batches 6] [--batch 8] \
-        [--tokens 64]
+    .venv/bin/python benchmarks/tp_step_cost.py [--rounds 2] [--tp 1 2] [--batches 6] \
+        [--batch 8] [--tokens 64]
 
-Each phase starts one TP=2 server (demo model, one core per rank), warms it up, then sends
+Each phase starts one server (demo model, one core per rank), warms it up, then sends
 ``--batches`` batches of ``--batch`` concurrent calls (a 64-token prompt, ``--tokens`` output
 tokens, ``ignore_eos``): the calls of a batch decode together, so a batch takes one prefill
 step and ``--tokens`` decode steps; its wall time over ``--tokens + 1`` steps is the time per
@@ -106,8 +107,8 @@ def broadcast_cost(calls: int) -> dict:
     return {**times, "added_s": times["program_step"] - (times["empty"] + times["empty_again"]) / 2}
 
 
-def phase(system: str, args, log_dir: Path) -> dict:
-    server = Server(f"tp2-{system}", ["--tp-size", "2"], SYSTEMS[system], log_dir)
+def phase(system: str, tp: int, args, log_dir: Path) -> dict:
+    server = Server(f"tp{tp}-{system}", ["--tp-size", str(tp)], SYSTEMS[system], log_dir)
     try:
         server.wait_ready()
         batch_step_s(server.url, system, 999, args.batch, 8)  # warm-up
@@ -123,6 +124,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--tp", type=int, nargs="+", default=[1, 2],
+                        help="tensor-parallel sizes to measure (TP=1: our features without "
+                             "any broadcast of ours)")
     parser.add_argument("--batches", type=int, default=6)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=64)
@@ -135,34 +139,39 @@ def main() -> int:
     rounds = []
     for r in range(args.rounds):
         order = ["plain", "ours"] if r % 2 == 0 else ["ours", "plain"]
-        result = {system: phase(system, args, log_dir) for system in order}
-        result["step_ratio"] = result["ours"]["step_s"] / result["plain"]["step_s"]
-        result["short_call_ratio"] = (result["ours"]["short_call_s"]
-                                      / result["plain"]["short_call_s"])
-        rounds.append(result)
-        print(f"round {r + 1}: step plain {result['plain']['step_s'] * 1e3:.2f} ms, ours "
-              f"{result['ours']['step_s'] * 1e3:.2f} ms (x{result['step_ratio']:.3f}); short "
-              f"call plain {result['plain']['short_call_s'] * 1e3:.1f} ms, ours "
-              f"{result['ours']['short_call_s'] * 1e3:.1f} ms (x{result['short_call_ratio']:.3f})",
-              flush=True)
+        for tp in args.tp:
+            result = {"tp": tp, **{system: phase(system, tp, args, log_dir) for system in order}}
+            result["step_ratio"] = result["ours"]["step_s"] / result["plain"]["step_s"]
+            result["short_call_ratio"] = (result["ours"]["short_call_s"]
+                                          / result["plain"]["short_call_s"])
+            rounds.append(result)
+            print(f"round {r + 1} TP={tp}: step plain {result['plain']['step_s'] * 1e3:.2f} ms, "
+                  f"ours {result['ours']['step_s'] * 1e3:.2f} ms (x{result['step_ratio']:.3f}); "
+                  f"short call plain {result['plain']['short_call_s'] * 1e3:.1f} ms, ours "
+                  f"{result['ours']['short_call_s'] * 1e3:.1f} ms "
+                  f"(x{result['short_call_ratio']:.3f})", flush=True)
     broadcast = broadcast_cost(args.broadcasts)
     print(f"broadcast per step: empty {broadcast['empty'] * 1e6:.0f} us, with our step "
           f"{broadcast['program_step'] * 1e6:.0f} us (+{broadcast['added_s'] * 1e6:.0f} us)",
           flush=True)
     summary = {
-        "what": "time per scheduler step at --tp-size 2 on a CPU (gloo), plain SGLang vs ours "
-                "(every call a program), alternating servers in one run",
+        "what": "time per scheduler step on a CPU (TP=2: gloo), plain SGLang vs ours (every "
+                "call a program), alternating servers in one run, at each --tp size",
         "command": "python benchmarks/tp_step_cost.py " + " ".join(sys.argv[1:]),
         "args": vars(args), "machine": {"cpus": len(__import__("os").sched_getaffinity(0)),
                                         "platform": platform.platform()},
         "rounds": rounds,
         "broadcast": broadcast,
-        "median_step_ratio": statistics.median(r["step_ratio"] for r in rounds),
-        "median_short_call_ratio": statistics.median(r["short_call_ratio"] for r in rounds),
+        "median_step_ratio": {tp: statistics.median(r["step_ratio"] for r in rounds
+                                                    if r["tp"] == tp) for tp in args.tp},
+        "median_short_call_ratio": {tp: statistics.median(r["short_call_ratio"] for r in rounds
+                                                          if r["tp"] == tp) for tp in args.tp},
     }
     RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"median ours/plain: step x{summary['median_step_ratio']:.3f}, short call "
-          f"x{summary['median_short_call_ratio']:.3f}; saved {RESULTS}")
+    for tp in args.tp:
+        print(f"TP={tp} median ours/plain: step x{summary['median_step_ratio'][tp]:.3f}, short "
+              f"call x{summary['median_short_call_ratio'][tp]:.3f}")
+    print(f"saved {RESULTS}")
     return 0
 
 
