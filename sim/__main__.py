@@ -1,0 +1,64 @@
+"""``python -m sim run``: simulate agent programs on one engine, each system in turn.
+
+    python -m sim run [--systems plain ours limit] [--slots 16] [--minutes 10] [--seed 0]
+        [--capacity 16384] [--block 256]
+
+Prints, per system, calls (the benchmark's "steps") per minute over the run after its first
+minute, the prefix-cache hit rate, pauses and evictions, and the wall time the simulation took.
+The step cost model is not fitted yet (``sim/costs.py``): the figures are the model's, not a
+prediction of any machine until the validation table exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from benchmarks.agentic import workload
+from sim.engine import Engine
+from sim.policies import Plain, Thunder
+
+POLICIES = {"plain": Plain, "ours": Thunder, "limit": Plain}
+
+
+def simulate(system: str, *, slots: int, minutes: float, seed: int, capacity: int,
+             block: int) -> dict:
+    spec = workload.WorkloadSpec()
+    if system == "limit":  # a pool that holds the whole run: never evicts
+        capacity = slots * 64 * spec.max_context_tokens
+    policy = POLICIES[system]()
+    engine = Engine(policy, capacity_tokens=capacity, block=block, seed=seed, slots=slots,
+                    spec=spec)
+    started = time.perf_counter()
+    stats = engine.run(minutes * 60.0)
+    return {"system": system, "calls_per_min": round(stats.calls_per_min(60.0, minutes * 60.0), 1),
+            "hit_rate": round(stats.hit_rate(), 4), "steps": stats.steps,
+            "rejected_calls": stats.rejected,
+            "evicted_blocks": engine.cache.evicted, "pauses": getattr(policy, "pauses", 0),
+            "wall_s": round(time.perf_counter() - started, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sim", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="simulate each system and print its figures")
+    run.add_argument("--systems", nargs="+", choices=sorted(POLICIES),
+                     default=["plain", "ours", "limit"])
+    run.add_argument("--slots", type=int, default=16, help="concurrent agent programs")
+    run.add_argument("--minutes", type=float, default=10.0, help="simulated minutes")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--capacity", type=int, default=16384, help="KV pool, tokens")
+    run.add_argument("--block", type=int, default=256, help="cache block, tokens")
+    args = parser.parse_args(argv)
+    if args.minutes <= 1 or args.slots < 1 or args.capacity < args.block or args.block < 1:
+        parser.error("need --minutes > 1, --slots >= 1 and --capacity >= --block >= 1")
+    for system in args.systems:
+        print(simulate(system, slots=args.slots, minutes=args.minutes, seed=args.seed,
+                       capacity=args.capacity, block=args.block), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

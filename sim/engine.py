@@ -1,0 +1,202 @@
+"""One engine replica, step by step, and the agent programs that call it.
+
+Each step the engine admits waiting calls first come first served (a call whose prompt and
+output do not fit even after eviction waits, and so does every call behind it, as in SGLang's
+FCFS), up to ``prefill_tokens`` new tokens per step (at least one call), then every running
+call emits one token; a call that has emitted its output finishes, its whole sequence enters
+the cache unlocked, and its program's next call arrives after its tool wait. A call reserves
+its blocks when admitted (prompt and output, less its cached prefix), so running calls never
+need more room: this model has no decode retraction. The step's length comes from
+``costs.StepCost``. A policy decides holds and the eviction order (``sim/policies.py``).
+
+Agents: ``slots`` serving slots each play programs of ``benchmarks.agentic.workload`` one
+after another, as the benchmark runner's serving mode does.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+from benchmarks.agentic import workload
+from sim.cache import BlockCache
+from sim.costs import StepCost
+from thunderagent_sglang.policy.demand import BlockChain, block_keys
+
+
+@dataclass(eq=False)
+class SimCall:
+    program_id: str
+    turn: int
+    last: bool  # its program's last call
+    prompt_tokens: int
+    output_tokens: int
+    prompt_chain: BlockChain  # block keys of the prompt (the last block may be partial)
+    full_chain: BlockChain  # of prompt and output
+    arrived_at: float
+    slot: int = -1  # the serving slot that plays its program
+    matched: int = 0  # cached blocks found at admission
+    reserved: int = 0
+    emitted: int = 0
+    admitted_at: float | None = None
+
+    def __post_init__(self) -> None:
+        self.prompt_keys = self.prompt_chain.keys
+        self.full_keys = self.full_chain.keys
+
+
+@dataclass
+class Stats:
+    finished: list[float] = field(default_factory=list)  # finish times of calls
+    cached_tokens: int = 0
+    computed_tokens: int = 0
+    steps: int = 0
+    busy_s: float = 0.0
+    held_s: float = 0.0  # summed time calls waited before admission
+    rejected: int = 0  # calls longer than the whole pool (their programs end there)
+
+    def calls_per_min(self, start: float, end: float) -> float:
+        n = sum(1 for t in self.finished if start <= t < end)
+        return n * 60.0 / (end - start)
+
+    def hit_rate(self) -> float:
+        total = self.cached_tokens + self.computed_tokens
+        return self.cached_tokens / total if total else 0.0
+
+
+class Engine:
+    def __init__(self, policy, *, capacity_tokens: int, block: int = 256,
+                 prefill_tokens: int = 4096, cost: StepCost = StepCost(),
+                 spec: workload.WorkloadSpec = workload.WorkloadSpec(), seed: int = 0,
+                 slots: int = 8, source=None):
+        self.policy, self.block, self.cost = policy, block, cost
+        self.prefill_tokens, self.spec, self.seed, self.slots = prefill_tokens, spec, seed, slots
+        # (slot, index) -> the slot's index-th program, or None when the slot is done
+        self.source = source or (lambda slot, index: workload.serving_program(
+            spec, seed, slot, index))
+        self.cache = BlockCache(max(1, capacity_tokens // block),
+                                lambda b: policy.rank(b, self.now))
+        self.now = 0.0
+        self.waiting: deque[SimCall] = deque()
+        self.running: list[SimCall] = []
+        self.reserved = 0
+        self.stats = Stats()
+        self._events: list = []  # (time, seq, slot, program, turn)
+        self._seq = itertools.count()
+        self._programs: dict[int, tuple[workload.Program, list[tuple[int, ...]], int]] = {}
+        policy.attach(self)
+
+    # ---- agents ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for slot in range(self.slots):
+            self._next_program(slot, 0)
+
+    def _next_program(self, slot: int, index: int) -> None:
+        program = self.source(slot, index)
+        if program is None:
+            return
+        self._programs[slot] = (program, workload.prompts(program), index)
+        self._schedule(self.now, slot, 0)
+
+    def _schedule(self, at: float, slot: int, turn: int) -> None:
+        heapq.heappush(self._events, (at, next(self._seq), slot, turn))
+
+    def _arrive(self, slot: int, turn: int) -> None:
+        program, prompts, _ = self._programs[slot]
+        prompt = prompts[turn]
+        out = program.calls[turn].output_tokens
+        full = prompt + workload.stand_in_output(program, turn)
+        call = SimCall(program.program_id, turn, turn == program.turns - 1, len(prompt), out,
+                       block_keys(prompt, self.block), block_keys(full, self.block),
+                       self.now, slot)
+        if len(call.full_keys) > self.cache.capacity:  # SGLang refuses what the pool can't hold
+            self.stats.rejected += 1
+            self.policy.ended(call.program_id, self.now)
+            self._next_program(slot, self._programs[slot][2] + 1)
+            return
+        if self.policy.arrive(call, self.now):
+            self.waiting.append(call)
+
+    def release(self, calls) -> None:
+        """Calls the policy held, now to be admitted (in the order given)."""
+        self.waiting.extend(calls)
+
+    # ---- the engine --------------------------------------------------------------------------
+
+    def run(self, until: float) -> Stats:
+        self.start()
+        while self.now < until:
+            while self._events and self._events[0][0] <= self.now:
+                _, _, slot, turn = heapq.heappop(self._events)
+                self._arrive(slot, turn)
+            self.release(self.policy.tick(self.now))
+            if not self.waiting and not self.running:
+                wake = min([self._events[0][0]] if self._events else [until],
+                           default=until)
+                self.now = max(self.now, min(wake, self.policy.next_tick(self.now), until))
+                continue
+            self._step()
+        return self.stats
+
+    def _step(self) -> None:
+        prefill = self._admit()
+        contexts = [c.prompt_tokens + c.emitted for c in self.running if c.emitted]
+        dt = self.cost.step_s(prefill, contexts)
+        self.now += dt
+        self.stats.steps += 1
+        self.stats.busy_s += dt
+        done = []
+        for call in self.running:
+            call.emitted += 1
+            if call.emitted >= call.output_tokens:
+                done.append(call)
+        for call in done:
+            self._finish(call)
+
+    def _admit(self) -> list[tuple[int, int]]:
+        prefill, budget = [], self.prefill_tokens
+        while self.waiting:
+            call = self.waiting[0]
+            matched = self.cache.match(call.prompt_keys)
+            new_tokens = call.prompt_tokens - matched * self.block
+            if prefill and new_tokens > budget:
+                break
+            need = len(call.full_keys) - matched
+            short = need - (self.cache.free - self.reserved)
+            if short > 0:
+                self.cache.evict(short)
+                matched = self.cache.match(call.prompt_keys)  # eviction may cut its prefix
+                need = len(call.full_keys) - matched
+                if need > self.cache.free - self.reserved:
+                    break
+            self.waiting.popleft()
+            self.cache.lock(call.prompt_keys[:matched], 1)
+            self.cache.touch(call.prompt_keys[:matched], self.now)
+            call.matched, call.reserved, call.admitted_at = matched, need, self.now
+            self.reserved += need
+            cached = min(matched * self.block, call.prompt_tokens)
+            self.stats.cached_tokens += cached
+            self.stats.computed_tokens += call.prompt_tokens - cached
+            self.stats.held_s += self.now - call.arrived_at
+            self.running.append(call)
+            prefill.append((call.prompt_tokens - cached, call.prompt_tokens))
+            budget -= call.prompt_tokens - cached
+        return prefill
+
+    def _finish(self, call: SimCall) -> None:
+        self.running.remove(call)
+        self.cache.lock(call.prompt_keys[:call.matched], -1)
+        self.reserved -= call.reserved
+        self.cache.insert(call.full_keys, self.now, call.program_id)
+        self.stats.finished.append(self.now)
+        self.policy.finished(call, self.now)
+        program, _, index = self._programs[call.slot]
+        if call.last:
+            self.policy.ended(call.program_id, self.now)
+            self._next_program(call.slot, index + 1)
+        else:
+            self._schedule(self.now + program.calls[call.turn + 1].tool_wait_s, call.slot,
+                           call.turn + 1)

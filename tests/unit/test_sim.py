@@ -1,0 +1,95 @@
+"""The simulator's engine model on constructed cases: exact cache hits, evictions and step
+counts; our policy through the engine's own decide(); determinism."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.agentic.workload import Call, Program
+from sim.__main__ import simulate
+from sim.cache import BlockCache
+from sim.costs import StepCost
+from sim.engine import Engine
+from sim.policies import Plain, Thunder
+
+UNIT = StepCost(base_s=1.0, prefill_token_s=0.0, prefill_attend_s=0.0, decode_seq_s=0.0,
+                decode_context_s=0.0)  # every step takes one second
+
+
+def lru_cache(capacity: int) -> BlockCache:
+    return BlockCache(capacity, lambda block: (block.last_used,))
+
+
+def test_a_prefix_matches_block_by_block_and_eviction_takes_leaves_lru_first():
+    cache = lru_cache(4)
+    assert cache.insert([1, 2, 3], now=0.0, program="a") == 3
+    assert cache.insert([1, 2, 9], now=1.0, program="b") == 1  # shares two blocks
+    assert (cache.match([1, 2, 3, 4]), cache.match([1, 9]), cache.match([7])) == (3, 1, 0)
+    assert (cache.blocks[2].children, cache.blocks[1].owners) == (2, {"a", "b"})
+    assert cache.evict(1) == 1 and 3 not in cache.blocks  # the older leaf
+    cache.lock([1, 2, 9], 1)
+    assert cache.evict(5) == 0  # everything left is locked or has a child
+    cache.lock([1, 2, 9], -1)
+    assert cache.evict(5) == 3 and cache.blocks == {}  # 9, then 2 and 1 become leaves
+    assert cache.evicted == 4
+
+
+def test_inserting_past_capacity_is_refused():
+    cache = lru_cache(2)
+    with pytest.raises(RuntimeError, match="over capacity"):
+        cache.insert([1, 2, 3], now=0.0, program=None)
+
+
+def two_turns(pid: str, first: int, gap: float, base: int = 100) -> Program:
+    head = tuple(range(base, base + first))
+    return Program(pid, (Call(head, 2, 0.0), Call(tuple(range(5000, 5008)), 2, gap)))
+
+
+def test_one_program_exact_steps_hits_and_times():
+    """Block 4: turn 1 prompts 16 tokens (4 blocks, all computed), decodes 2 steps; its 18
+    tokens of prompt and output enter the cache (5 blocks, the last partial); after a 10 s
+    tool, turn 2's prompt (26 tokens) finds its 4 full leading blocks cached (16 tokens)."""
+    engine = Engine(Plain(), capacity_tokens=64, block=4, cost=UNIT, slots=1,
+                    source=lambda slot, index: two_turns("p", 16, 10.0) if index == 0 else None)
+    stats = engine.run(until=100.0)
+    assert stats.finished == [2.0, 14.0]  # 2 steps; tool to 12.0; 2 steps
+    assert (stats.cached_tokens, stats.computed_tokens, stats.steps) == (16, 16 + 10, 4)
+    assert engine.cache.used == 4 + 1 + 2 + 1  # turn 1's blocks, then turn 2's new ones
+
+
+def test_a_full_pool_makes_a_call_wait_and_evicts_the_least_recently_used_first():
+    """Two programs with heads of their own (16 tokens, 4 blocks of 4) in a pool of 8 blocks.
+    p0 is admitted and reserves 5 blocks (prompt and output): p1 waits 2 steps, then evicts
+    p0's 2 last blocks. p1's second call (26 tokens) finds its own 4 blocks and evicts p0's 3
+    older ones; p0's second call finds nothing and evicts 7 of p1's."""
+    def source(slot, index):
+        if index:
+            return None
+        return two_turns(f"p{slot}", 16, 5.0 if slot == 0 else 1.0, base=100 + 1000 * slot)
+
+    engine = Engine(Plain(), capacity_tokens=32, block=4, cost=UNIT, slots=2, source=source)
+    stats = engine.run(until=100.0)
+    assert stats.finished == [2.0, 4.0, 7.0, 9.0]
+    assert (stats.cached_tokens, stats.computed_tokens) == (16, 16 + 16 + 10 + 26)
+    assert (engine.cache.evicted, stats.held_s, stats.steps) == (2 + 3 + 7, 2.0, 8)
+
+
+def test_ours_pauses_programs_by_the_engines_decide_when_the_pool_is_short():
+    small = simulate("ours", slots=16, minutes=3, seed=1, capacity=8192, block=256)
+    assert small["pauses"] > 0 and small["calls_per_min"] > 0
+
+
+def test_the_same_seed_gives_the_same_figures():
+    runs = [simulate(system, slots=8, minutes=2, seed=3, capacity=8192, block=256)
+            for system in ("plain", "ours", "plain", "ours")]
+    for a, b in ((runs[0], runs[2]), (runs[1], runs[3])):
+        assert {k: v for k, v in a.items() if k != "wall_s"} == \
+               {k: v for k, v in b.items() if k != "wall_s"}
+
+
+def test_a_held_program_gets_its_call_back_in_order():
+    policy = Thunder()
+    engine = Engine(policy, capacity_tokens=8192, block=256, slots=4, seed=2)
+    stats = engine.run(until=120.0)
+    assert stats.finished == sorted(stats.finished) and len(stats.finished) > 10
+    assert all(not p.held or p.status == "paused" for p in policy.programs.values())
