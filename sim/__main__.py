@@ -2,6 +2,8 @@
 
     python -m sim run [--systems plain ours limit] [--slots 16] [--minutes 10] [--seed 0]
         [--capacity 16384] [--block 256]
+    python -m sim validate [--calibration benchmarks/results/sim/calibration.json]
+        [--points benchmarks/results/agentic/sweep-serve/points] [--out ...validation.json]
 
 Prints, per system, calls (the benchmark's "steps") per minute over the run after its first
 minute, the prefix-cache hit rate, pauses and evictions, and the wall time the simulation took.
@@ -12,14 +14,17 @@ prediction of any machine until the validation table exists.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
 from benchmarks.agentic import workload
 from sim.engine import Engine
 from sim.policies import Plain, Thunder
 
 POLICIES = {"plain": Plain, "ours": Thunder, "limit": Plain}
+RESULTS = Path("benchmarks/results/sim")
 
 
 def simulate(system: str, *, slots: int, minutes: float, seed: int, capacity: int,
@@ -51,12 +56,47 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--capacity", type=int, default=16384, help="KV pool, tokens")
     run.add_argument("--block", type=int, default=256, help="cache block, tokens")
+    check = sub.add_parser("validate", help="fit the cost model once, predict the measured "
+                           "runs, save the table")
+    check.add_argument("--calibration", type=Path,
+                       default=RESULTS / "calibration.json",
+                       help="python -m benchmarks calibrate output (several prompt sizes)")
+    check.add_argument("--points", type=Path,
+                       default=Path("benchmarks/results/agentic/sweep-serve/points"),
+                       help="the runner's point files (serve-c<N>-<system>.json)")
+    check.add_argument("--block", type=int, default=32, help="cache block, tokens")
+    check.add_argument("--out", type=Path, default=RESULTS / "validation.json")
     args = parser.parse_args(argv)
+    if args.command == "validate":
+        return _validate(args)
     if args.minutes <= 1 or args.slots < 1 or args.capacity < args.block or args.block < 1:
         parser.error("need --minutes > 1, --slots >= 1 and --capacity >= --block >= 1")
     for system in args.systems:
         print(simulate(system, slots=args.slots, minutes=args.minutes, seed=args.seed,
                        capacity=args.capacity, block=args.block), flush=True)
+    return 0
+
+
+def _validate(args) -> int:
+    from sim.validate import validate
+
+    for path in (args.calibration, args.points):
+        if not path.exists():
+            print(f"error: {path} does not exist (python -m benchmarks calibrate --prompt-tokens "
+                  "512 1024 2048 4096 8192 --out ... writes a calibration)", file=sys.stderr)
+            return 2
+    table = validate(args.calibration, args.points, block=args.block)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(table, indent=1) + "\n")
+    print(json.dumps(table["cost"]))
+    for row in table["cells"]:
+        print(f"N={row['concurrency']}: " + "; ".join(
+            f"{s} measured {row[s]['measured']['steps_per_min']} predicted "
+            f"{row[s]['predicted']['steps_per_min']} steps/min" for s in ("plain", "ours", "limit"))
+            + "; " + "; ".join(f"{k} {row[k]['measured']} vs {row[k]['predicted']} "
+                               f"({row[k]['ratio_error']:+.1%})" for k in ("ours/plain",
+                                                                          "ours/limit")))
+    print(f"saved {args.out}")
     return 0
 
 

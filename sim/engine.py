@@ -50,6 +50,7 @@ class SimCall:
 @dataclass
 class Stats:
     finished: list[float] = field(default_factory=list)  # finish times of calls
+    calls: list[tuple[float, int, int]] = field(default_factory=list)  # finish, prompt, cached
     cached_tokens: int = 0
     computed_tokens: int = 0
     steps: int = 0
@@ -61,9 +62,11 @@ class Stats:
         n = sum(1 for t in self.finished if start <= t < end)
         return n * 60.0 / (end - start)
 
-    def hit_rate(self) -> float:
-        total = self.cached_tokens + self.computed_tokens
-        return self.cached_tokens / total if total else 0.0
+    def hit_rate(self, start: float = 0.0, end: float = float("inf")) -> float:
+        """Cached over prompt tokens of the calls finished in [start, end)."""
+        window = [(p, c) for t, p, c in self.calls if start <= t < end]
+        total = sum(p for p, _ in window)
+        return sum(c for _, c in window) / total if total else 0.0
 
 
 class Engine:
@@ -192,6 +195,8 @@ class Engine:
         self.reserved -= call.reserved
         self.cache.insert(call.full_keys, self.now, call.program_id)
         self.stats.finished.append(self.now)
+        self.stats.calls.append((self.now, call.prompt_tokens,
+                                 min(call.matched * self.block, call.prompt_tokens)))
         self.policy.finished(call, self.now)
         program, _, index = self._programs[call.slot]
         if call.last:

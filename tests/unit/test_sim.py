@@ -93,3 +93,43 @@ def test_a_held_program_gets_its_call_back_in_order():
     stats = engine.run(until=120.0)
     assert stats.finished == sorted(stats.finished) and len(stats.finished) > 10
     assert all(not p.held or p.status == "paused" for p in policy.programs.values())
+
+
+def test_the_batch1_fit_recovers_known_costs_exactly(tmp_path):
+    """A calibration made by the model itself (cold and cached calls at five sizes) gives back
+    the model's own coefficients."""
+    import json
+
+    from sim import fit
+
+    truth = dict(token=0.0009, attend=0.00008, step=0.004, context=0.0003)
+
+    def seconds(prompt, cached, out):
+        x = fit._features(prompt, cached, out, attend_whole=True)
+        return (truth["token"] * x[0] + truth["attend"] * x[1] + truth["step"] * x[2]
+                + truth["context"] * x[3])
+
+    rows = []
+    for p in (512, 1024, 2048, 4096, 8192):
+        rows.append({"prompt_tokens": p, "output_tokens": 16, "cached_tokens": [p + 16],
+                     "cold_median_s": seconds(p, 0, 16),
+                     "cached_median_s": seconds(p + 20, p + 16, 16)})
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"measurements": rows}))
+    cost, step, info = fit.fit_single(fit.calibration_rows(path))
+    assert (cost.prefill_token_s, cost.prefill_attend_s, step, cost.decode_context_s) == \
+        pytest.approx((truth["token"], truth["attend"], truth["step"], truth["context"]),
+                      rel=1e-6)
+    assert max(abs(r) for r in info["residual_s"]) < 1e-9
+    half = fit.split(cost, step, 0.3)
+    assert (half.base_s, half.decode_seq_s) == pytest.approx((0.3 * step, 0.7 * step))
+
+
+def test_the_split_is_the_one_closest_to_the_measured_run():
+    from sim import fit
+
+    cost = StepCost()
+    chosen, tried = fit.fit_split(cost, 0.01, 40.0,
+                                  lambda c: 100.0 - 200.0 * c.base_s / 0.01 * 0.3)
+    assert [t["fraction"] for t in tried] == list(fit.SPLITS)
+    assert chosen.base_s == pytest.approx(0.01)  # 100 - 60 = 40 at fraction 1.0

@@ -1,0 +1,72 @@
+"""The simulator against measured runs: fit once, then predict every other cell.
+
+The cost model is fitted on the calibration (``sim.fit``) and on the measured plain SGLang run
+at N=16; every other cell (plain at N=8 and 32, ours with offload off and the no-eviction limit
+at each N) is a prediction. Each cell simulates the runner's serving configuration: the same
+seeded programs (``benchmarks.agentic.workload``), the same pool (16384 tokens; the limit's
+262144), the same warm-up and window, steps per minute and hit rate over the window's calls.
+The simulator is trusted only where its same-run ratios (ours / plain, ours / limit) are within
+10% of the measured ones (``ratio_error``: predicted ratio over measured, less 1).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.agentic import workload
+from sim import fit
+from sim.costs import StepCost
+from sim.engine import Engine
+from sim.policies import Plain, Thunder
+
+MEASURED = {"plain": "plain", "ours": "ours-offload-off", "limit": "limit"}
+POLICY = {"plain": Plain, "ours": Thunder, "limit": Plain}
+
+
+def simulate_cell(system: str, slots: int, cost: StepCost, *, seed: int, capacity: int,
+                  limit_capacity: int, block: int, warmup_s: float, window_s: float) -> dict:
+    engine = Engine(POLICY[system](), capacity_tokens=limit_capacity if system == "limit"
+                    else capacity, block=block, cost=cost, seed=seed, slots=slots,
+                    spec=workload.WorkloadSpec())
+    stats = engine.run(warmup_s + window_s)
+    end = warmup_s + window_s
+    return {"steps_per_min": round(stats.calls_per_min(warmup_s, end), 2),
+            "kv_hit_rate": round(stats.hit_rate(warmup_s, end), 4)}
+
+
+def measured_cell(points: Path, system: str, slots: int) -> dict:
+    data = json.loads((points / f"serve-c{slots}-{MEASURED[system]}.json").read_text())
+    return {"steps_per_min": data["figures"]["steps_per_min"],
+            "kv_hit_rate": data["figures"]["kv_hit_rate"]}
+
+
+def validate(calibration: Path, points: Path, *, loads=(8, 16, 32), block: int = 32) -> dict:
+    config = json.loads((points.parent / "config.json").read_text())["configuration"]
+    pools = config["pools"]
+    settings = dict(seed=config["seed"], capacity=pools["device_tokens"],
+                    limit_capacity=pools["limit_tokens"], block=block,
+                    warmup_s=config["warmup_s"], window_s=config["window_s"])
+    single, step, single_fit = fit.fit_single(fit.calibration_rows(calibration))
+    plain16 = measured_cell(points, "plain", 16)["steps_per_min"]
+    cost, tried = fit.fit_split(single, step, plain16, lambda c: simulate_cell(
+        "plain", 16, c, **settings)["steps_per_min"])
+    cells = []
+    for slots in loads:
+        row = {"concurrency": slots}
+        for system in MEASURED:
+            row[system] = {"measured": measured_cell(points, system, slots),
+                           "predicted": simulate_cell(system, slots, cost, **settings)}
+        for num, den in (("ours", "plain"), ("ours", "limit")):
+            m = row[num]["measured"]["steps_per_min"] / row[den]["measured"]["steps_per_min"]
+            p = row[num]["predicted"]["steps_per_min"] / row[den]["predicted"]["steps_per_min"]
+            row[f"{num}/{den}"] = {"measured": round(m, 3), "predicted": round(p, 3),
+                                   "ratio_error": round(p / m - 1, 3),
+                                   "trusted": abs(p / m - 1) <= 0.10}
+        cells.append(row)
+    return {"what": __doc__.split("\n\n")[0], "calibration": str(calibration),
+            "points": str(points), "settings": settings, "cost": cost.to_json(),
+            "fit": {"batch1": single_fit, "split_tried": tried,
+                    "fitted_on": "calibration, and plain at N=16 "
+                                 f"({plain16} steps/min measured)"},
+            "cells": cells}
