@@ -79,6 +79,11 @@ class BlockCache:
         for key in keys:
             self.blocks[key].last_used = now
 
+    def evictable(self) -> int:
+        """Blocks no running call locks (a lock covers a matched prefix from the root, so
+        every one of them can go, leaves first)."""
+        return sum(1 for b in self.blocks.values() if b.locks == 0)
+
     def evict(self, n: int) -> int:
         """Evicts up to ``n`` unlocked leaves, smallest rank first; returns how many."""
         heap = [(self.rank(b), b.key) for b in self.blocks.values()

@@ -2,7 +2,7 @@
 
 Each step the engine admits waiting calls first come first served (a call whose prompt and
 output do not fit even after eviction waits, and so does every call behind it, as in SGLang's
-FCFS), up to ``prefill_tokens`` new tokens per step (at least one call), then every running
+FCFS; nothing is evicted for a call that eviction could not make room for), up to ``prefill_tokens`` new tokens per step (at least one call), then every running
 call emits one token; a call that has emitted its output finishes, its whole sequence enters
 the cache unlocked, and its program's next call arrives after its tool wait. A call reserves
 its blocks when admitted (prompt and output, less its cached prefix), so running calls never
@@ -170,6 +170,9 @@ class Engine:
             need = len(call.full_keys) - matched
             short = need - (self.cache.free - self.reserved)
             if short > 0:
+                # as SGLang's admission: evict only when what eviction can free is enough
+                if short > self.cache.evictable() - matched:
+                    break
                 self.cache.evict(short)
                 matched = self.cache.match(call.prompt_keys)  # eviction may cut its prefix
                 need = len(call.full_keys) - matched
