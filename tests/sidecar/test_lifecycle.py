@@ -197,8 +197,11 @@ def test_environments_are_reported_when_they_change_and_not_again_when_they_do_n
 
 def test_unreachable_server_never_fails_an_exec(start_sidecar, base):
     sc = start_sidecar("--server-url", "http://127.0.0.1:9")
-    env = sc.create(base)["env_id"]
-    assert sc.exec(env, "echo ok")["stdout"] == "ok\n"
+    envs = [sc.create(base, f"p{i}")["env_id"] for i in range(3)]
+    assert sc.exec(envs[0], "echo ok")["stdout"] == "ok\n"
+    time.sleep(6)  # past the 5 s retry of three programs' refused reports
+    lines = [line for line in sc.read_log().splitlines() if "environments of program" in line]
+    assert len(lines) == 1 and "not logged until a report goes through" in lines[0]
 
 
 def test_kill_9_leaves_nothing_running_or_mounted_and_the_restart_restores(start_sidecar, base):

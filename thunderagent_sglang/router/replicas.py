@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from thunderagent_sglang.policy.placement import ReplicaLoad
+from thunderagent_sglang.router.settings import default_name
 
 log = logging.getLogger("thunderagent.router")
 
@@ -76,7 +77,7 @@ class Fleet:
     def __init__(self, settings, client: httpx.AsyncClient, on_down=None, clock=time.monotonic):
         self.settings = settings
         self.client = client
-        names = settings.names or tuple(f"backend-{i}" for i in range(len(settings.backends)))
+        names = settings.names or tuple(map(default_name, range(len(settings.backends))))
         self.replicas = {url: Replica(url, name) for url, name in zip(settings.backends, names)}
         self.on_down = on_down or (lambda replica: None)
         self.clock = clock

@@ -62,13 +62,18 @@ def backend_name(text) -> str:
     return text
 
 
+def default_name(i: int) -> str:
+    """The name of the ``i``-th backend given without one."""
+    return f"backend-{i}"
+
+
 def backends(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(URLs, names) from ``URL1,NAME=URL2,...``; an unnamed backend is ``backend-<i>``."""
     urls, names = [], []
     for i, item in enumerate(x.strip() for x in text.split(",") if x.strip()):
         name, sep, url = item.partition("=")
         if not sep or "://" in name:
-            name, url = f"backend-{i}", item
+            name, url = default_name(i), item
         names.append(backend_name(name))
         urls.append(backend_url(url))
     if len(set(urls)) != len(urls):

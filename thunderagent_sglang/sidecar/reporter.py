@@ -41,6 +41,7 @@ class ServerReporter:
         self._queued: set[str] = set()  # programs with an environments report in the queue
         self._last: dict[str, list[dict]] = {}  # the last report the server took, by program
         self._refused: dict[str, tuple[list[dict], float]] = {}  # report, when
+        self._failing = False  # in a streak of failed environment reports (warned once)
 
     def start(self) -> None:
         if self.server_url and self._task is None:
@@ -119,6 +120,7 @@ class ServerReporter:
             status, text = None, str(exc)
         if status is not None and status < 400:
             self.sent += 1
+            self._failing = False
             self._refused.pop(program_id, None)
             if report:
                 self._last[program_id] = report
@@ -132,5 +134,14 @@ class ServerReporter:
         self._refused[program_id] = (report, self.clock())
         if status != 404:  # 404: the program has no call yet, or ended; offered again later
             self.failed += 1
-            log.warning("environments of program %s not reported: %s", program_id,
-                        f"HTTP {status}: {text}" if status else text)
+            self._warn(program_id, f"HTTP {status}: {text}" if status else text)
+
+    def _warn(self, program_id: str, why: str) -> None:
+        """One warning per failure streak: the first program's, with how the rest fare in
+        ``failed``; the next success ends the streak (no line per program every 5 s while the
+        server is down)."""
+        if not self._failing:
+            self._failing = True
+            log.warning("environments of program %s not reported: %s (retried every %g s; "
+                        "further failures are not logged until a report goes through)",
+                        program_id, why, self.retry_s)
