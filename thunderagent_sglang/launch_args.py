@@ -22,7 +22,7 @@ CPU_ENGINE_ENV = "SGLANG_USE_CPU_ENGINE"
 OMP_BIND_ENV = "SGLANG_CPU_OMP_THREADS_BIND"
 NCCL_SO_ENV = "SGLANG_NCCL_SO_PATH"
 NO_NCCL = "/nonexistent/thunderagent-cpu-engine-uses-gloo-not-nccl.so"
-TP_FLAGS = ("--tp-size", "--tensor-parallel-size")
+TP_FLAGS = ("--tp-size", "--tp", "--tensor-parallel-size")  # the cluster reads these too
 CACHE_BACKEND = config.CACHE_BACKEND
 OWN_CACHE_FLAGS = config.OWN_CACHE_FLAGS  # ours is then not chosen
 

@@ -8,6 +8,7 @@ import pytest
 
 runtime_module = pytest.importorskip("thunderagent_sglang.engine.runtime")
 tp_consensus = pytest.importorskip("thunderagent_sglang.engine.tp_consensus")
+controls = pytest.importorskip("thunderagent_sglang.engine.controls")
 
 from thunderagent_sglang import config  # noqa: E402
 
@@ -87,7 +88,7 @@ def test_equal_program_state_gives_equal_digests_and_a_difference_shows():
     for runtime in ranks:
         runtime.clock.agreed = 50.0
         runtime.table.on_arrival("agent-1", "r1")
-    first, second = (tp_consensus.digest(r) for r in ranks)
+    first, second = (controls.digest(r) for r in ranks)
     assert first["digest"] == second["digest"] and (first["rank"], second["rank"]) == (0, 1)
     ranks[1].table.on_arrival("agent-2", "r2")
-    assert tp_consensus.digest(ranks[1])["digest"] != first["digest"]
+    assert controls.digest(ranks[1])["digest"] != first["digest"]

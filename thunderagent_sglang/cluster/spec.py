@@ -6,11 +6,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from thunderagent_sglang.launch_args import TP_FLAGS
+
 NAMESPACE = "thunderagent"
 FLEET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 # flags the cluster sets itself, per replica
 OWNED_FLAGS = {"--port": "--replica-port", "--host": "--host"}
-TP_FLAGS = ("--tp-size", "--tp", "--tensor-parallel-size")
 DP_FLAGS = ("--dp-size", "--dp", "--data-parallel-size")
 
 

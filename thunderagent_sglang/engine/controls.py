@@ -7,8 +7,11 @@ source locations in the body) if an operation fails; never an exception into SGL
 
 from __future__ import annotations
 
+import hashlib
+
+import orjson
+
 from thunderagent_sglang.engine import program_ipc as ipc
-from thunderagent_sglang.engine import tp_consensus
 from thunderagent_sglang.engine.logs import get_logger
 from thunderagent_sglang.program.record import ProgramBusy, UnknownProgram
 
@@ -96,9 +99,31 @@ def _environments(runtime, msg: ipc.EnvironmentReport) -> dict:
     return {"program_id": program.program_id, "environments": len(program.environments)}
 
 
+def digest(runtime) -> dict:
+    """What every tensor-parallel rank must agree on, hashed: each program's record, residency
+    and demand, the held calls, the table's and offloader's counters, the agreed clock."""
+    table = runtime.table
+    state = {
+        "programs": [record(runtime, p) for p in table.programs()],
+        "held": [[item.program_id, item.rid, item.since]
+                 for item in runtime.scheduler.held.items()],
+        "demand_tokens": runtime.ledger.demand_tokens(),
+        "resident_tokens": runtime.residency.active_footprint(),
+        "tagged_resident_tokens": runtime.residency.tagged_tokens(),
+        "counters": table.counters,
+        "kv": runtime.offload.stats(),
+        "clock": runtime.clock(),
+    }
+    text = orjson.dumps(state, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    return {"rank": runtime.consensus.rank, "ranks": runtime.consensus.size,
+            "steps": runtime.consensus.steps, "digest": hashlib.sha256(text).hexdigest(),
+            "programs": len(state["programs"]), "held": len(state["held"]),
+            "resident_tokens": state["resident_tokens"]}
+
+
 def _digest(runtime, msg: ipc.ProgramDigest) -> dict:
     """Every rank logs its digest (tensor parallelism: the ranks' lines must agree)."""
-    out = tp_consensus.digest(runtime)
+    out = digest(runtime)
     get_logger().info("ThunderAgent: digest rank %d of %d after %d steps: %s (programs %d, "
                       "held %d, resident tokens %d)", out["rank"], out["ranks"], out["steps"],
                       out["digest"], out["programs"], out["held"], out["resident_tokens"])

@@ -17,11 +17,8 @@ With one rank nothing rides the broadcast and the clock stays live.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
-
-import orjson
 
 from thunderagent_sglang import compat
 from thunderagent_sglang.engine import hooks
@@ -81,7 +78,9 @@ class TpConsensus:
         and gives SGLang the list without it."""
         if self.size <= 1:
             return original(receiver, local_reqs=local_reqs)
-        step = guard(self._step)  # None on a failure: no rank moves its clock this step
+        # SGLang drops the other ranks' local requests: only rank 0 builds its step.
+        # None on a failure: no rank moves its clock this step.
+        step = guard(self._step) if self.leader else None
         reqs = original(receiver, local_reqs=[*(local_reqs or ()), *([step] if step else [])])
         kept = []
         for req in reqs:
@@ -99,26 +98,3 @@ class TpConsensus:
         self.runtime.offload.adopt(step.inputs)
         self.steps += 1
 
-
-def digest(runtime) -> dict:
-    """What every rank must agree on, hashed: each program's record, residency and demand,
-    the held calls, the table's and offloader's counters (``GET /programs/digest``)."""
-    from thunderagent_sglang.engine import controls
-
-    table = runtime.table
-    state = {
-        "programs": [controls.record(runtime, p) for p in table.programs()],
-        "held": [[item.program_id, item.rid, item.since]
-                 for item in runtime.scheduler.held.items()],
-        "demand_tokens": runtime.ledger.demand_tokens(),
-        "resident_tokens": runtime.residency.active_footprint(),
-        "tagged_resident_tokens": runtime.residency.tagged_tokens(),
-        "counters": table.counters,
-        "kv": runtime.offload.stats(),
-        "clock": runtime.clock(),
-    }
-    text = orjson.dumps(state, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-    return {"rank": runtime.consensus.rank, "ranks": runtime.consensus.size,
-            "steps": runtime.consensus.steps, "digest": hashlib.sha256(text).hexdigest(),
-            "programs": len(state["programs"]), "held": len(state["held"]),
-            "resident_tokens": state["resident_tokens"]}
