@@ -1,14 +1,14 @@
 """``python -m sim run``: simulate agent programs on one engine, each system in turn.
 
     python -m sim run [--systems plain ours limit] [--slots 16] [--minutes 10] [--seed 0]
-        [--capacity 16384] [--block 256]
+        [--capacity 16384] [--block 256] [--cost benchmarks/results/sim/validation.json]
     python -m sim validate [--calibration benchmarks/results/sim/calibration.json]
         [--points benchmarks/results/agentic/sweep-serve/points] [--out ...validation.json]
 
 Prints, per system, calls (the benchmark's "steps") per minute over the run after its first
 minute, the prefix-cache hit rate, pauses and evictions, and the wall time the simulation took.
-The step cost model is not fitted yet (``sim/costs.py``): the figures are the model's, not a
-prediction of any machine until the validation table exists.
+``run`` steps by the cost model the validation fitted on this CPU (``--cost``: a validation
+table; ``--cost none`` for ``sim/costs.py``'s placeholders).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from benchmarks.agentic import workload
+from sim.costs import StepCost
 from sim.engine import Engine
 from sim.policies import Plain, Thunder
 
@@ -28,13 +29,13 @@ RESULTS = Path("benchmarks/results/sim")
 
 
 def simulate(system: str, *, slots: int, minutes: float, seed: int, capacity: int,
-             block: int) -> dict:
+             block: int, cost: StepCost = StepCost()) -> dict:
     spec = workload.WorkloadSpec()
     if system == "limit":  # a pool that holds the whole run: never evicts
         capacity = slots * 64 * spec.max_context_tokens
     policy = POLICIES[system]()
     engine = Engine(policy, capacity_tokens=capacity, block=block, seed=seed, slots=slots,
-                    spec=spec)
+                    spec=spec, cost=cost)
     started = time.perf_counter()
     stats = engine.run(minutes * 60.0)
     return {"system": system, "calls_per_min": round(stats.calls_per_min(60.0, minutes * 60.0), 1),
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--capacity", type=int, default=16384, help="KV pool, tokens")
     run.add_argument("--block", type=int, default=256, help="cache block, tokens")
+    run.add_argument("--cost", default=str(RESULTS / "validation.json"),
+                     help="a validation table whose fitted cost model steps the engine, or "
+                          "'none' for the placeholder model")
     check = sub.add_parser("validate", help="fit the cost model once, predict the measured "
                            "runs, save the table")
     check.add_argument("--calibration", type=Path,
@@ -71,10 +75,21 @@ def main(argv: list[str] | None = None) -> int:
         return _validate(args)
     if args.minutes <= 1 or args.slots < 1 or args.capacity < args.block or args.block < 1:
         parser.error("need --minutes > 1, --slots >= 1 and --capacity >= --block >= 1")
+    try:
+        cost = _cost(args.cost)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        parser.error(f"--cost {args.cost}: not a validation table ({error}); "
+                     "python -m sim validate writes one")
     for system in args.systems:
         print(simulate(system, slots=args.slots, minutes=args.minutes, seed=args.seed,
-                       capacity=args.capacity, block=args.block), flush=True)
+                       capacity=args.capacity, block=args.block, cost=cost), flush=True)
     return 0
+
+
+def _cost(path: str) -> StepCost:
+    if path == "none":
+        return StepCost()
+    return StepCost(**json.loads(Path(path).read_text())["cost"])
 
 
 def _validate(args) -> int:

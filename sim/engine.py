@@ -2,8 +2,10 @@
 
 Each step the engine admits waiting calls first come first served (a call whose prompt and
 output do not fit even after eviction waits, and so does every call behind it, as in SGLang's
-FCFS; nothing is evicted for a call that eviction could not make room for), up to ``prefill_tokens`` new tokens per step (at least one call), then every running
-call emits one token; a call that has emitted its output finishes, its whole sequence enters
+FCFS; nothing is evicted for a call that eviction could not make room for), up to ``prefill_tokens`` new tokens per step (at least one call). A step that prefills
+emits the first token of the calls it admitted and nothing else (SGLang's default: a prefill
+batch runs alone; ``mixed=True`` lets the running calls decode in it too); any other step
+decodes, every running call emitting one token; a call that has emitted its output finishes, its whole sequence enters
 the cache unlocked, and its program's next call arrives after its tool wait. A call reserves
 its blocks when admitted (prompt and output, less its cached prefix), so running calls never
 need more room: this model has no decode retraction. The step's length comes from
@@ -73,8 +75,8 @@ class Engine:
     def __init__(self, policy, *, capacity_tokens: int, block: int = 256,
                  prefill_tokens: int = 4096, cost: StepCost = StepCost(),
                  spec: workload.WorkloadSpec = workload.WorkloadSpec(), seed: int = 0,
-                 slots: int = 8, source=None):
-        self.policy, self.block, self.cost = policy, block, cost
+                 slots: int = 8, source=None, mixed: bool = False):
+        self.policy, self.block, self.cost, self.mixed = policy, block, cost, mixed
         self.prefill_tokens, self.spec, self.seed, self.slots = prefill_tokens, spec, seed, slots
         # (slot, index) -> the slot's index-th program, or None when the slot is done
         self.source = source or (lambda slot, index: workload.serving_program(
@@ -146,13 +148,17 @@ class Engine:
 
     def _step(self) -> None:
         prefill = self._admit()
-        contexts = [c.prompt_tokens + c.emitted for c in self.running if c.emitted]
+        if prefill and not self.mixed:  # a prefill step: only its new calls emit (SGLang's
+            stepping = [c for c in self.running if not c.emitted]  # default: not mixed)
+        else:
+            stepping = self.running
+        contexts = [c.prompt_tokens + c.emitted for c in stepping if c.emitted]
         dt = self.cost.step_s(prefill, contexts)
         self.now += dt
         self.stats.steps += 1
         self.stats.busy_s += dt
         done = []
-        for call in self.running:
+        for call in stepping:
             call.emitted += 1
             if call.emitted >= call.output_tokens:
                 done.append(call)

@@ -1,7 +1,7 @@
 """The simulator against measured runs: fit once, then predict every other cell.
 
 The cost model is fitted on the calibration (``sim.fit``) and on the measured plain SGLang run
-at N=16; every other cell (plain at N=8 and 32, ours with offload off and the no-eviction limit
+at N=16 (its scheduler's busy time, then its steps per minute); every other cell (plain at N=8 and 32, ours with offload off and the no-eviction limit
 at each N) is a prediction. Each cell simulates the runner's serving configuration: the same
 seeded programs (``benchmarks.agentic.workload``), the same pool (16384 tokens; the limit's
 262144), the same warm-up and window, steps per minute and hit rate over the window's calls.
@@ -35,8 +35,12 @@ def simulate_cell(system: str, slots: int, cost: StepCost, *, seed: int, capacit
             "kv_hit_rate": round(stats.hit_rate(warmup_s, end), 4)}
 
 
+def _point(points: Path, system: str, slots: int) -> dict:
+    return json.loads((points / f"serve-c{slots}-{MEASURED[system]}.json").read_text())
+
+
 def measured_cell(points: Path, system: str, slots: int) -> dict:
-    data = json.loads((points / f"serve-c{slots}-{MEASURED[system]}.json").read_text())
+    data = _point(points, system, slots)
     return {"steps_per_min": data["figures"]["steps_per_min"],
             "kv_hit_rate": data["figures"]["kv_hit_rate"]}
 
@@ -49,6 +53,9 @@ def validate(calibration: Path, points: Path, *, loads=(8, 16, 32), block: int =
                     warmup_s=config["warmup_s"], window_s=config["window_s"])
     single, step, single_fit = fit.fit_single(fit.calibration_rows(calibration))
     plain16 = measured_cell(points, "plain", 16)["steps_per_min"]
+    loaded = fit.load_factor(single, step, _point(points, "plain", 16), settings["warmup_s"],
+                             settings["warmup_s"] + settings["window_s"])
+    single, step = fit.scaled(single, loaded["factor"]), step * loaded["factor"]
     cost, tried = fit.fit_split(single, step, plain16, lambda c: simulate_cell(
         "plain", 16, c, **settings)["steps_per_min"])
     cells = []
@@ -66,7 +73,7 @@ def validate(calibration: Path, points: Path, *, loads=(8, 16, 32), block: int =
         cells.append(row)
     return {"what": __doc__.split("\n\n")[0], "calibration": str(calibration),
             "points": str(points), "settings": settings, "cost": cost.to_json(),
-            "fit": {"batch1": single_fit, "split_tried": tried,
+            "fit": {"batch1": single_fit, "load_factor": loaded, "split_tried": tried,
                     "fitted_on": "calibration, and plain at N=16 "
                                  f"({plain16} steps/min measured)"},
             "cells": cells}

@@ -74,6 +74,27 @@ def test_a_full_pool_makes_a_call_wait_and_evicts_the_least_recently_used_first(
     assert (engine.cache.evicted, stats.held_s, stats.steps) == (2 + 3 + 7, 2.0, 8)
 
 
+def test_a_prefill_step_runs_alone_unless_mixed():
+    """p0: one call (16-token prompt, 4 tokens out); p1: a 1-token call, a 1 s tool, another
+    1-token call. Step 1 prefills both (both emit), p1's first call ends; step 2 decodes p0;
+    at 2.0 p1's second call arrives. Not mixed (SGLang's default), step 3 prefills it alone and
+    p0 waits, finishing after step 5; mixed, p0 decodes in step 3 too and ends after step 4."""
+    def source(slot, index):
+        if index:
+            return None
+        head = tuple(range(100 + 1000 * slot, 116 + 1000 * slot))
+        if slot == 0:
+            return Program("p0", (Call(head, 4, 0.0),))
+        return Program("p1", (Call(head, 1, 0.0), Call(tuple(range(5000, 5008)), 1, 1.0)))
+
+    expected = {False: ([1.0, 3.0, 5.0], 5), True: ([1.0, 3.0, 4.0], 4)}
+    for mixed, (finished, steps) in expected.items():
+        engine = Engine(Plain(), capacity_tokens=64, block=4, cost=UNIT, slots=2,
+                        source=source, mixed=mixed)
+        stats = engine.run(until=100.0)
+        assert (stats.finished, stats.steps) == (finished, steps)
+
+
 def test_ours_pauses_programs_by_the_engines_decide_when_the_pool_is_short():
     small = simulate("ours", slots=16, minutes=3, seed=1, capacity=8192, block=256)
     assert small["pauses"] > 0 and small["calls_per_min"] > 0
@@ -133,3 +154,21 @@ def test_the_split_is_the_one_closest_to_the_measured_run():
                                   lambda c: 100.0 - 200.0 * c.base_s / 0.01 * 0.3)
     assert [t["fraction"] for t in tried] == list(fit.SPLITS)
     assert chosen.base_s == pytest.approx(0.01)  # 100 - 60 = 40 at fraction 1.0
+
+
+def test_the_load_factor_is_the_scheduler_busy_time_over_the_batch1_model():
+    """Two calls in the window [30, 90) and one outside it; the model's batch-1 seconds of the
+    two are known, the point's run_batch is three times theirs: every cost scales by 3."""
+    from sim import fit
+
+    cost = StepCost(base_s=0.0, prefill_token_s=0.001, prefill_attend_s=0.0, decode_seq_s=0.0,
+                    decode_context_s=0.0, attend_whole=True)
+    calls = [["a", 0, 0.0, 20.0, 900, 0, 4],  # finished before the window
+             ["a", 1, 25.0, 31.0, 1000, 400, 4],  # 600 new: 0.6 s + 4 steps of 0.01
+             ["b", 0, 40.0, 89.0, 500, 0, 2]]  # 0.5 s + 2 steps
+    point = {"calls": calls, "server_metrics": {
+        'sglang:scheduler_stage_seconds_total{category="run_batch"}': 3 * (0.64 + 0.52)}}
+    loaded = fit.load_factor(cost, 0.01, point, 30.0, 90.0)
+    assert loaded["calls"] == 2 and loaded["batch1_model_s"] == pytest.approx(1.16)
+    assert loaded["factor"] == pytest.approx(3.0)
+    assert fit.scaled(cost, 3.0).prefill_token_s == pytest.approx(0.003)
