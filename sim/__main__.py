@@ -5,7 +5,7 @@
     python -m sim validate [--calibration benchmarks/results/sim/calibration.json]
         [--points benchmarks/results/agentic/sweep-serve/points] [--out ...validation.json]
 
-Prints, per system, calls (the benchmark's "steps") per minute over the run after its first
+Systems: ``sim/policies.py``. Prints, per system, calls (the benchmark's "steps") per minute over the run after its first
 minute, the prefix-cache hit rate, pauses and evictions, and the wall time the simulation took.
 ``run`` steps by the cost model the validation fitted on this CPU (``--cost``: a validation
 table; ``--cost none`` for ``sim/costs.py``'s placeholders).
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,9 +23,17 @@ from pathlib import Path
 from benchmarks.agentic import workload
 from sim.costs import StepCost
 from sim.engine import Engine
-from sim.policies import Plain, Thunder
+from sim.policies import EvictionOnly, Plain, Proxy, Thunder, Ttl
 
-POLICIES = {"plain": Plain, "ours": Thunder, "limit": Plain}
+POLICIES = {"plain": Plain, "ours": Thunder, "limit": Plain, "ours-sched-off": EvictionOnly,
+            "ttl": lambda: Ttl(median_tool_wait(workload.WorkloadSpec(), 0)), "proxy": Proxy}
+
+
+def median_tool_wait(spec: workload.WorkloadSpec, seed: int, programs: int = 64) -> float:
+    """The median tool wait of the workload's first programs (the TTL that ``Ttl`` pins for)."""
+    waits = [call.tool_wait_s for i in range(programs)
+             for call in workload.serving_program(spec, seed, i % 16, i // 16).calls[1:]]
+    return statistics.median(waits)
 RESULTS = Path("benchmarks/results/sim")
 
 
@@ -51,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="simulate each system and print its figures")
     run.add_argument("--systems", nargs="+", choices=sorted(POLICIES),
-                     default=["plain", "ours", "limit"])
+                     default=["plain", "ours", "limit"],
+                     help="plain (LRU), ours, ours-sched-off (our eviction only), ttl "
+                          "(Continuum-style pinning), proxy (the published proxy's rule), "
+                          "limit (a pool that never evicts)")
     run.add_argument("--slots", type=int, default=16, help="concurrent agent programs")
     run.add_argument("--minutes", type=float, default=10.0, help="simulated minutes")
     run.add_argument("--seed", type=int, default=0)
@@ -109,8 +121,9 @@ def _validate(args) -> int:
             f"{s} measured {row[s]['measured']['steps_per_min']} predicted "
             f"{row[s]['predicted']['steps_per_min']} steps/min" for s in ("plain", "ours", "limit"))
             + "; " + "; ".join(f"{k} {row[k]['measured']} vs {row[k]['predicted']} "
-                               f"({row[k]['ratio_error']:+.1%})" for k in ("ours/plain",
-                                                                          "ours/limit")))
+                               f"({row[k]['ratio_error']:+.1%})" for k in (
+                                   "ours/plain", "ours/limit", "sched-off/plain",
+                                   "priority/plain")))
     print(f"saved {args.out}")
     return 0
 

@@ -9,6 +9,16 @@
   demand, ``policy.eviction`` for the eviction rank of every block from its programs' states.
   Not modelled yet: the host tier (offload off), untagged traffic, the tool-duration model's
   predicted return, priorities and aging beyond what ``decide`` does by itself.
+- ``EvictionOnly``: ours with the scheduler off (``--thunderagent-scheduler off``): every call
+  admitted at once, ``policy.eviction``'s ranks only.
+- ``Ttl``: Continuum-style pinning, as modelled here: after a program's call finishes its KV
+  is kept for ``ttl_s`` (ranked after every unpinned block; still evicted when nothing else
+  is left, so admission never deadlocks). Continuum learns the TTL from tool durations; here
+  it is given (``sim run`` uses the workload's median tool wait).
+- ``Proxy``: the published ThunderAgent proxy's rule, as modelled here: the same ``decide``,
+  run only on a 5 s tick (a new program's first call waits for it), each program's tokens
+  counted alone (no shared prefix) and scaled by ``estimate`` (the proxy guesses tokens from
+  characters), no decay; eviction stays the engine's LRU (the proxy cannot reach it).
 
 A policy answers: ``attach(engine)``, ``rank(block, now)`` (smallest evicted first),
 ``arrive(call, now)`` (True: queue it now; False: held), ``finished(call, now)``,
@@ -21,7 +31,7 @@ from dataclasses import dataclass, field
 
 from thunderagent_sglang.policy.demand import DemandLedger
 from thunderagent_sglang.policy.eviction import ProgramState, node_key, program_key
-from thunderagent_sglang.policy.footprint import ledger_footprint
+from thunderagent_sglang.policy.footprint import Footprint, ledger_footprint
 from thunderagent_sglang.policy.scheduling import decide
 from thunderagent_sglang.policy.snapshot import (ACTING, ACTIVE, PAUSED, REASONING,
                                                  ProgramView, SchedulerConfig)
@@ -158,9 +168,12 @@ class Thunder(Plain):
                 is_new=new and p.status == PAUSED and bool(p.held)))
         return views
 
+    def _footprint(self) -> Footprint:
+        return ledger_footprint(self.ledger)
+
     def _decide(self, now: float) -> list:
         self._last_tick = now
-        decision = decide(self._views(now), self.config, ledger_footprint(self.ledger))
+        decision = decide(self._views(now), self.config, self._footprint())
         for pid in decision.pause:
             self._pause(pid, now)
         for pid in decision.mark:
@@ -184,3 +197,88 @@ class Thunder(Plain):
             p.status, p.status_since, p.marked = PAUSED, now, False
             self.ledger.set_active(pid, False)
             self.pauses += 1
+
+
+class EvictionOnly(Thunder):
+    name = "ours-sched-off"
+
+    def arrive(self, call, now: float) -> bool:
+        pid = call.program_id
+        p = self.programs.setdefault(pid, _Program(status=ACTIVE, admitted=True,
+                                                   status_since=now, phase_since=now))
+        self._set_context(pid, call.prompt_chain)
+        self._reason(p, call, now)
+        return True
+
+    def finished(self, call, now: float) -> None:
+        p = self.programs[call.program_id]
+        p.phase, p.phase_since, p.headroom = ACTING, now, 0
+        self._set_context(call.program_id, call.full_chain)
+
+    def tick(self, now: float) -> list:
+        return []
+
+    def next_tick(self, now: float) -> float:
+        return float("inf")
+
+
+class Ttl(Plain):
+    name = "ttl"
+
+    def __init__(self, ttl_s: float):
+        self.ttl_s = ttl_s
+        self.pinned_until: dict[str, float] = {}
+
+    def rank(self, block, now: float) -> tuple:
+        pinned = any(self.pinned_until.get(pid, -1.0) > now for pid in block.owners)
+        return (int(pinned), block.last_used)
+
+    def finished(self, call, now: float) -> None:
+        self.pinned_until[call.program_id] = now + self.ttl_s
+
+    def ended(self, program_id: str, now: float) -> None:
+        self.pinned_until.pop(program_id, None)
+
+
+class Proxy(Thunder):
+    name = "proxy"
+
+    def __init__(self, tick_s: float = 5.0, estimate: float = 1.0):
+        super().__init__(tick_s=tick_s)
+        self.estimate = estimate
+
+    def attach(self, engine) -> None:
+        super().attach(engine)
+        self.config = SchedulerConfig(capacity_tokens=self.config.capacity_tokens, decay=False)
+
+    def rank(self, block, now: float) -> tuple:
+        return (block.last_used,)
+
+    def _footprint(self) -> Footprint:
+        def alone(ids):
+            total, out = 0, []
+            for pid in ids:
+                total += round(self.ledger.context_tokens(pid) * self.estimate)
+                out.append(total)
+            return out
+        return alone
+
+    def arrive(self, call, now: float) -> bool:  # no decision between ticks
+        pid = call.program_id
+        p = self.programs.setdefault(pid, _Program(status_since=now, phase_since=now))
+        self._set_context(pid, call.prompt_chain)
+        if p.status == ACTIVE:
+            self._reason(p, call, now)
+            return True
+        p.held.append(call)
+        return False
+
+    def finished(self, call, now: float) -> None:
+        p = self.programs[call.program_id]
+        p.phase, p.phase_since, p.headroom = ACTING, now, 0
+        self._set_context(call.program_id, call.full_chain)
+        if p.marked:
+            self._pause(call.program_id, now)
+
+    def next_tick(self, now: float) -> float:
+        return self._last_tick + self.tick_s

@@ -6,7 +6,10 @@ at each N) is a prediction. Each cell simulates the runner's serving configurati
 seeded programs (``benchmarks.agentic.workload``), the same pool (16384 tokens; the limit's
 262144), the same warm-up and window, steps per minute and hit rate over the window's calls.
 The simulator is trusted only where its same-run ratios (ours / plain, ours / limit) are within
-10% of the measured ones (``ratio_error``: predicted ratio over measured, less 1).
+10% of the measured ones (``ratio_error``: predicted ratio over measured, less 1). Also
+predicted: ours with the scheduler off (our eviction only) against plain, and plain with
+SGLang's priority eviction against plain (every call at one priority: the same LRU, so its
+measured ratio is the run-to-run spread of the measurements themselves).
 """
 
 from __future__ import annotations
@@ -18,10 +21,16 @@ from benchmarks.agentic import workload
 from sim import fit
 from sim.costs import StepCost
 from sim.engine import Engine
-from sim.policies import Plain, Thunder
+from sim.policies import EvictionOnly, Plain, Thunder
 
-MEASURED = {"plain": "plain", "ours": "ours-offload-off", "limit": "limit"}
-POLICY = {"plain": Plain, "ours": Thunder, "limit": Plain}
+MEASURED = {"plain": "plain", "ours": "ours-offload-off", "limit": "limit",
+            "sched-off": "ours-sched-off", "priority": "plain-priority"}
+# plain-priority runs every program call at one priority: SGLang's priority eviction is then
+# its LRU, so the simulator predicts it as plain, and its measured ratio to plain shows how
+# far two runs of one policy differ here
+POLICY = {"plain": Plain, "ours": Thunder, "limit": Plain, "sched-off": EvictionOnly,
+          "priority": Plain}
+RATIOS = (("ours", "plain"), ("ours", "limit"), ("sched-off", "plain"), ("priority", "plain"))
 
 
 def simulate_cell(system: str, slots: int, cost: StepCost, *, seed: int, capacity: int,
@@ -64,7 +73,7 @@ def validate(calibration: Path, points: Path, *, loads=(8, 16, 32), block: int =
         for system in MEASURED:
             row[system] = {"measured": measured_cell(points, system, slots),
                            "predicted": simulate_cell(system, slots, cost, **settings)}
-        for num, den in (("ours", "plain"), ("ours", "limit")):
+        for num, den in RATIOS:
             m = row[num]["measured"]["steps_per_min"] / row[den]["measured"]["steps_per_min"]
             p = row[num]["predicted"]["steps_per_min"] / row[den]["predicted"]["steps_per_min"]
             row[f"{num}/{den}"] = {"measured": round(m, 3), "predicted": round(p, 3),

@@ -172,3 +172,69 @@ def test_the_load_factor_is_the_scheduler_busy_time_over_the_batch1_model():
     assert loaded["calls"] == 2 and loaded["batch1_model_s"] == pytest.approx(1.16)
     assert loaded["factor"] == pytest.approx(3.0)
     assert fit.scaled(cost, 3.0).prefill_token_s == pytest.approx(0.003)
+
+
+def one_call(pid: str, out: int = 2):
+    return lambda slot, index: None if index else Program(pid, (Call(tuple(range(100, 116)), out,
+                                                                       0.0),))
+
+
+def test_the_proxy_rule_decides_on_its_tick_only_ours_at_the_arrival():
+    """A new program's first call: ours admits it at its arrival (a decision there); the
+    proxy's rule holds it to its first 5 s tick."""
+    from sim.policies import Proxy
+
+    finished = {}
+    for policy in (Thunder(), Proxy(tick_s=5.0)):
+        engine = Engine(policy, capacity_tokens=64, block=4, cost=UNIT, slots=1,
+                        source=one_call("p"))
+        finished[policy.name] = engine.run(until=100.0).finished
+    assert finished == {"ours": [2.0], "proxy": [7.0]}
+
+
+def test_the_proxy_counts_every_program_alone_scaled_by_its_estimate():
+    from types import SimpleNamespace
+
+    from sim.policies import Proxy
+    from thunderagent_sglang.policy.demand import block_keys
+
+    policy = Proxy(estimate=1.5)
+    policy.attach(SimpleNamespace(block=4, cache=SimpleNamespace(capacity=16)))
+    shared = list(range(100, 116))
+    for pid, tail in (("a", [1, 2, 3, 4]), ("b", [5, 6, 7, 8])):
+        policy.ledger.set_context(pid, block_keys(shared + tail, 4))
+    assert list(policy._footprint()(["a", "b"])) == [30, 60]  # 20 tokens each, x1.5, no sharing
+    assert list(Thunder._footprint(policy)(["a", "b"])) == [20, 24]  # ours: the prefix once
+    assert policy.config.decay is False
+
+
+def test_ttl_pins_a_finished_programs_blocks_after_every_unpinned_one_until_it_expires():
+    from types import SimpleNamespace
+
+    from sim.policies import Ttl
+
+    policy = Ttl(ttl_s=10.0)
+    policy.finished(SimpleNamespace(program_id="p"), 0.0)
+    block = SimpleNamespace(owners={"p"}, last_used=0.0)
+    other = SimpleNamespace(owners={"q"}, last_used=9.0)
+    assert policy.rank(other, 5.0) < policy.rank(block, 5.0)  # pinned: evicted after q's
+    assert policy.rank(block, 11.0) < policy.rank(other, 11.0)  # expired: LRU again
+    policy.ended("p", 12.0)
+    assert policy.pinned_until == {}
+
+
+def test_eviction_only_never_holds_and_ranks_acting_programs_below_reasoning_ones():
+    from types import SimpleNamespace
+
+    from sim.policies import EvictionOnly
+
+    policy = EvictionOnly()
+    engine = Engine(policy, capacity_tokens=4096, block=16, slots=8, seed=2)
+    stats = engine.run(until=60.0)
+    assert policy.pauses == 0 and len(stats.finished) > 8
+    assert not any(p.held for p in policy.programs.values())
+    acting = [pid for pid, p in policy.programs.items() if p.phase == "acting"]
+    reasoning = [pid for pid, p in policy.programs.items() if p.phase == "reasoning"]
+    assert acting and reasoning
+    rank = lambda pid: policy.rank(SimpleNamespace(owners={pid}, last_used=0.0), engine.now)  # noqa: E731
+    assert max(rank(pid) for pid in acting) < min(rank(pid) for pid in reasoning)
