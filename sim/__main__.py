@@ -2,6 +2,7 @@
 
     python -m sim run [--systems plain ours limit] [--slots 16] [--minutes 10] [--seed 0]
         [--capacity 16384] [--block 256] [--cost benchmarks/results/sim/validation.json]
+    python -m sim replay FILE
     python -m sim validate [--calibration benchmarks/results/sim/calibration.json]
         [--points benchmarks/results/agentic/sweep-serve/points] [--out ...validation.json]
 
@@ -34,15 +35,20 @@ def median_tool_wait(spec: workload.WorkloadSpec, seed: int, programs: int = 64)
     waits = [call.tool_wait_s for i in range(programs)
              for call in workload.serving_program(spec, seed, i % 16, i // 16).calls[1:]]
     return statistics.median(waits)
+
+
 RESULTS = Path("benchmarks/results/sim")
 
 
 def simulate(system: str, *, slots: int, minutes: float, seed: int, capacity: int,
-             block: int, cost: StepCost = StepCost()) -> dict:
+             block: int, cost: StepCost = StepCost(), settings: dict | None = None) -> dict:
+    """``settings``: our scheduler's ``SchedulerConfig`` fields (ours, ours-sched-off)."""
     spec = workload.WorkloadSpec()
     if system == "limit":  # a pool that holds the whole run: never evicts
         capacity = slots * 64 * spec.max_context_tokens
     policy = POLICIES[system]()
+    if settings and isinstance(policy, Thunder):
+        policy.settings = settings
     engine = Engine(policy, capacity_tokens=capacity, block=block, seed=seed, slots=slots,
                     spec=spec, cost=cost)
     started = time.perf_counter()
@@ -69,9 +75,19 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--capacity", type=int, default=16384, help="KV pool, tokens")
     run.add_argument("--block", type=int, default=256, help="cache block, tokens")
+    run.add_argument("--seeds", type=int, default=1,
+                     help="run seeds --seed .. --seed + N - 1 and print their mean too")
+    run.add_argument("--half-life", type=float, help="ours: the decay half-life, s")
+    run.add_argument("--no-decay", action="store_true", help="ours: no decay")
+    run.add_argument("--watermarks", type=float, nargs=2, metavar=("HIGH", "LOW"),
+                     help="ours: the scheduler's watermarks, fractions of the pool")
+    run.add_argument("--out", type=Path, help="save every row and the means as JSON")
     run.add_argument("--cost", default=str(RESULTS / "validation.json"),
                      help="a validation table whose fitted cost model steps the engine, or "
                           "'none' for the placeholder model")
+    again = sub.add_parser("replay", help="replay a server's decision trace "
+                           "(--thunderagent-decision-trace) through the simulator's policy")
+    again.add_argument("trace", type=Path)
     check = sub.add_parser("validate", help="fit the cost model once, predict the measured "
                            "runs, save the table")
     check.add_argument("--calibration", type=Path,
@@ -85,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "validate":
         return _validate(args)
+    if args.command == "replay":
+        return _replay(args.trace)
     if args.minutes <= 1 or args.slots < 1 or args.capacity < args.block or args.block < 1:
         parser.error("need --minutes > 1, --slots >= 1 and --capacity >= --block >= 1")
     try:
@@ -92,16 +110,65 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError, TypeError) as error:
         parser.error(f"--cost {args.cost}: not a validation table ({error}); "
                      "python -m sim validate writes one")
+    if args.seeds < 1 or (args.half_life is not None and not args.half_life > 0):
+        parser.error("need --seeds >= 1 and --half-life > 0")
+    settings = _settings(args)
+    if "high_watermark" in settings and not 0 < settings["low_watermark"] <= \
+            settings["high_watermark"]:
+        parser.error("--watermarks HIGH LOW: need 0 < LOW <= HIGH")
+    rows, means = [], {}
     for system in args.systems:
-        print(simulate(system, slots=args.slots, minutes=args.minutes, seed=args.seed,
-                       capacity=args.capacity, block=args.block, cost=cost), flush=True)
+        runs = [simulate(system, slots=args.slots, minutes=args.minutes, seed=seed,
+                         capacity=args.capacity, block=args.block, cost=cost,
+                         settings=settings) for seed in range(args.seed, args.seed + args.seeds)]
+        for seed, row in enumerate(runs, args.seed):
+            rows.append({**row, "seed": seed})
+            print(rows[-1], flush=True)
+        means[system] = {key: round(statistics.mean(r[key] for r in runs), 3)
+                         for key in ("calls_per_min", "hit_rate")}
+        if args.seeds > 1:
+            print({"system": system, "mean_of_seeds": args.seeds, **means[system]}, flush=True)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"command": "python -m sim " + " ".join(
+            argv if argv is not None else sys.argv[1:]), "settings": settings, "rows": rows,
+            "means": means}, indent=1) + "\n")
+        print(f"saved {args.out}")
     return 0
+
+
+def _settings(args) -> dict:
+    settings = {}
+    if args.half_life is not None:
+        settings["half_life_s"] = args.half_life
+    if args.no_decay:
+        settings["decay"] = False
+    if args.watermarks:
+        settings["high_watermark"], settings["low_watermark"] = args.watermarks
+    return settings
 
 
 def _cost(path: str) -> StepCost:
     if path == "none":
         return StepCost()
     return StepCost(**json.loads(Path(path).read_text())["cost"])
+
+
+def _replay(path: Path) -> int:
+    from sim.replay import Unsupported, read, replay
+
+    try:
+        result = replay(read(path))
+    except (OSError, ValueError, KeyError, TypeError) as error:  # Unsupported is a ValueError
+        kind = "not replayable" if isinstance(error, Unsupported) else "not a decision trace"
+        print(f"error: {path}: {kind}: {error}", file=sys.stderr)
+        return 2
+    print(f"{result.events} events, {result.checks} decisions (the engine's: "
+          + ", ".join(f"{n} {k}" for k, n in result.decided.items())
+          + f"); {len(result.differences)} differences")
+    for difference in result.differences[:20]:
+        print(json.dumps(difference))
+    return 1 if result.differences else 0
 
 
 def _validate(args) -> int:

@@ -77,8 +77,10 @@ class _Program:
 class Thunder(Plain):
     name = "ours"
 
-    def __init__(self, config: SchedulerConfig | None = None, tick_s: float = 0.5):
-        self.config_given, self.tick_s = config, tick_s
+    def __init__(self, config: SchedulerConfig | None = None, tick_s: float = 0.5,
+                 settings: dict | None = None):
+        """``settings``: ``SchedulerConfig`` fields over the defaults (capacity: the pool's)."""
+        self.config_given, self.tick_s, self.settings = config, tick_s, settings or {}
         self.programs: dict[str, _Program] = {}
         self.ledger: DemandLedger | None = None
         self._last_tick = 0.0
@@ -88,7 +90,7 @@ class Thunder(Plain):
         self.engine = engine
         self.ledger = DemandLedger(engine.block)
         self.config = self.config_given or SchedulerConfig(
-            capacity_tokens=engine.cache.capacity * engine.block)
+            capacity_tokens=engine.cache.capacity * engine.block, **self.settings)
 
     # ---- eviction --------------------------------------------------------------------------
 
@@ -108,6 +110,12 @@ class Thunder(Plain):
     # ---- the scheduler ---------------------------------------------------------------------
 
     def arrive(self, call, now: float) -> bool:
+        queued = self.on_arrive(call, now)
+        self.engine.release(self._decide(now))
+        return queued
+
+    def on_arrive(self, call, now: float) -> bool:
+        """The arrival's change of state alone (no decision): True if the call is queued."""
         pid = call.program_id
         p = self.programs.get(pid)
         if p is None:
@@ -115,23 +123,22 @@ class Thunder(Plain):
         self._set_context(pid, call.prompt_chain)
         if p.status == ACTIVE:
             self._reason(p, call, now)
-            self.engine.release(self._decide(now))
             return True
         p.held.append(call)
-        self.engine.release(self._decide(now))
         return False
 
     def _reason(self, p: _Program, call, now: float) -> None:
         p.phase, p.phase_since, p.headroom = REASONING, now, call.output_tokens
 
     def finished(self, call, now: float) -> None:
+        self.on_finish(call, now)  # a marked program is paused by the decision (as the engine)
+        self.engine.release(self._decide(now))
+
+    def on_finish(self, call, now: float) -> None:
         pid = call.program_id
         p = self.programs[pid]
         p.phase, p.phase_since, p.headroom = ACTING, now, 0
         self._set_context(pid, call.full_chain)
-        if p.marked:  # paused at its tool boundary
-            self._pause(pid, now)
-        self.engine.release(self._decide(now))
 
     def ended(self, program_id: str, now: float) -> None:
         self.programs.pop(program_id, None)
@@ -159,7 +166,8 @@ class Thunder(Plain):
             new = not p.admitted
             views.append(ProgramView(
                 pid, p.status, p.phase, self.ledger.context_tokens(pid),
-                tool_seconds=max(0.0, now - p.phase_since) if p.phase == ACTING else 0.0,
+                tool_seconds=max(0.0, now - p.phase_since)
+                if p.phase == ACTING and not new else 0.0,
                 waiting=bool(p.held), paused_seconds=(
                     max(0.0, now - (p.held[0].arrived_at if new else p.status_since))
                     if p.status == PAUSED else 0.0),
@@ -171,9 +179,16 @@ class Thunder(Plain):
     def _footprint(self) -> Footprint:
         return ledger_footprint(self.ledger)
 
-    def _decide(self, now: float) -> list:
+    def _decide(self, now: float, untagged: int = 0) -> list:
         self._last_tick = now
-        decision = decide(self._views(now), self.config, self._footprint())
+        views = self._views(now)
+        if not views:  # as the engine: no decision without a live tagged program
+            return []
+        return self.apply(decide(views, self.config, self._footprint(),
+                                 untagged_tokens=untagged), now)
+
+    def apply(self, decision, now: float) -> list:
+        """Carry out a decision; the held calls it releases."""
         for pid in decision.pause:
             self._pause(pid, now)
         for pid in decision.mark:

@@ -123,6 +123,16 @@ def _resolved_dir(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
+def _trace_file(path: str) -> str:
+    resolved = Path(path).expanduser().resolve()
+    if resolved.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a directory; give a file name")
+    if not resolved.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{path}: its directory {resolved.parent} does not "
+                                         "exist")
+    return str(resolved)
+
+
 @dataclasses.dataclass(frozen=True)
 class ThunderAgentConfig:
     cache_dir: str | None = option(
@@ -209,6 +219,12 @@ class ThunderAgentConfig:
         "resume the first waiting program that keeps demand at or below the high watermark "
         "(default: on; off waits for room below the low watermark in strict queue order).",
         on_off=True)
+    decision_trace: str | None = option(
+        None, "Write what the scheduler's decisions read and what they decided (config, calls "
+        "held and admitted, finishes, ends, pauses, resumes, each decision with its snapshot) "
+        "to FILE as JSON lines, for the simulator's replay (python -m sim replay FILE); "
+        "tensor-parallel rank 0 only; for debugging and tests (default: off).",
+        metavar="FILE", parse=_trace_file)
     sidecar: bool = option(
         False, "Start the tool-environment sidecar (python -m thunderagent_sglang.sidecar) with "
         "the server and stop it with the server; the server sends it program events.",

@@ -16,6 +16,7 @@ import time
 import pytest
 import requests
 
+from sim.replay import read, replay
 from tests.integration.server import Server
 
 pytestmark = pytest.mark.server
@@ -100,7 +101,10 @@ def timed_call(server, tokens: int, pid: str | None) -> tuple[int, float]:
 
 
 def run_ours(tmp_path_factory) -> dict:
-    server = Server("sched-ours", OURS, {}, tmp_path_factory.mktemp("sched-ours")).wait_ready()
+    logs = tmp_path_factory.mktemp("sched-ours")
+    trace = logs / "decisions.jsonl"
+    server = Server("sched-ours", [*OURS, "--thunderagent-decision-trace", str(trace)], {},
+                    logs).wait_ready()
     try:
         rng = random.Random(9)
         calls, answers, threads = [], [], []
@@ -126,7 +130,7 @@ def run_ours(tmp_path_factory) -> dict:
             ("over-pool-untagged", 1100, None))}
         return {"calls": calls, "answers": answers, "alive": [t.is_alive() for t in threads],
                 "samples": sampler.samples, "listing": listing, "idle": idle,
-                "metrics": stats, "log": server.log(), "large": large}
+                "metrics": stats, "log": server.log(), "large": large, "trace": trace}
     finally:
         server.stop()
 
@@ -196,3 +200,16 @@ def test_a_tagged_call_that_never_fits_runs_alone_and_one_over_the_pool_is_refus
     assert large["oversized"][0] == 200 and large["oversized"][1] < 30, large
     assert large["over-pool-untagged"][0] == 400, large
     assert large["over-pool"][0] == 400 and large["over-pool"][1] < 1.0, large
+
+
+def test_the_simulator_replays_the_servers_decisions_one_for_one(runs):
+    """The server's decision trace (``--thunderagent-decision-trace``) replayed through the
+    simulator's policy (``sim/replay.py``): at every decision the simulator built the same
+    snapshot from the same events and took the same decision, and every call it held or
+    admitted, every pause and resume, was the engine's."""
+    ours, _ = runs
+    result = replay(read(ours["trace"]))
+    print(result.checks, result.decided, result.differences[:5])
+    assert result.differences == []
+    assert result.checks > 30
+    assert result.decided["pause"] > 0 and result.decided["resume"] > 0

@@ -14,6 +14,7 @@ never held. Operator pauses hold a program until the operator resumes it.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 from thunderagent_sglang import config
@@ -62,6 +63,8 @@ class ProgramScheduler:
             "on" if self.enabled else "off (operator pauses only)", self.config.capacity_tokens,
             self.config.high_tokens, self.config.low_tokens, cfg.tick_s, cfg.max_pause_s,
             "on" if cfg.backfill else "off")
+        self.runtime.trace.write("config", self.runtime.clock(), **dataclasses.asdict(self.config),
+                                 block=self.runtime.block_size, tick_s=cfg.tick_s)
 
     # ---- arrivals --------------------------------------------------------------------------
 
@@ -103,9 +106,11 @@ class ProgramScheduler:
         self._left_queue(items)
 
     def hold(self, program_id: str, rid: str, max_new: int, admit: Callable[..., object],
-             chain=None) -> None:
+             chain=None, prompt=None) -> None:
         item = Held(program_id, rid, self.runtime.clock(), self.headroom_of(max_new), admit,
                     chain)
+        self.runtime.trace.write("held", item.since, p=program_id, rid=rid,
+                                 tokens=list(prompt or ()), headroom=item.max_new)
         self.counters["held_requests"] += 1
         self.runtime.events.add("held", program_id)
         if self.shutdown_answer is not None:  # the server is draining: never wait for a resume
@@ -150,12 +155,15 @@ class ProgramScheduler:
         if not self.enabled or self.config is None or self.frozen:
             return
         try:
-            views = self.snapshot(self.runtime.clock())
+            now = self.runtime.clock()
+            views = self.snapshot(now)
             if not views:  # nothing tagged is live: the measure is the untagged calls' alone
                 self.last_footprint = float(self.runtime.running_headroom(None))
                 return
+            untagged = self.runtime.running_headroom(None)
             decision = decide(views, self.config, ledger_footprint(self.runtime.ledger),
-                              untagged_tokens=self.runtime.running_headroom(None))
+                              untagged_tokens=untagged)
+            self.runtime.trace.check(now, event, views, untagged, decision)
         except Exception:  # noqa: BLE001 - fail open: never strand a held call
             get_logger().exception("ThunderAgent scheduler: decision failed; releasing held "
                                    "calls of programs that are not paused")

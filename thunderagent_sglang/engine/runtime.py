@@ -15,6 +15,7 @@ import dataclasses
 from typing import Callable, NamedTuple
 
 from thunderagent_sglang import config
+from thunderagent_sglang.engine.decision_trace import NoTrace
 from thunderagent_sglang.engine.logs import get_logger
 from thunderagent_sglang.engine.offload import Offloader
 from thunderagent_sglang.engine.program_ipc import ID_KEY, FINAL_KEY, PARENT_KEY, PRIORITY_KEY
@@ -84,6 +85,7 @@ class ProgramRuntime(SchedulerHooks):
         self._finish_chain: dict[str, BlockChain] = {}  # program id -> its last finish's chain
         self.events_out = events_out  # the EventSender to the sidecar, or None
         self.events = EventRing(cfg.event_ring)  # the live view's history
+        self.trace = NoTrace()  # --thunderagent-decision-trace, opened once the rank is known
         self.notify = events_out.submit if events_out is not None else (lambda pid, event: None)
         self.page_size = 1
         self.tree = None  # our tree core, once SGLang builds the cache
@@ -117,6 +119,7 @@ class ProgramRuntime(SchedulerHooks):
         self.scheduler.marked.discard(pid)
         self._count(pid)
         self.offload.on_pause(program)
+        self.trace.write("pause", program.status_since, p=pid, reason=reason, operator=operator)
         self.events.add("pause", pid, reason=reason, operator=operator or None,
                         kv=program.kv_decision)
         self.notify(pid, events.PAUSED)
@@ -133,6 +136,8 @@ class ProgramRuntime(SchedulerHooks):
             return
         self._count(pid)
         self.offload.on_resume(pid, decision)
+        self.trace.write("resume", program.status_since, p=pid, reason=reason,
+                         operator=operator)
         self.events.add("resume", pid, reason=reason, operator=operator or None)
         self.notify(pid, events.RESUMED)
         get_logger().debug("ThunderAgent scheduler: resumed %s (%s)", pid, reason)
@@ -176,6 +181,7 @@ class ProgramRuntime(SchedulerHooks):
         self._finish_chain.pop(pid, None)
         self._retire(pid)
         self.scheduler.forget(pid)
+        self.trace.write("end", self.clock(), p=pid, cause=program.release_cause or "ended")
         self.events.add("end", pid, cause=program.release_cause or "ended")
         self.notify(pid, events.TERMINATED)
         self.scheduler.release_held(pid)  # its next calls start a new incarnation
@@ -190,6 +196,7 @@ class ProgramRuntime(SchedulerHooks):
         if self.table.live_program(program_id) is None and program_id not in self.scheduler.held:
             if program_id in self.ledger:
                 self.ledger.remove(program_id)
+                self.trace.write("end", self.clock(), p=program_id, cause="never admitted")
             self.scheduler.priority.pop(program_id, None)
 
     def _retire(self, program_id: str) -> None:
@@ -229,6 +236,11 @@ class ProgramRuntime(SchedulerHooks):
         else:
             self._count(arrival.program_id)
         self.track_call(recv_req.rid, arrival.program_id, max_new, chain)
+        program = self.table.live_program(arrival.program_id)
+        if program is not None:
+            self.trace.write("call", program.phase_since, p=arrival.program_id, rid=recv_req.rid,
+                             tokens=list(recv_req.input_ids or ()),
+                             headroom=self.scheduler.headroom_of(max_new))
 
     def track_call(self, rid: str, program_id: str | None, headroom: int,
                    chain: BlockChain | None = None) -> None:
@@ -300,6 +312,8 @@ class ProgramRuntime(SchedulerHooks):
             output_tokens=len(req.output_ids), missed=missed, sequence=sequence,
             full_sequence=full)
         if program is not None:
+            self.trace.write("finish", program.phase_since if program.live else self.clock(),
+                             p=program.program_id, rid=req.rid, tokens=list(tokens))
             self.events.add("finish", program.program_id, prompt=len(prompt), cached=cached,
                             output=len(req.output_ids), missed_evicted=missed.evicted or None,
                             missed_changed=missed.changed or None)

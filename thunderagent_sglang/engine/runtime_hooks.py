@@ -17,6 +17,7 @@ from sglang.utils import TypeBasedDispatcher
 
 from thunderagent_sglang import compat
 from thunderagent_sglang.engine import controls, hooks, program_ipc, program_retraction
+from thunderagent_sglang.engine.decision_trace import open_trace
 from thunderagent_sglang.engine.guards import guard, guarded
 
 SHUTDOWN_MESSAGE = ("The server is shutting down; this program was paused and its call had "
@@ -49,6 +50,7 @@ class SchedulerHooks:
         if not self.consensus.leader:  # one rank speaks to the sidecar
             self.notify = lambda program_id, event: None
         self.page_size = getattr(scheduler, "page_size", None) or 1
+        self.trace = open_trace(self.cfg.decision_trace, self.consensus.leader)
         self.scheduler.set_capacity(scheduler.max_total_num_tokens)
         scheduler._request_dispatcher += TypeBasedDispatcher(
             [(cls, functools.partial(controls.handle, self)) for cls in program_ipc.REQUESTS])
@@ -88,7 +90,8 @@ class SchedulerHooks:
             self.scheduler.refuse(admit, recv_req.rid)
             return True
         chain = self.set_prompt(arrival.program_id, recv_req)
-        self.scheduler.hold(arrival.program_id, recv_req.rid, max_new, admit, chain)
+        self.scheduler.hold(arrival.program_id, recv_req.rid, max_new, admit, chain,
+                            prompt=recv_req.input_ids)
         return True
 
     def _admit(self, original, scheduler, recv_req, kwargs, arrival, max_new: int,
