@@ -3,6 +3,7 @@
     python -m sim run [--systems plain ours limit] [--slots 16] [--minutes 10] [--seed 0]
         [--capacity 16384] [--block 256] [--cost benchmarks/results/sim/validation.json]
     python -m sim replay FILE
+    python -m sim project [--workloads ...] [--loads ...]   (sim/project.py: GPU projections)
     python -m sim validate [--calibration benchmarks/results/sim/calibration.json]
         [--points benchmarks/results/agentic/sweep-serve/points] [--out ...validation.json]
 
@@ -61,6 +62,11 @@ def simulate(system: str, *, slots: int, minutes: float, seed: int, capacity: in
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["project"]:  # its own flags: python -m sim project --help
+        from sim import project
+
+        return project.main(args[1:])
     parser = argparse.ArgumentParser(prog="python -m sim", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
