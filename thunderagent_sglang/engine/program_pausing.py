@@ -63,7 +63,8 @@ class ProgramScheduler:
             "on" if self.enabled else "off (operator pauses only)", self.config.capacity_tokens,
             self.config.high_tokens, self.config.low_tokens, cfg.tick_s, cfg.max_pause_s,
             "on" if cfg.backfill else "off")
-        self.runtime.trace.write("config", self.runtime.clock(), **dataclasses.asdict(self.config),
+        self.runtime.trace.write("config", self.runtime.clock(),
+                                 **dataclasses.asdict(self.config),
                                  block=self.runtime.block_size, tick_s=cfg.tick_s)
 
     # ---- arrivals --------------------------------------------------------------------------

@@ -114,12 +114,14 @@ class ProgramRuntime(SchedulerHooks):
         pid = program.program_id
         was_paused = program.status is Status.PAUSED
         self.table.pause(pid, operator=operator)
+        if operator or not was_paused:  # an operator's pause of a paused program counts too
+            self.trace.write("pause", program.status_since, p=pid, reason=reason,
+                             operator=operator)
         if was_paused:
             return
         self.scheduler.marked.discard(pid)
         self._count(pid)
         self.offload.on_pause(program)
-        self.trace.write("pause", program.status_since, p=pid, reason=reason, operator=operator)
         self.events.add("pause", pid, reason=reason, operator=operator or None,
                         kv=program.kv_decision)
         self.notify(pid, events.PAUSED)
