@@ -102,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--points", type=Path,
                        default=Path("benchmarks/results/agentic/sweep-serve/points"),
                        help="the runner's point files (serve-c<N>-<system>.json)")
+    check.add_argument("--rollout-points", type=Path,
+                       default=Path("benchmarks/results/agentic/quick-rollout/points"),
+                       help="the runner's rollout point files (rollout-c<N>-<system>.json); "
+                            "'none' to skip")
     check.add_argument("--block", type=int, default=32, help="cache block, tokens")
     check.add_argument("--out", type=Path, default=RESULTS / "validation.json")
     args = parser.parse_args(argv)
@@ -185,7 +189,12 @@ def _validate(args) -> int:
             print(f"error: {path} does not exist (python -m benchmarks calibrate --prompt-tokens "
                   "512 1024 2048 4096 8192 --out ... writes a calibration)", file=sys.stderr)
             return 2
-    table = validate(args.calibration, args.points, block=args.block)
+    rollout = None if str(args.rollout_points) == "none" else args.rollout_points
+    if rollout is not None and not rollout.exists():
+        print(f"error: {rollout} does not exist (--rollout-points none skips the rollout)",
+              file=sys.stderr)
+        return 2
+    table = validate(args.calibration, args.points, block=args.block, rollout_points=rollout)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(table, indent=1) + "\n")
     print(json.dumps(table["cost"]))
@@ -197,6 +206,15 @@ def _validate(args) -> int:
                                f"({row[k]['ratio_error']:+.1%})" for k in (
                                    "ours/plain", "ours/limit", "sched-off/plain",
                                    "priority/plain")))
+    if "rollout" in table:
+        row = table["rollout"]
+        print(f"rollout N={row['concurrency']}: " + "; ".join(
+            f"{s} measured {row[s]['measured']['steps_per_min']} predicted "
+            f"{row[s]['predicted']['steps_per_min']} steps/min" for s in ("plain", "ours",
+                                                                          "limit"))
+            + "; " + "; ".join(f"{k} {row[k]['measured']} vs {row[k]['predicted']} "
+                               f"({row[k]['ratio_error']:+.1%})" for k in ("ours/plain",
+                                                                          "ours/limit")))
     print(f"saved {args.out}")
     return 0
 

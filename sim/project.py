@@ -36,6 +36,7 @@ from benchmarks.agentic import workload
 from sim.engine import Engine
 from sim.gpu_cost import GpuStepCost
 from sim.policies import Plain, Proxy, Thunder, Ttl
+from sim.rollout import run_rollout
 
 KV_TOKENS = 850_000
 BLOCK = 512
@@ -92,24 +93,11 @@ def simulate(spec, system: str, load: int, cost, *, minutes: float, warmup: floa
 
 def rollout(spec, system: str, cost, *, programs: int, replicas: int, group_size: int,
             seed: int) -> dict:
-    """A GRPO batch started at once, dealt round robin to ``replicas`` independent replicas
-    (no router modelled: no global queue, no migration); until every program has ended."""
-    batch = workload.rollout_batch(spec, seed, programs, group_size)
-    calls, makespan, cached, prompt = 0, 0.0, 0, 0
-    for r in range(replicas):
-        mine = batch[r::replicas]
-        engine = Engine(policy_of(system, spec, seed), capacity_tokens=SYSTEMS[system][2],
-                        block=BLOCK, prefill_tokens=PREFILL_TOKENS, cost=cost, spec=spec,
-                        seed=seed, slots=len(mine),
-                        source=lambda slot, index, mine=mine: None if index else mine[slot])
-        stats = engine.run(24 * 3600.0)
-        calls += len(stats.finished)
-        makespan = max(makespan, stats.finished[-1] if stats.finished else 0.0)
-        cached += sum(c for _, _, c in stats.calls)
-        prompt += sum(p for _, p, _ in stats.calls)
-    return {"steps_per_min": round(calls * 60 / makespan, 1) if makespan else 0.0,
-            "makespan_s": round(makespan, 1), "calls": calls,
-            "kv_hit_rate": round(cached / prompt, 4) if prompt else 0.0}
+    """A GRPO batch started at once on ``replicas`` replicas (``sim.rollout``)."""
+    result = run_rollout(lambda: policy_of(system, spec, seed), spec, cost, programs=programs,
+                         group_size=group_size, seed=seed, capacity=SYSTEMS[system][2],
+                         block=BLOCK, replicas=replicas, prefill_tokens=PREFILL_TOKENS)
+    return {**result, "steps_per_min": round(result["steps_per_min"], 1)}
 
 
 def project(workloads, loads, *, minutes: float, warmup: float, seed: int, out: Path,

@@ -22,6 +22,7 @@ from sim import fit
 from sim.costs import StepCost
 from sim.engine import Engine
 from sim.policies import EvictionOnly, Plain, Thunder
+from sim.rollout import run_rollout
 
 MEASURED = {"plain": "plain", "ours": "ours-offload-off", "limit": "limit",
             "sched-off": "ours-sched-off", "priority": "plain-priority"}
@@ -54,7 +55,8 @@ def measured_cell(points: Path, system: str, slots: int) -> dict:
             "kv_hit_rate": data["figures"]["kv_hit_rate"]}
 
 
-def validate(calibration: Path, points: Path, *, loads=(8, 16, 32), block: int = 32) -> dict:
+def validate(calibration: Path, points: Path, *, loads=(8, 16, 32), block: int = 32,
+             rollout_points: Path | None = None) -> dict:
     config = json.loads((points.parent / "config.json").read_text())["configuration"]
     pools = config["pools"]
     settings = dict(seed=config["seed"], capacity=pools["device_tokens"],
@@ -73,16 +75,45 @@ def validate(calibration: Path, points: Path, *, loads=(8, 16, 32), block: int =
         for system in MEASURED:
             row[system] = {"measured": measured_cell(points, system, slots),
                            "predicted": simulate_cell(system, slots, cost, **settings)}
-        for num, den in RATIOS:
-            m = row[num]["measured"]["steps_per_min"] / row[den]["measured"]["steps_per_min"]
-            p = row[num]["predicted"]["steps_per_min"] / row[den]["predicted"]["steps_per_min"]
-            row[f"{num}/{den}"] = {"measured": round(m, 3), "predicted": round(p, 3),
-                                   "ratio_error": round(p / m - 1, 3),
-                                   "trusted": abs(p / m - 1) <= 0.10}
+        _ratios(row, RATIOS)
         cells.append(row)
-    return {"what": __doc__.split("\n\n")[0], "calibration": str(calibration),
-            "points": str(points), "settings": settings, "cost": cost.to_json(),
-            "fit": {"batch1": single_fit, "load_factor": loaded, "split_tried": tried,
-                    "fitted_on": "calibration, and plain at N=16 "
-                                 f"({plain16} steps/min measured)"},
-            "cells": cells}
+    table = {"what": __doc__.split("\n\n")[0], "calibration": str(calibration),
+             "points": str(points), "settings": settings, "cost": cost.to_json(),
+             "fit": {"batch1": single_fit, "load_factor": loaded, "split_tried": tried,
+                     "fitted_on": "calibration, and plain at N=16 "
+                                  f"({plain16} steps/min measured)"},
+             "cells": cells}
+    if rollout_points is not None:
+        table["rollout"] = validate_rollout(rollout_points, cost, block)
+    return table
+
+
+def _ratios(row: dict, ratios) -> None:
+    for num, den in ratios:
+        m = row[num]["measured"]["steps_per_min"] / row[den]["measured"]["steps_per_min"]
+        p = row[num]["predicted"]["steps_per_min"] / row[den]["predicted"]["steps_per_min"]
+        row[f"{num}/{den}"] = {"measured": round(m, 3), "predicted": round(p, 3),
+                               "ratio_error": round(p / m - 1, 3),
+                               "trusted": abs(p / m - 1) <= 0.10}
+
+
+def validate_rollout(points: Path, cost: StepCost, block: int) -> dict:
+    """The committed rollout run (a GRPO batch started at once, until it ends), predicted with
+    the cost model fitted on the serving runs: nothing is fitted on it."""
+    config = json.loads((points.parent / "config.json").read_text())["configuration"]
+    pools, spec = config["pools"], workload.WorkloadSpec(**config["workload"])
+    row = {"mode": "rollout", "concurrency": config["concurrency"][0],
+           "group_size": config["group_size"]}
+    for system in ("plain", "ours", "limit"):
+        data = json.loads((points / f"rollout-c{row['concurrency']}-{MEASURED[system]}.json")
+                          .read_text())["figures"]
+        predicted = run_rollout(POLICY[system], spec, cost, programs=row["concurrency"],
+                                group_size=row["group_size"], seed=config["seed"],
+                                capacity=pools["limit_tokens"] if system == "limit"
+                                else pools["device_tokens"], block=block)
+        row[system] = {"measured": {k: data[k] for k in ("steps_per_min", "kv_hit_rate",
+                                                         "makespan_s")},
+                       "predicted": {k: predicted[k] for k in ("steps_per_min", "kv_hit_rate",
+                                                               "makespan_s")}}
+    _ratios(row, (("ours", "plain"), ("ours", "limit")))
+    return row

@@ -238,3 +238,20 @@ def test_eviction_only_never_holds_and_ranks_acting_programs_below_reasoning_one
     assert acting and reasoning
     rank = lambda pid: policy.rank(SimpleNamespace(owners={pid}, last_used=0.0), engine.now)  # noqa: E731
     assert max(rank(pid) for pid in acting) < min(rank(pid) for pid in reasoning)
+
+
+def test_the_committed_validation_table_is_what_its_committed_command_makes():
+    """``python -m sim validate`` on the committed calibration and runs gives back the
+    committed ``validation.json`` exactly (seeded, deterministic; rerun it after changing the
+    simulator)."""
+    import json
+    from pathlib import Path
+
+    from sim.validate import validate
+
+    table = validate(Path("benchmarks/results/sim/calibration.json"),
+                     Path("benchmarks/results/agentic/sweep-serve/points"),
+                     rollout_points=Path("benchmarks/results/agentic/quick-rollout/points"))
+    committed = json.loads(Path("benchmarks/results/sim/validation.json").read_text())
+    assert json.loads(json.dumps(table)) == committed
+    assert committed["rollout"]["ours/plain"]["measured"] == 1.913
