@@ -205,7 +205,8 @@ def _validate(args) -> int:
             + "; " + "; ".join(f"{k} {row[k]['measured']} vs {row[k]['predicted']} "
                                f"({row[k]['ratio_error']:+.1%})" for k in (
                                    "ours/plain", "ours/limit", "sched-off/plain",
-                                   "priority/plain")))
+                                   "priority/plain", "hicache/plain", "ours-auto/hicache",
+                                   "ours-auto/limit")))
     if "rollout" in table:
         row = table["rollout"]
         print(f"rollout N={row['concurrency']}: " + "; ".join(

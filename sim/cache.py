@@ -6,6 +6,11 @@ are present, exactly as in a radix tree whose edges are cut at block boundaries.
 counted in blocks. A block can be evicted when no running call locks it and no cached block
 extends it (a leaf); ``evict`` takes leaves smallest ``rank`` first, and a parent whose last
 child went becomes a candidate in the same pass.
+
+``HostTier`` is SGLang's HiCache host tier as modelled here: a block evicted from the device
+is written to the host (write-back on eviction), a prefix continues from the device into the
+host (those blocks are loaded back, not recomputed), and the host evicts its own blocks
+smallest ``rank`` first when full.
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ class Block:
 
 
 class BlockCache:
-    def __init__(self, capacity_blocks: int, rank: Callable[[Block], tuple]):
+    def __init__(self, capacity_blocks: int, rank: Callable[[Block], tuple],
+                 spill: Callable[[Block], None] | None = None):
         if capacity_blocks <= 0:
             raise ValueError(f"capacity_blocks must be positive, got {capacity_blocks!r}")
         self.capacity = capacity_blocks
         self.rank = rank  # smallest evicted first
+        self.spill = spill  # where an evicted block goes (a host tier), if anywhere
         self.blocks: dict[int, Block] = {}
         self.evicted = 0
 
@@ -94,6 +101,8 @@ class BlockCache:
             _, key = heapq.heappop(heap)
             block = self.blocks.pop(key)
             done += 1
+            if self.spill is not None:
+                self.spill(block)
             if block.parent is not None:
                 parent = self.blocks[block.parent]
                 parent.children -= 1
@@ -101,3 +110,40 @@ class BlockCache:
                     heapq.heappush(heap, (self.rank(parent), parent.key))
         self.evicted += done
         return done
+
+
+class HostTier:
+    def __init__(self, capacity_blocks: int, rank: Callable[[Block], tuple]):
+        if capacity_blocks <= 0:
+            raise ValueError(f"capacity_blocks must be positive, got {capacity_blocks!r}")
+        self.capacity = capacity_blocks
+        self.rank = rank  # smallest evicted first
+        self.blocks: dict[int, Block] = {}
+        self.written = self.loaded = self.evicted = 0
+
+    def write(self, block: Block) -> None:
+        """A block the device evicted (its children and locks do not matter here)."""
+        if block.key not in self.blocks:
+            if len(self.blocks) >= self.capacity:
+                victim = min(self.blocks.values(), key=self.rank)
+                del self.blocks[victim.key]
+                self.evicted += 1
+            self.written += 1
+        self.blocks[block.key] = Block(block.key, block.parent, block.last_used,
+                                       owners=set(block.owners))
+
+    def match_after(self, keys: Sequence[int], device: int) -> int:
+        """How many keys after the ``device`` cached ones continue the prefix in the host."""
+        n = 0
+        parent = keys[device - 1] if device else None
+        for key in keys[device:]:
+            block = self.blocks.get(key)
+            if block is None or block.parent != parent:
+                break
+            n, parent = n + 1, key
+        return n
+
+    def touch(self, keys: Sequence[int], now: float) -> None:
+        self.loaded += len(keys)
+        for key in keys:
+            self.blocks[key].last_used = now

@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from benchmarks.agentic import workload
-from sim.cache import BlockCache
+from sim.cache import BlockCache, HostTier
 from sim.costs import StepCost
 from thunderagent_sglang.policy.demand import BlockChain, block_keys
 
@@ -39,7 +39,8 @@ class SimCall:
     full_chain: BlockChain  # of prompt and output
     arrived_at: float
     slot: int = -1  # the serving slot that plays its program
-    matched: int = 0  # cached blocks found at admission
+    matched: int = 0  # cached blocks found at admission (device, then host)
+    locked: int = 0  # of them, the device blocks it locks while it runs
     reserved: int = 0
     emitted: int = 0
     admitted_at: float | None = None
@@ -59,6 +60,7 @@ class Stats:
     busy_s: float = 0.0
     held_s: float = 0.0  # summed time calls waited before admission
     rejected: int = 0  # calls longer than the whole pool (their programs end there)
+    host_loaded_tokens: int = 0  # prompt tokens loaded back from the host tier
 
     def calls_per_min(self, start: float, end: float) -> float:
         n = sum(1 for t in self.finished if start <= t < end)
@@ -75,14 +77,22 @@ class Engine:
     def __init__(self, policy, *, capacity_tokens: int, block: int = 256,
                  prefill_tokens: int = 4096, cost: StepCost = StepCost(),
                  spec: workload.WorkloadSpec = workload.WorkloadSpec(), seed: int = 0,
-                 slots: int = 8, source=None, mixed: bool = False):
+                 slots: int = 8, source=None, mixed: bool = False, host_tokens: int = 0,
+                 host_load_token_s: float = 0.0):
+        """``host_tokens``: a HiCache host tier of that size (0: none); a prefix found there
+        is loaded back at ``host_load_token_s`` a token instead of recomputed."""
         self.policy, self.block, self.cost, self.mixed = policy, block, cost, mixed
+        self.host = HostTier(host_tokens // block, lambda b: policy.host_rank(b, self.now)) \
+            if host_tokens >= block else None
+        self.host_load_token_s = host_load_token_s
+        self._loading = 0  # tokens loaded from the host for this step's calls
         self.prefill_tokens, self.spec, self.seed, self.slots = prefill_tokens, spec, seed, slots
         # (slot, index) -> the slot's index-th program, or None when the slot is done
         self.source = source or (lambda slot, index: workload.serving_program(
             spec, seed, slot, index))
         self.cache = BlockCache(max(1, capacity_tokens // block),
-                                lambda b: policy.rank(b, self.now))
+                                lambda b: policy.rank(b, self.now),
+                                spill=self.host.write if self.host is not None else None)
         self.now = 0.0
         self.waiting: deque[SimCall] = deque()
         self.running: list[SimCall] = []
@@ -153,7 +163,8 @@ class Engine:
         else:
             stepping = self.running
         contexts = [c.prompt_tokens + c.emitted for c in stepping if c.emitted]
-        dt = self.cost.step_s(prefill, contexts)
+        dt = self.cost.step_s(prefill, contexts) + self.host_load_token_s * self._loading
+        self._loading = 0
         self.now += dt
         self.stats.steps += 1
         self.stats.busy_s += dt
@@ -170,10 +181,11 @@ class Engine:
         while self.waiting:
             call = self.waiting[0]
             matched = self.cache.match(call.prompt_keys)
-            new_tokens = call.prompt_tokens - matched * self.block
+            host = self._in_host(call, matched)
+            new_tokens = call.prompt_tokens - (matched + host) * self.block
             if prefill and new_tokens > budget:
                 break
-            need = len(call.full_keys) - matched
+            need = len(call.full_keys) - matched  # host blocks come back into the device
             short = need - (self.cache.free - self.reserved)
             if short > 0:
                 # as SGLang's admission: evict only when what eviction can free is enough
@@ -181,15 +193,22 @@ class Engine:
                     break
                 self.cache.evict(short)
                 matched = self.cache.match(call.prompt_keys)  # eviction may cut its prefix
+                host = self._in_host(call, matched)
                 need = len(call.full_keys) - matched
                 if need > self.cache.free - self.reserved:
                     break
             self.waiting.popleft()
             self.cache.lock(call.prompt_keys[:matched], 1)
             self.cache.touch(call.prompt_keys[:matched], self.now)
-            call.matched, call.reserved, call.admitted_at = matched, need, self.now
+            call.locked = matched
+            call.matched, call.reserved, call.admitted_at = matched + host, need, self.now
             self.reserved += need
-            cached = min(matched * self.block, call.prompt_tokens)
+            cached = min((matched + host) * self.block, call.prompt_tokens)
+            if host:
+                self.host.touch(call.prompt_keys[matched:matched + host], self.now)
+                loaded = cached - min(matched * self.block, call.prompt_tokens)
+                self._loading += loaded
+                self.stats.host_loaded_tokens += loaded
             self.stats.cached_tokens += cached
             self.stats.computed_tokens += call.prompt_tokens - cached
             self.stats.held_s += self.now - call.arrived_at
@@ -198,9 +217,12 @@ class Engine:
             budget -= call.prompt_tokens - cached
         return prefill
 
+    def _in_host(self, call: SimCall, matched: int) -> int:
+        return self.host.match_after(call.prompt_keys, matched) if self.host is not None else 0
+
     def _finish(self, call: SimCall) -> None:
         self.running.remove(call)
-        self.cache.lock(call.prompt_keys[:call.matched], -1)
+        self.cache.lock(call.prompt_keys[:call.locked], -1)
         self.reserved -= call.reserved
         self.cache.insert(call.full_keys, self.now, call.program_id)
         self.stats.finished.append(self.now)

@@ -30,7 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from thunderagent_sglang.policy.demand import DemandLedger
-from thunderagent_sglang.policy.eviction import ProgramState, node_key, program_key
+from thunderagent_sglang.policy.eviction import (ProgramState, host_node_key, node_key,
+                                                 program_key)
 from thunderagent_sglang.policy.footprint import Footprint, ledger_footprint
 from thunderagent_sglang.policy.scheduling import decide
 from thunderagent_sglang.policy.snapshot import (ACTING, ACTIVE, PAUSED, REASONING,
@@ -44,6 +45,10 @@ class Plain:
         self.engine = engine
 
     def rank(self, block, now: float) -> tuple:
+        return (block.last_used,)
+
+    def host_rank(self, block, now: float) -> tuple:
+        """The host tier's eviction order: least recently used first."""
         return (block.last_used,)
 
     def arrive(self, call, now: float) -> bool:
@@ -98,6 +103,12 @@ class Thunder(Plain):
         keys = [self._key(pid, now) for pid in block.owners if pid in self.programs]
         cls, value = node_key(keys, retired=bool(block.owners))
         return cls, value, block.last_used
+
+    def host_rank(self, block, now: float) -> tuple:
+        """``policy.eviction.host_node_key``: ended programs' KV first, then untagged, live
+        programs' last; then least recently used."""
+        live = any(pid in self.programs for pid in block.owners)
+        return (*host_node_key(live, retired=bool(block.owners)), block.last_used)
 
     def _key(self, pid: str, now: float) -> tuple[int, float]:
         p = self.programs[pid]
@@ -268,6 +279,8 @@ class Proxy(Thunder):
 
     def rank(self, block, now: float) -> tuple:
         return (block.last_used,)
+
+    host_rank = Plain.host_rank  # plain replicas behind the proxy
 
     def _footprint(self) -> Footprint:
         def alone(ids):

@@ -16,6 +16,10 @@ Every number's origin:
 - Programs: ``WORKLOADS``, assumptions about mini-SWE-agent and OpenHands on SWE-bench-like
   tasks (shared system prompt, turns, tool output and tool time), chosen before any run and not
   compared with the paper's figures; every number is in the preset below.
+- Host tier (plain-hicache, ours-host): SGLang's default ``--hicache-ratio`` 2, write-back at
+  eviction, loads back at 48128 bytes a token over each GPU's PCIe 5.0 x16 link at an assumed
+  25 GB/s (an estimate); ours' selective offload at a pause is not modelled beyond its host
+  ranks (live programs' KV kept longest).
 - Policies: the simulator's (``sim.policies``); ours is the engine's own ``decide``.
 Nothing here is set by comparing with the paper. Serving: N programs kept running; steps per
 minute are calls completed per minute after the warm-up, the hit rate cached over prompt
@@ -60,12 +64,18 @@ WORKLOADS = {
         tool_output_max=8000, output_tokens=300, tool_gap_median_s=3.0, tool_gap_sigma=1.3,
         tool_gap_max_s=300.0, max_context_tokens=100000),
 }
-SYSTEMS = {  # name: (label, policy factory, pool)
-    "plain": ("SGLang/vLLM (LRU)", Plain, KV_TOKENS),
-    "ttl": ("Continuum-style TTL pinning", None, KV_TOKENS),
-    "proxy": ("published ThunderAgent proxy (rule)", Proxy, KV_TOKENS),
-    "ours": ("ThunderAgent-SGLang (ours)", Thunder, KV_TOKENS),
-    "limit": ("no eviction (limit)", Plain, LIMIT_TOKENS),
+# SGLang's host tier at its default --hicache-ratio 2; a token's KV shard (48128 bytes) comes
+# back over each GPU's own PCIe 5.0 x16 link at an assumed 25 GB/s: an estimate
+HOST_TOKENS = 2 * KV_TOKENS
+HOST_LOAD_TOKEN_S = 48128 / 25e9
+SYSTEMS = {  # name: (label, policy factory, pool, host tier)
+    "plain": ("SGLang/vLLM (LRU)", Plain, KV_TOKENS, 0),
+    "plain-hicache": ("SGLang + HiCache (host 2x)", Plain, KV_TOKENS, HOST_TOKENS),
+    "ttl": ("Continuum-style TTL pinning", None, KV_TOKENS, 0),
+    "proxy": ("published ThunderAgent proxy (rule)", Proxy, KV_TOKENS, 0),
+    "ours": ("ThunderAgent-SGLang (ours, offload off)", Thunder, KV_TOKENS, 0),
+    "ours-host": ("ThunderAgent-SGLang + host tier", Thunder, KV_TOKENS, HOST_TOKENS),
+    "limit": ("no eviction (limit)", Plain, LIMIT_TOKENS, 0),
 }
 
 
@@ -82,7 +92,8 @@ def simulate(spec, system: str, load: int, cost, *, minutes: float, warmup: floa
     started = time.perf_counter()
     engine = Engine(policy_of(system, spec, seed), capacity_tokens=SYSTEMS[system][2],
                     block=BLOCK, prefill_tokens=PREFILL_TOKENS, cost=cost, spec=spec,
-                    seed=seed, slots=load)
+                    seed=seed, slots=load, host_tokens=SYSTEMS[system][3],
+                    host_load_token_s=HOST_LOAD_TOKEN_S)
     stats = engine.run(minutes * 60)
     start, end = warmup * 60, minutes * 60
     return {"steps_per_min": round(stats.calls_per_min(start, end), 1),
@@ -96,7 +107,8 @@ def rollout(spec, system: str, cost, *, programs: int, replicas: int, group_size
     """A GRPO batch started at once on ``replicas`` replicas (``sim.rollout``)."""
     result = run_rollout(lambda: policy_of(system, spec, seed), spec, cost, programs=programs,
                          group_size=group_size, seed=seed, capacity=SYSTEMS[system][2],
-                         block=BLOCK, replicas=replicas, prefill_tokens=PREFILL_TOKENS)
+                         block=BLOCK, replicas=replicas, prefill_tokens=PREFILL_TOKENS,
+                         host_tokens=SYSTEMS[system][3], host_load_token_s=HOST_LOAD_TOKEN_S)
     return {**result, "steps_per_min": round(result["steps_per_min"], 1)}
 
 
@@ -107,7 +119,7 @@ def project(workloads, loads, *, minutes: float, warmup: float, seed: int, out: 
     for name in workloads:
         spec, points = WORKLOADS[name], []
         for load in loads:
-            for system, (label, _, _) in SYSTEMS.items():
+            for system, (label, *_) in SYSTEMS.items():
                 figures = simulate(spec, system, load, cost, minutes=minutes, warmup=warmup,
                                    seed=seed)
                 points.append({"mode": name, "system": system, "label": label,
@@ -140,7 +152,9 @@ def _ratios(points: list[dict], loads) -> list[dict]:
               if p["concurrency"] == load}
         rows.append({"concurrency": load, **{f"ours/{s}": round(at["ours"] / at[s], 3)
                                              for s in ("plain", "ttl", "proxy", "limit")
-                                             if at.get(s)}})
+                                             if at.get(s)},
+                     "ours-host/plain-hicache": round(at["ours-host"] / at["plain-hicache"], 3),
+                     "ours-host/limit": round(at["ours-host"] / at["limit"], 3)})
     return rows
 
 

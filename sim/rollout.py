@@ -15,14 +15,16 @@ from sim.engine import Engine
 
 def run_rollout(make_policy, spec: workload.WorkloadSpec, cost, *, programs: int,
                 group_size: int, seed: int, capacity: int, block: int, replicas: int = 1,
-                prefill_tokens: int = 4096) -> dict:
+                prefill_tokens: int = 4096, host_tokens: int = 0,
+                host_load_token_s: float = 0.0) -> dict:
     batch = workload.rollout_batch(spec, seed, programs, group_size)
     calls, makespan, cached, prompt = 0, 0.0, 0, 0
     for r in range(replicas):
         mine = batch[r::replicas]
         engine = Engine(make_policy(), capacity_tokens=capacity, block=block,
                         prefill_tokens=prefill_tokens, cost=cost, spec=spec, seed=seed,
-                        slots=len(mine),
+                        slots=len(mine), host_tokens=host_tokens,
+                        host_load_token_s=host_load_token_s,
                         source=lambda slot, index, mine=mine: None if index else mine[slot])
         stats = engine.run(24 * 3600.0)
         calls += len(stats.finished)

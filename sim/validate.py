@@ -9,7 +9,12 @@ The simulator is trusted only where its same-run ratios (ours / plain, ours / li
 10% of the measured ones (``ratio_error``: predicted ratio over measured, less 1). Also
 predicted: ours with the scheduler off (our eviction only) against plain, and plain with
 SGLang's priority eviction against plain (every call at one priority: the same LRU, so its
-measured ratio is the run-to-run spread of the measurements themselves).
+measured ratio is the run-to-run spread of the measurements themselves). With SGLang's host
+tier (``--hicache-ratio``, write-back): plain SGLang with it against without, ours with
+offload on against it, and against the limit; the host tier is modelled as write-back at
+eviction with loads back costing nothing on this CPU (a token's KV of the demo model is about
+1 KiB: microseconds against a millisecond of prefill); ours' selective offload at a pause is
+not modelled apart from that (its host ranks are: live programs' KV kept longest).
 """
 
 from __future__ import annotations
@@ -25,20 +30,25 @@ from sim.policies import EvictionOnly, Plain, Thunder
 from sim.rollout import run_rollout
 
 MEASURED = {"plain": "plain", "ours": "ours-offload-off", "limit": "limit",
-            "sched-off": "ours-sched-off", "priority": "plain-priority"}
+            "sched-off": "ours-sched-off", "priority": "plain-priority",
+            "hicache": "plain-hicache", "ours-auto": "ours-offload-auto"}
+HOST_TIER = ("hicache", "ours-auto")  # with SGLang's host tier (--hicache-ratio x the pool)
 # plain-priority runs every program call at one priority: SGLang's priority eviction is then
 # its LRU, so the simulator predicts it as plain, and its measured ratio to plain shows how
 # far two runs of one policy differ here
 POLICY = {"plain": Plain, "ours": Thunder, "limit": Plain, "sched-off": EvictionOnly,
-          "priority": Plain}
-RATIOS = (("ours", "plain"), ("ours", "limit"), ("sched-off", "plain"), ("priority", "plain"))
+          "priority": Plain, "hicache": Plain, "ours-auto": Thunder}
+RATIOS = (("ours", "plain"), ("ours", "limit"), ("sched-off", "plain"), ("priority", "plain"),
+          ("hicache", "plain"), ("ours-auto", "hicache"), ("ours-auto", "limit"))
 
 
 def simulate_cell(system: str, slots: int, cost: StepCost, *, seed: int, capacity: int,
-                  limit_capacity: int, block: int, warmup_s: float, window_s: float) -> dict:
+                  limit_capacity: int, block: int, warmup_s: float, window_s: float,
+                  host_ratio: float = 1.0) -> dict:
     engine = Engine(POLICY[system](), capacity_tokens=limit_capacity if system == "limit"
                     else capacity, block=block, cost=cost, seed=seed, slots=slots,
-                    spec=workload.WorkloadSpec())
+                    spec=workload.WorkloadSpec(),
+                    host_tokens=int(capacity * host_ratio) if system in HOST_TIER else 0)
     stats = engine.run(warmup_s + window_s)
     end = warmup_s + window_s
     return {"steps_per_min": round(stats.calls_per_min(warmup_s, end), 2),
@@ -61,7 +71,8 @@ def validate(calibration: Path, points: Path, *, loads=(8, 16, 32), block: int =
     pools = config["pools"]
     settings = dict(seed=config["seed"], capacity=pools["device_tokens"],
                     limit_capacity=pools["limit_tokens"], block=block,
-                    warmup_s=config["warmup_s"], window_s=config["window_s"])
+                    warmup_s=config["warmup_s"], window_s=config["window_s"],
+                    host_ratio=pools["host_ratio"])
     single, step, single_fit = fit.fit_single(fit.calibration_rows(calibration))
     plain16 = measured_cell(points, "plain", 16)["steps_per_min"]
     loaded = fit.load_factor(single, step, _point(points, "plain", 16), settings["warmup_s"],

@@ -74,6 +74,25 @@ def test_a_full_pool_makes_a_call_wait_and_evicts_the_least_recently_used_first(
     assert (engine.cache.evicted, stats.held_s, stats.steps) == (2 + 3 + 7, 2.0, 8)
 
 
+def test_a_host_tier_keeps_what_the_device_evicted_and_loads_it_back_at_its_cost():
+    """The case above with a 16-block host tier and loads at 0.25 s a token: the 12 blocks
+    the device evicts are written to the host; p0's second call, which found nothing without
+    it, finds its 4 head blocks there (16 tokens loaded, not computed), and the load's 4 s
+    moves its finish from 9.0 to 13.0."""
+    def source(slot, index):
+        if index:
+            return None
+        return two_turns(f"p{slot}", 16, 5.0 if slot == 0 else 1.0, base=100 + 1000 * slot)
+
+    engine = Engine(Plain(), capacity_tokens=32, block=4, cost=UNIT, slots=2, source=source,
+                    host_tokens=64, host_load_token_s=0.25)
+    stats = engine.run(until=100.0)
+    assert stats.finished == [2.0, 4.0, 7.0, 13.0]
+    assert (stats.cached_tokens, stats.computed_tokens, stats.host_loaded_tokens) == \
+        (16 + 16, 16 + 16 + 10 + 10, 16)
+    assert (engine.host.written, engine.host.loaded, engine.host.evicted) == (12, 4, 0)
+
+
 def test_a_prefill_step_runs_alone_unless_mixed():
     """p0: one call (16-token prompt, 4 tokens out); p1: a 1-token call, a 1 s tool, another
     1-token call. Step 1 prefills both (both emit), p1's first call ends; step 2 decodes p0;
