@@ -1,0 +1,65 @@
+"""What if our scheduler counted part of the host tier as room? A simulator experiment.
+
+    python -m sim.host_admission [--out benchmarks/results/sim/host-admission.json]
+
+At the projections' GPU scale (``sim.project``: Qwen3-235B at TP8 on 8 H100s, an 850k-token
+pool, a host tier twice that, loads back at an assumed 25 GB/s per GPU), plain SGLang with the
+host tier, ours with it as the engine is today (the scheduler's capacity is the device pool),
+and ours whose scheduler counts the device pool plus half the host tier (``SchedulerConfig``
+capacity twice the pool). Not built in the engine: this measures whether it is worth building.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sim import project as P
+from sim.engine import Engine
+from sim.gpu_cost import GpuStepCost
+from sim.policies import Plain, Thunder
+from thunderagent_sglang.policy.snapshot import SchedulerConfig
+
+CASES = (("mini-swe", 96), ("mini-swe", 192), ("openhands", 48), ("openhands", 192))
+OUT = Path("benchmarks/results/sim/host-admission.json")
+
+
+def systems():
+    return {"plain-hicache": Plain, "ours-host": Thunder,
+            "ours-host-counted": lambda: Thunder(SchedulerConfig(capacity_tokens=2 * P.KV_TOKENS))}
+
+
+def run(minutes: float = 12.0, warmup: float = 2.0) -> list[dict]:
+    cost, rows = GpuStepCost.load(), []
+    for name, load in CASES:
+        for system, make in systems().items():
+            engine = Engine(make(), capacity_tokens=P.KV_TOKENS, block=P.BLOCK,
+                            prefill_tokens=P.PREFILL_TOKENS, cost=cost,
+                            spec=P.WORKLOADS[name], seed=0, slots=load,
+                            host_tokens=P.HOST_TOKENS, host_load_token_s=P.HOST_LOAD_TOKEN_S)
+            stats = engine.run(minutes * 60)
+            rows.append({"workload": name, "concurrency": load, "system": system,
+                         "steps_per_min": round(stats.calls_per_min(warmup * 60,
+                                                                    minutes * 60), 1),
+                         "kv_hit_rate": round(stats.hit_rate(warmup * 60, minutes * 60), 4)})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sim.host_admission", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    rows = run()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"what": __doc__.split("\n\n")[0], "rows": rows},
+                                   indent=1) + "\n")
+    print(f"saved {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
