@@ -102,3 +102,41 @@ def test_a_call_answered_at_shutdown_goes_to_sglang_untracked_and_is_aborted_wit
     assert abort.rid == "p-1" and not abort.abort_all
     assert abort.finished_reason == {"type": "abort", "status_code": 503, "err_type": None,
                                      "message": runtime_hooks.SHUTDOWN_MESSAGE}
+
+
+def host_cache(size: int):
+    """What the offloader reads of a HiCache-enabled cache: its host KV pool."""
+    pool = SimpleNamespace(size=size, available_size=lambda: size // 2)
+    return SimpleNamespace(host_pool_group=SimpleNamespace(get_pool=lambda name: pool))
+
+
+@pytest.mark.parametrize("share, capacity", [(0.0, 4096), (0.5, 4096 + 4096), (1.0, 4096 + 8192)])
+def test_host_admission_counts_its_share_of_the_host_tier_as_room(share, capacity):
+    runtime = runtime_module.ProgramRuntime(config.ThunderAgentConfig(host_admission=share))
+    runtime.offload.cache = host_cache(8192)
+    assert runtime.offload.host_tokens() == 8192
+    runtime.scheduler.set_capacity(4096, runtime.offload.host_tokens())
+    assert runtime.scheduler.config.capacity_tokens == capacity
+    assert runtime.scheduler.config.high_tokens == pytest.approx(0.95 * capacity)
+
+
+def test_without_a_host_tier_there_is_nothing_to_count():
+    runtime = runtime_module.ProgramRuntime(config.ThunderAgentConfig(host_admission=1.0))
+    assert runtime.offload.host_tokens() == 0  # no cache yet
+    runtime.offload.cache = SimpleNamespace()  # a cache without a host tier
+    assert runtime.offload.host_tokens() == 0
+    runtime.scheduler.set_capacity(4096, runtime.offload.host_tokens())
+    assert runtime.scheduler.config.capacity_tokens == 4096
+
+
+def test_the_host_admission_flag_takes_a_share_in_0_1():
+    import argparse
+
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    config.add_cli_group(parser)
+    ns = parser.parse_args(["--thunderagent-host-admission", "0.5"])
+    assert config.from_namespace(ns).host_admission == 0.5
+    assert config.from_namespace(parser.parse_args([])).host_admission == 0.0
+    for bad in ("-0.1", "1.5", "half"):
+        with pytest.raises(argparse.ArgumentError):
+            parser.parse_args(["--thunderagent-host-admission", bad])

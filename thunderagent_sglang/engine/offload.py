@@ -127,10 +127,18 @@ class Offloader:
                           pid, choice.decision.value, choice.reason, moved, own_device, device)
         return choice
 
-    def _host_free(self) -> int:
+    def _host_pool(self):
         group = getattr(self.cache, "host_pool_group", None)
-        pool = group.get_pool(PoolName.KV) if group is not None else None
+        return group.get_pool(PoolName.KV) if group is not None else None
+
+    def _host_free(self) -> int:
+        pool = self._host_pool()
         return pool.available_size() if pool is not None else 0
+
+    def host_tokens(self) -> int:
+        """The host tier's KV capacity in tokens (0 without one)."""
+        pool = self._host_pool()
+        return int(getattr(pool, "size", 0) or 0) if pool is not None else 0
 
     def _evict_own(self, pid: str, device_tokens: int, decision: KvDecision) -> int:
         """Free exactly the program's movable device KV (for a drop, its host copies too)."""

@@ -51,10 +51,18 @@ class ProgramScheduler:
         # Set at shutdown: answers a held call at once (HTTP 503); nothing is held after that.
         self.shutdown_answer: Callable[[Held], None] | None = None
 
-    def set_capacity(self, tokens: int) -> None:
+    def set_capacity(self, tokens: int, host_tokens: int = 0) -> None:
+        """``tokens``: the device pool; ``host_tokens``: the host tier's, of which
+        ``--thunderagent-host-admission`` counts a share."""
         cfg = self.cfg
+        counted_host = int(cfg.host_admission * host_tokens)
+        if counted_host:
+            get_logger().info("ThunderAgent scheduler: counting %d of the host tier's %d tokens "
+                              "as room (--thunderagent-host-admission %g)", counted_host,
+                              host_tokens, cfg.host_admission)
         self.config = SchedulerConfig(
-            capacity_tokens=max(1, int(tokens)), high_watermark=cfg.high_watermark,
+            capacity_tokens=max(1, int(tokens) + counted_host),
+            high_watermark=cfg.high_watermark,
             low_watermark=cfg.low_watermark, half_life_s=cfg.decay_half_life_s,
             max_pause_s=cfg.max_pause_s, backfill=cfg.backfill)
         get_logger().info(

@@ -51,7 +51,7 @@ class SchedulerHooks:
             self.notify = lambda program_id, event: None
         self.page_size = getattr(scheduler, "page_size", None) or 1
         self.trace = open_trace(self.cfg.decision_trace, self.consensus.leader)
-        self.scheduler.set_capacity(scheduler.max_total_num_tokens)
+        self.scheduler.set_capacity(scheduler.max_total_num_tokens, self.offload.host_tokens())
         scheduler._request_dispatcher += TypeBasedDispatcher(
             [(cls, functools.partial(controls.handle, self)) for cls in program_ipc.REQUESTS])
 
