@@ -25,17 +25,10 @@ from pathlib import Path
 from benchmarks.agentic import workload
 from sim.costs import StepCost
 from sim.engine import Engine
-from sim.policies import EvictionOnly, Plain, Proxy, Thunder, Ttl
+from sim.policies import EvictionOnly, Plain, Proxy, Thunder, Ttl, median_tool_wait
 
 POLICIES = {"plain": Plain, "ours": Thunder, "limit": Plain, "ours-sched-off": EvictionOnly,
             "ttl": lambda: Ttl(median_tool_wait(workload.WorkloadSpec(), 0)), "proxy": Proxy}
-
-
-def median_tool_wait(spec: workload.WorkloadSpec, seed: int, programs: int = 64) -> float:
-    """The median tool wait of the workload's first programs (the TTL that ``Ttl`` pins for)."""
-    waits = [call.tool_wait_s for i in range(programs)
-             for call in workload.serving_program(spec, seed, i % 16, i // 16).calls[1:]]
-    return statistics.median(waits)
 
 
 RESULTS = Path("benchmarks/results/sim")

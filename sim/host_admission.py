@@ -38,15 +38,10 @@ def run(minutes: float = 12.0, warmup: float = 2.0) -> list[dict]:
     cost, rows = GpuStepCost.load(), []
     for name, load in CASES:
         for system, make in systems().items():
-            engine = Engine(make(), capacity_tokens=P.KV_TOKENS, block=P.BLOCK,
-                            prefill_tokens=P.PREFILL_TOKENS, cost=cost,
-                            spec=P.WORKLOADS[name], seed=0, slots=load,
-                            host_tokens=P.HOST_TOKENS, host_load_token_s=P.HOST_LOAD_TOKEN_S)
-            stats = engine.run(minutes * 60)
+            figures = P.simulate(P.WORKLOADS[name], "ours-host", load, cost, minutes=minutes,
+                                 warmup=warmup, seed=0, policy=make())
             rows.append({"workload": name, "concurrency": load, "system": system,
-                         "steps_per_min": round(stats.calls_per_min(warmup * 60,
-                                                                    minutes * 60), 1),
-                         "kv_hit_rate": round(stats.hit_rate(warmup * 60, minutes * 60), 4)})
+                         **{k: figures[k] for k in ("steps_per_min", "kv_hit_rate")}})
             print(rows[-1], flush=True)
     return rows
 

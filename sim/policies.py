@@ -27,6 +27,7 @@ A policy answers: ``attach(engine)``, ``rank(block, now)`` (smallest evicted fir
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 
 from thunderagent_sglang.policy.demand import DemandLedger
@@ -190,13 +191,18 @@ class Thunder(Plain):
     def _footprint(self) -> Footprint:
         return ledger_footprint(self.ledger)
 
-    def _decide(self, now: float, untagged: int = 0) -> list:
+    def decision(self, now: float, untagged: int = 0):
+        """``decide`` on this moment's snapshot; None without a live tagged program (as the
+        engine: no decision then)."""
         self._last_tick = now
         views = self._views(now)
-        if not views:  # as the engine: no decision without a live tagged program
-            return []
-        return self.apply(decide(views, self.config, self._footprint(),
-                                 untagged_tokens=untagged), now)
+        if not views:
+            return None
+        return decide(views, self.config, self._footprint(), untagged_tokens=untagged)
+
+    def _decide(self, now: float, untagged: int = 0) -> list:
+        decision = self.decision(now, untagged)
+        return self.apply(decision, now) if decision is not None else []
 
     def apply(self, decision, now: float) -> list:
         """Carry out a decision; the held calls it releases."""
@@ -237,15 +243,23 @@ class EvictionOnly(Thunder):
         return True
 
     def finished(self, call, now: float) -> None:
-        p = self.programs[call.program_id]
-        p.phase, p.phase_since, p.headroom = ACTING, now, 0
-        self._set_context(call.program_id, call.full_chain)
+        self.on_finish(call, now)
 
     def tick(self, now: float) -> list:
         return []
 
     def next_tick(self, now: float) -> float:
         return float("inf")
+
+
+def median_tool_wait(spec, seed: int, programs: int = 64) -> float:
+    """The median tool wait of a workload's first serving programs (the TTL ``Ttl`` pins for,
+    standing for the one Continuum learns)."""
+    from benchmarks.agentic import workload
+
+    waits = [call.tool_wait_s for i in range(programs)
+             for call in workload.serving_program(spec, seed, i % 16, i // 16).calls[1:]]
+    return statistics.median(waits)
 
 
 class Ttl(Plain):
@@ -292,20 +306,11 @@ class Proxy(Thunder):
         return alone
 
     def arrive(self, call, now: float) -> bool:  # no decision between ticks
-        pid = call.program_id
-        p = self.programs.setdefault(pid, _Program(status_since=now, phase_since=now))
-        self._set_context(pid, call.prompt_chain)
-        if p.status == ACTIVE:
-            self._reason(p, call, now)
-            return True
-        p.held.append(call)
-        return False
+        return self.on_arrive(call, now)
 
-    def finished(self, call, now: float) -> None:
-        p = self.programs[call.program_id]
-        p.phase, p.phase_since, p.headroom = ACTING, now, 0
-        self._set_context(call.program_id, call.full_chain)
-        if p.marked:
+    def finished(self, call, now: float) -> None:  # paused at its tool boundary at once
+        self.on_finish(call, now)
+        if self.programs[call.program_id].marked:
             self._pause(call.program_id, now)
 
     def next_tick(self, now: float) -> float:

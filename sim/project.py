@@ -39,7 +39,7 @@ from pathlib import Path
 from benchmarks.agentic import workload
 from sim.engine import Engine
 from sim.gpu_cost import GpuStepCost
-from sim.policies import Plain, Proxy, Thunder, Ttl
+from sim.policies import Plain, Proxy, Thunder, Ttl, median_tool_wait
 from sim.rollout import run_rollout
 
 KV_TOKENS = 850_000
@@ -81,16 +81,15 @@ SYSTEMS = {  # name: (label, policy factory, pool, host tier)
 
 def policy_of(system: str, spec: workload.WorkloadSpec, seed: int):
     if system == "ttl":
-        waits = [c.tool_wait_s for i in range(64)
-                 for c in workload.serving_program(spec, seed, i % 16, i // 16).calls[1:]]
-        return Ttl(sorted(waits)[len(waits) // 2])
+        return Ttl(median_tool_wait(spec, seed))
     return SYSTEMS[system][1]()
 
 
 def simulate(spec, system: str, load: int, cost, *, minutes: float, warmup: float,
-             seed: int) -> dict:
+             seed: int, policy=None) -> dict:
+    """``policy``: in place of the system's own (its pool and host tier stay)."""
     started = time.perf_counter()
-    engine = Engine(policy_of(system, spec, seed), capacity_tokens=SYSTEMS[system][2],
+    engine = Engine(policy or policy_of(system, spec, seed), capacity_tokens=SYSTEMS[system][2],
                     block=BLOCK, prefill_tokens=PREFILL_TOKENS, cost=cost, spec=spec,
                     seed=seed, slots=load, host_tokens=SYSTEMS[system][3],
                     host_load_token_s=HOST_LOAD_TOKEN_S)

@@ -28,7 +28,6 @@ from typing import Iterable
 
 from sim.policies import Thunder
 from thunderagent_sglang.policy.demand import block_keys
-from thunderagent_sglang.policy.scheduling import decide
 from thunderagent_sglang.policy.snapshot import ACTIVE, PAUSED, SchedulerConfig
 
 TIME_TOLERANCE_S = 0.05
@@ -162,10 +161,7 @@ class _Replayer:
         engine_views = {v["program_id"]: v for v in record["views"]}
         self._compare_views(record, engine_views, sim_views)
         policy = self.policy
-        views = policy._views(t)
-        policy._last_tick = t
-        decision = decide(views, policy.config, policy._footprint(),
-                          untagged_tokens=record["untagged"]) if views else None
+        decision = policy.decision(t, record["untagged"])
         held = {id(c) for p in policy.programs.values() for c in p.held}
         released = policy.apply(decision, t) if decision is not None else []
         for key in SETS:

@@ -27,7 +27,10 @@ from thunderagent_sglang.engine.logs import get_logger
 
 
 class NoTrace:
-    """Tracing off: every record is dropped."""
+    """Tracing off: every record is dropped (callers check ``on`` before building one that
+    costs a lookup)."""
+
+    on = False
 
     def write(self, kind: str, t: float, **fields) -> None:
         pass
@@ -37,6 +40,8 @@ class NoTrace:
 
 
 class DecisionTrace(NoTrace):
+    on = True
+
     def __init__(self, path: str):
         self.path = path
         self._file = open(path, "w", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives on
@@ -46,8 +51,8 @@ class DecisionTrace(NoTrace):
         if self._file is None:
             return
         try:
-            self._file.write(json.dumps({"e": kind, "t": t, **fields}, separators=(",", ":"))
-                             + "\n")
+            self._file.write(json.dumps({"e": kind, "t": t, **fields}, separators=(",", ":"),
+                                        default=list) + "\n")  # token sequences as lists
         except (OSError, ValueError, TypeError) as exc:
             get_logger().error("ThunderAgent: the decision trace %s stopped: %s", self.path, exc)
             self._file = None

@@ -119,7 +119,7 @@ class ProgramScheduler:
         item = Held(program_id, rid, self.runtime.clock(), self.headroom_of(max_new), admit,
                     chain)
         self.runtime.trace.write("held", item.since, p=program_id, rid=rid,
-                                 tokens=list(prompt or ()), headroom=item.max_new)
+                                 tokens=prompt or (), headroom=item.max_new)
         self.counters["held_requests"] += 1
         self.runtime.events.add("held", program_id)
         if self.shutdown_answer is not None:  # the server is draining: never wait for a resume

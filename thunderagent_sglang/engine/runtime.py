@@ -238,10 +238,10 @@ class ProgramRuntime(SchedulerHooks):
         else:
             self._count(arrival.program_id)
         self.track_call(recv_req.rid, arrival.program_id, max_new, chain)
-        program = self.table.live_program(arrival.program_id)
+        program = self.table.live_program(arrival.program_id) if self.trace.on else None
         if program is not None:
             self.trace.write("call", program.phase_since, p=arrival.program_id, rid=recv_req.rid,
-                             tokens=list(recv_req.input_ids or ()),
+                             tokens=recv_req.input_ids or (),
                              headroom=self.scheduler.headroom_of(max_new))
 
     def track_call(self, rid: str, program_id: str | None, headroom: int,
@@ -315,7 +315,7 @@ class ProgramRuntime(SchedulerHooks):
             full_sequence=full)
         if program is not None:
             self.trace.write("finish", program.phase_since if program.live else self.clock(),
-                             p=program.program_id, rid=req.rid, tokens=list(tokens))
+                             p=program.program_id, rid=req.rid, tokens=tokens)
             self.events.add("finish", program.program_id, prompt=len(prompt), cached=cached,
                             output=len(req.output_ids), missed_evicted=missed.evicted or None,
                             missed_changed=missed.changed or None)
