@@ -33,6 +33,7 @@ from thunderagent_sglang.policy.snapshot import ACTIVE, PAUSED, SchedulerConfig
 TIME_TOLERANCE_S = 0.05
 TIME_FIELDS = ("tool_seconds", "paused_seconds")
 SETS = ("pause", "mark", "unmark", "resume")
+KINDS = ("held", "call", "finish", "end", "pause", "resume", "check")  # after the config
 
 
 class Unsupported(ValueError):
@@ -96,6 +97,8 @@ class _Replayer:
     def run(self, records: list[dict]) -> Replay:
         for record in records:
             self.out.events += 1
+            if record["e"] not in KINDS:
+                raise Unsupported(f"line {record['_line']}: unknown record kind {record['e']!r}")
             getattr(self, "_" + record["e"])(record)
         return self.out
 

@@ -92,6 +92,8 @@ def test_operator_pauses_and_traces_without_a_config_are_refused():
         replay(records)
     with pytest.raises(Unsupported, match="does not start with its config"):
         replay(trace()[1:])
+    with pytest.raises(Unsupported, match="line 2: unknown record kind 'bogus'"):
+        replay(trace(r1={"e": "bogus"}))
 
 
 def test_the_recorder_writes_what_the_replay_reads(tmp_path, capsys):
