@@ -150,8 +150,10 @@ def test_the_programs_record_shows_its_environments_disk_and_running_commands(se
     assert [(e["env_id"], e["backend"], e["state"], e["commands"]) for e in envs] == [
         (env_id, "local", "running", [])]
     sidecar.exec(env_id, "head -c 1048576 /dev/zero > blob")
-    wait_until(lambda: record(server, pid)["environments"][0]["disk_bytes"] >= 1 << 20,
-               "the disk use reported")
+    # A report taken while `head` ran may carry the full disk and `head` as running:
+    # wait for the one that also reports its end.
+    wait_until(lambda: (e := record(server, pid)["environments"][0])["disk_bytes"] >= 1 << 20
+               and e["commands"] == [], "the disk use and the command's end reported")
     runner = threading.Thread(target=sidecar.exec, args=(env_id, "sleep 2"),
                               kwargs={"tool": "pytest"})
     runner.start()
