@@ -4,6 +4,7 @@
         [--capacity 16384] [--block 256] [--cost benchmarks/results/sim/validation.json]
     python -m sim replay FILE
     python -m sim project [--workloads ...] [--loads ...]   (sim/project.py: GPU projections)
+    python -m sim fleet-validate [--fleet DIR] [--out ...]  (sim/fleet_validate.py: replicas)
     python -m sim validate [--calibration benchmarks/results/sim/calibration.json]
         [--points benchmarks/results/agentic/sweep-serve/points] [--out ...validation.json]
 
@@ -60,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         from sim import project
 
         return project.main(args[1:])
+    if args[:1] == ["fleet-validate"]:
+        from sim import fleet_validate
+
+        return fleet_validate.main(args[1:])
     parser = argparse.ArgumentParser(prog="python -m sim", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -73,6 +73,16 @@ class Stats:
         return sum(c for _, c in window) / total if total else 0.0
 
 
+def make_call(program: workload.Program, prompts: list, turn: int, block: int, now: float,
+              slot: int) -> SimCall:
+    """The program's ``turn``-th call, arriving now."""
+    prompt = prompts[turn]
+    full = prompt + workload.stand_in_output(program, turn)
+    return SimCall(program.program_id, turn, turn == program.turns - 1, len(prompt),
+                   program.calls[turn].output_tokens, block_keys(prompt, block),
+                   block_keys(full, block), now, slot)
+
+
 class Engine:
     def __init__(self, policy, *, capacity_tokens: int, block: int = 256,
                  prefill_tokens: int = 4096, cost: StepCost = StepCost(),
@@ -121,19 +131,21 @@ class Engine:
 
     def _arrive(self, slot: int, turn: int) -> None:
         program, prompts, _ = self._programs[slot]
-        prompt = prompts[turn]
-        out = program.calls[turn].output_tokens
-        full = prompt + workload.stand_in_output(program, turn)
-        call = SimCall(program.program_id, turn, turn == program.turns - 1, len(prompt), out,
-                       block_keys(prompt, self.block), block_keys(full, self.block),
-                       self.now, slot)
+        self.submit(make_call(program, prompts, turn, self.block, self.now, slot))
+
+    def submit(self, call: SimCall) -> None:
+        """A call arrives (from its agent, or a fleet's router)."""
         if len(call.full_keys) > self.cache.capacity:  # SGLang refuses what the pool can't hold
             self.stats.rejected += 1
             self.policy.ended(call.program_id, self.now)
-            self._next_program(slot, self._programs[slot][2] + 1)
+            self.on_rejected(call)
             return
         if self.policy.arrive(call, self.now):
             self.waiting.append(call)
+
+    def on_rejected(self, call: SimCall) -> None:
+        """Its program ends there: the slot plays its next one."""
+        self._next_program(call.slot, self._programs[call.slot][2] + 1)
 
     def release(self, calls) -> None:
         """Calls the policy held, now to be admitted (in the order given)."""
@@ -165,6 +177,8 @@ class Engine:
         contexts = [c.prompt_tokens + c.emitted for c in stepping if c.emitted]
         dt = self.cost.step_s(prefill, contexts) + self.host_load_token_s * self._loading
         self._loading = 0
+        if not prefill and contexts:
+            self.policy.on_decode_step(len(contexts), dt)
         self.now += dt
         self.stats.steps += 1
         self.stats.busy_s += dt
@@ -229,9 +243,14 @@ class Engine:
         self.stats.calls.append((self.now, call.prompt_tokens,
                                  min(call.matched * self.block, call.prompt_tokens)))
         self.policy.finished(call, self.now)
-        program, _, index = self._programs[call.slot]
         if call.last:
             self.policy.ended(call.program_id, self.now)
+        self.on_finished(call)
+
+    def on_finished(self, call: SimCall) -> None:
+        """The agent's side: its next call after the tool wait, or the slot's next program."""
+        program, _, index = self._programs[call.slot]
+        if call.last:
             self._next_program(call.slot, index + 1)
         else:
             self._schedule(self.now + program.calls[call.turn + 1].tool_wait_s, call.slot,

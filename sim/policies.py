@@ -27,9 +27,11 @@ A policy answers: ``attach(engine)``, ``rank(block, now)`` (smallest evicted fir
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import dataclass, field
 
+from thunderagent_sglang.policy.batching import StepFit, decay_wanted
 from thunderagent_sglang.policy.demand import DemandLedger
 from thunderagent_sglang.policy.eviction import (ProgramState, host_node_key, node_key,
                                                  program_key)
@@ -67,6 +69,9 @@ class Plain:
     def next_tick(self, now: float) -> float:
         return float("inf")
 
+    def on_decode_step(self, batch: int, seconds: float) -> None:
+        pass
+
 
 @dataclass(eq=False)
 class _Program:
@@ -84,19 +89,30 @@ class Thunder(Plain):
     name = "ours"
 
     def __init__(self, config: SchedulerConfig | None = None, tick_s: float = 0.5,
-                 settings: dict | None = None):
-        """``settings``: ``SchedulerConfig`` fields over the defaults (capacity: the pool's)."""
+                 settings: dict | None = None, decay: str = "auto"):
+        """``settings``: ``SchedulerConfig`` fields over the defaults (capacity: the pool's).
+        ``decay``: the engine's ``--thunderagent-decay`` (auto: on while the decode steps'
+        fit says the batch shares most of a step, ``policy.batching``); a ``decay`` in
+        ``settings`` fixes it."""
         self.config_given, self.tick_s, self.settings = config, tick_s, settings or {}
+        self.decay_mode = "on" if "decay" in self.settings and self.settings["decay"] else (
+            "off" if "decay" in self.settings else decay)
+        self.steps_fit = StepFit()
         self.programs: dict[str, _Program] = {}
         self.ledger: DemandLedger | None = None
         self._last_tick = 0.0
         self.pauses = 0
+        self.last_footprint = 0.0  # F after its last decision (the engine's footprint_tokens)
 
     def attach(self, engine) -> None:
         self.engine = engine
         self.ledger = DemandLedger(engine.block)
+        settings = {**self.settings, "decay": self.decay_mode != "off"}
         self.config = self.config_given or SchedulerConfig(
-            capacity_tokens=engine.cache.capacity * engine.block, **self.settings)
+            capacity_tokens=engine.cache.capacity * engine.block, **settings)
+
+    def on_decode_step(self, batch: int, seconds: float) -> None:
+        self.steps_fit.add(batch, seconds)
 
     # ---- eviction --------------------------------------------------------------------------
 
@@ -195,10 +211,17 @@ class Thunder(Plain):
         """``decide`` on this moment's snapshot; None without a live tagged program (as the
         engine: no decision then)."""
         self._last_tick = now
+        if self.decay_mode == "auto":
+            want = decay_wanted(self.steps_fit.shared_fraction(), self.config.decay)
+            if want != self.config.decay:
+                self.config = dataclasses.replace(self.config, decay=want)
         views = self._views(now)
         if not views:
+            self.last_footprint = float(untagged)
             return None
-        return decide(views, self.config, self._footprint(), untagged_tokens=untagged)
+        decision = decide(views, self.config, self._footprint(), untagged_tokens=untagged)
+        self.last_footprint = decision.after_tokens
+        return decision
 
     def _decide(self, now: float, untagged: int = 0) -> list:
         decision = self.decision(now, untagged)
@@ -284,7 +307,7 @@ class Proxy(Thunder):
     name = "proxy"
 
     def __init__(self, tick_s: float = 5.0, estimate: float = 1.0):
-        super().__init__(tick_s=tick_s)
+        super().__init__(tick_s=tick_s, decay="off")
         self.estimate = estimate
 
     def attach(self, engine) -> None:

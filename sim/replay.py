@@ -33,7 +33,8 @@ from thunderagent_sglang.policy.snapshot import ACTIVE, PAUSED, SchedulerConfig
 TIME_TOLERANCE_S = 0.05
 TIME_FIELDS = ("tool_seconds", "paused_seconds")
 SETS = ("pause", "mark", "unmark", "resume")
-KINDS = ("held", "call", "finish", "end", "pause", "resume", "check")  # after the config
+KINDS = ("held", "call", "finish", "end", "pause", "resume", "check", "config")
+# a config after the first: --thunderagent-decay auto switched decay (the new config from then)
 
 
 class Unsupported(ValueError):
@@ -78,13 +79,18 @@ def replay(records: Iterable[dict]) -> Replay:
     records = list(records)
     if not records or records[0]["e"] != "config":
         raise Unsupported("the trace does not start with its config record")
-    config_fields = {f.name for f in dataclasses.fields(SchedulerConfig)}
     head = records[0]
-    config = SchedulerConfig(**{k: v for k, v in head.items() if k in config_fields})
-    policy = Thunder(config=config, tick_s=head["tick_s"])
+    config = _config_of(head)
+    # decay as the trace says: switched only by the engine's config records
+    policy = Thunder(config=config, tick_s=head["tick_s"], decay="on" if config.decay else "off")
     engine = _Stub(head["block"])
     policy.attach(engine)
     return _Replayer(policy, engine, head["block"]).run(records[1:])
+
+
+def _config_of(record: dict) -> SchedulerConfig:
+    fields = {f.name for f in dataclasses.fields(SchedulerConfig)}
+    return SchedulerConfig(**{k: v for k, v in record.items() if k in fields})
 
 
 class _Replayer:
@@ -136,6 +142,9 @@ class _Replayer:
         call.full_chain = block_keys(record["tokens"], self.block)
         if record["p"] in self.policy.programs:
             self.policy.on_finish(call, record["t"])
+
+    def _config(self, record: dict) -> None:
+        self.policy.config = _config_of(record)
 
     def _end(self, record: dict) -> None:
         self.policy.ended(record["p"], record["t"])

@@ -36,8 +36,14 @@ HOST_TIER = ("hicache", "ours-auto")  # with SGLang's host tier (--hicache-ratio
 # plain-priority runs every program call at one priority: SGLang's priority eviction is then
 # its LRU, so the simulator predicts it as plain, and its measured ratio to plain shows how
 # far two runs of one policy differ here
-POLICY = {"plain": Plain, "ours": Thunder, "limit": Plain, "sched-off": EvictionOnly,
-          "priority": Plain, "hicache": Plain, "ours-auto": Thunder}
+def _decay_on() -> Thunder:
+    """Ours as the committed runs were measured: decay always on (before --thunderagent-decay
+    existed; its default auto turns it off on this CPU)."""
+    return Thunder(decay="on")
+
+
+POLICY = {"plain": Plain, "ours": _decay_on, "limit": Plain, "sched-off": EvictionOnly,
+          "priority": Plain, "hicache": Plain, "ours-auto": _decay_on}
 RATIOS = (("ours", "plain"), ("ours", "limit"), ("sched-off", "plain"), ("priority", "plain"),
           ("hicache", "plain"), ("ours-auto", "hicache"), ("ours-auto", "limit"))
 
@@ -86,7 +92,7 @@ def validate(calibration: Path, points: Path, *, loads=(8, 16, 32), block: int =
         for system in MEASURED:
             row[system] = {"measured": measured_cell(points, system, slots),
                            "predicted": simulate_cell(system, slots, cost, **settings)}
-        _ratios(row, RATIOS)
+        ratio_cells(row, RATIOS)
         cells.append(row)
     table = {"what": __doc__.split("\n\n")[0], "calibration": str(calibration),
              "points": str(points), "settings": settings, "cost": cost.to_json(),
@@ -99,7 +105,8 @@ def validate(calibration: Path, points: Path, *, loads=(8, 16, 32), block: int =
     return table
 
 
-def _ratios(row: dict, ratios) -> None:
+def ratio_cells(row: dict, ratios) -> None:
+    """Each same-run ratio, measured and predicted, its error and whether it is trusted."""
     for num, den in ratios:
         m = row[num]["measured"]["steps_per_min"] / row[den]["measured"]["steps_per_min"]
         p = row[num]["predicted"]["steps_per_min"] / row[den]["predicted"]["steps_per_min"]
@@ -126,5 +133,5 @@ def validate_rollout(points: Path, cost: StepCost, block: int) -> dict:
                                                          "makespan_s")},
                        "predicted": {k: predicted[k] for k in ("steps_per_min", "kv_hit_rate",
                                                                "makespan_s")}}
-    _ratios(row, (("ours", "plain"), ("ours", "limit")))
+    ratio_cells(row, (("ours", "plain"), ("ours", "limit")))
     return row

@@ -381,7 +381,8 @@ KV_POOL_SIZE_BYTES = Symbol(
 )
 SCHEDULER_RUN_BATCH = Symbol(
     "sglang.srt.managers.scheduler:Scheduler.run_batch",
-    "prefill batches are timed here: the recompute rate of the offload cost model",
+    "prefill batches are timed here (the recompute rate of the offload cost model), and the "
+    "start of every batch noted (decode steps' times for --thunderagent-decay auto)",
     "(self, batch: sglang.srt.managers.schedule_batch.ScheduleBatch, pp_proxy_tensors: "
     "Optional[sglang.srt.model_executor.forward_batch_info.PPProxyTensors] = None) -> "
     "Union[sglang.srt.managers.utils.GenerationBatchResult, "
@@ -439,7 +440,8 @@ FINISH_ABORT = Symbol(
 # .output_ids, .cached_tokens, .finished(); Scheduler.page_size, ._request_dispatcher;
 # UnifiedRadixCache.cache_controller, .host_pool_group.get_pool(), .token_to_kv_pool_allocator
 # .get_kvcache() (.device, .layer_num, .k_buffer); ScheduleBatch.extend_num_tokens,
-# .forward_mode.is_extend(); Scheduler.max_total_num_tokens; TokenizedGenerateReqInput.rid,
+# .forward_mode.is_extend(), .forward_mode.is_decode(), .batch_size();
+# Scheduler.max_total_num_tokens; TokenizedGenerateReqInput.rid,
 # .input_ids, .sampling_params.max_new_tokens; AbortReq.rid, .abort_all;
 # TokenizerManager._dispatch_to_scheduler, ._result_dispatcher.
 

@@ -172,6 +172,13 @@ class ThunderAgentConfig:
         "2^(-tool_seconds / this) when ranking what to evict "
         f"(default: {DEFAULT_DECAY_HALF_LIFE_S:g}, the paper's).",
         metavar="SECONDS", parse=_positive_float)
+    decay: str = option(
+        "auto", "Whether an acting program's tokens count decayed when the scheduler sums "
+        "demand (the paper's rule: more programs admitted than the pool holds, betting their "
+        "KV is not all needed at once). auto: on while the measured decode steps show their "
+        "batch shares at least 20%% of a step's time (a GPU: a larger batch is almost free), "
+        "off where each sequence costs its own (a CPU: admitting more only buys recompute); "
+        "logged when it changes (default: auto).", choices=("auto", "on", "off"))
     predicted_eviction: bool = option(
         True, "Rank an acting program's KV by the distance to its predicted return (the "
         "tool-duration model's median for its tool) instead of by how long its tool has run: "

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.server
 
 POOL = ["--max-total-tokens", "1024", "--context-length", "1024", "--page-size", "16",
         "--chunked-prefill-size", "64", "--enable-cache-report"]
-OURS = [*POOL, "--thunderagent-tick", "0.2", "--thunderagent-decay-half-life", "1"]
+OURS = [*POOL, "--thunderagent-tick", "0.2", "--thunderagent-decay-half-life", "1",
+        "--thunderagent-decay", "on"]
 TICK_S = 0.2
 PROGRAMS, TURNS, OUTPUT = 6, 3, 4
 SHARED = [1500 + i for i in range(64)]  # a system prompt all programs share (4 pages)

@@ -84,3 +84,31 @@ def test_no_kv_slot_leaks_once_idle(default_server):
     assert last["available"] + last["evictable"] == last["total"] == 65536
     assert last["evictable"] > 0  # the prefixes of the finished requests stay cached
     assert "memory leak detected" not in default_server.log()
+
+
+def test_decay_auto_follows_the_measured_decode_steps(default_server):
+    """``--thunderagent-decay auto`` (the default): decode steps of 1 to 6 sequences are
+    timed; after a tagged call's checks, decay is on exactly when the fit the scheduler last
+    read says the batch shares 20% of a step or more, and each switch was logged."""
+    import concurrent.futures
+
+    def burst(n: int) -> None:
+        with concurrent.futures.ThreadPoolExecutor(n) as pool:
+            list(pool.map(lambda i: requests.post(f"{default_server.url}/generate", json={
+                "text": f"Step {i} of the agent's plan:",
+                "sampling_params": {"max_new_tokens": 24, "temperature": 0,
+                                    "ignore_eos": True}}, timeout=120), range(n)))
+
+    for n in (1, 2, 3, 4, 5, 6, 3, 1):
+        burst(n)
+    assert requests.post(f"{default_server.url}/generate", headers={"X-Program-Id": "decay"},
+                         json={"text": "check", "sampling_params": {"max_new_tokens": 2}},
+                         timeout=120).status_code == 200
+    sched = requests.get(f"{default_server.url}/programs", timeout=30).json()["scheduler"]
+    fraction = sched["decode_shared_fraction"]
+    assert sched["decode_steps_timed"] >= 64 and fraction is not None and 0 <= fraction <= 1
+    assert sched["decay"] is (fraction >= 0.2)
+    switches = re.findall(r"ThunderAgent scheduler: decay (on|off): the batch shares",
+                          default_server.log())
+    assert len(switches) == sched["decay_switches"]
+    assert sched["decay"] is (switches[-1] == "on" if switches else True)

@@ -63,6 +63,21 @@ def test_rank0s_step_rides_the_broadcast_and_every_rank_applies_it_and_drops_it(
     assert (leader.consensus.steps, follower.consensus.steps) == (1, 1)
 
 
+def test_every_rank_decides_decay_by_rank0s_decode_steps():
+    """The decode steps' shared fraction is measured on each rank; rank 0's rides the step."""
+    leader, follower = runtime_of(0), runtime_of(1)
+    for n in range(1, 65):  # 0.01 s shared + 0.001 s a sequence: 0.01 / (0.01 + 0.0325)
+        leader.decode_meter.fit.add(n, 0.01 + 0.001 * n)
+        follower.decode_meter.fit.add(n, 0.03 * n)  # nothing shared
+    leader.decode_meter._added = follower.decode_meter._added = 64
+    assert round(leader.decode_meter.local(), 4) == 0.2353 and follower.decode_meter.local() == 0
+    wire = Broadcast(pulled=[])
+    leader.consensus.on_recv(wire.rank0, "receiver")
+    follower.consensus.on_recv(wire.other, "receiver")
+    assert follower.decode_meter.value() == leader.decode_meter.value() == pytest.approx(0.2353,
+                                                                                         abs=1e-4)
+
+
 def test_one_rank_adds_nothing_and_keeps_the_live_clock():
     runtime = runtime_of(0, size=1)
     seen = {}

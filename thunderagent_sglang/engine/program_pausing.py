@@ -20,6 +20,7 @@ from typing import Callable
 from thunderagent_sglang import config
 from thunderagent_sglang.engine.held import Held, HeldCalls
 from thunderagent_sglang.engine.logs import get_logger
+from thunderagent_sglang.policy.batching import SHARED_THRESHOLD, decay_wanted
 from thunderagent_sglang.policy.footprint import ledger_footprint
 from thunderagent_sglang.policy.scheduling import decide
 from thunderagent_sglang.policy.snapshot import PAUSED, ProgramView, SchedulerConfig
@@ -43,7 +44,7 @@ class ProgramScheduler:
         self.counters = {"held_requests": 0, "held_aborted": 0, "held_shutdown": 0,
                          "held_refused": 0, "held_migrated": 0,
                          "decisions": 0, "force_resumes": 0, "marks": 0,
-                         "retraction_orders": 0}
+                         "retraction_orders": 0, "decay_switches": 0}
         self.last_tick = 0.0
         self.last_footprint = 0.0
         self.draining = 0  # writers waiting for SGLang's calls in flight: hold nothing
@@ -64,7 +65,7 @@ class ProgramScheduler:
             capacity_tokens=max(1, int(tokens) + counted_host),
             high_watermark=cfg.high_watermark,
             low_watermark=cfg.low_watermark, half_life_s=cfg.decay_half_life_s,
-            max_pause_s=cfg.max_pause_s, backfill=cfg.backfill)
+            decay=cfg.decay != "off", max_pause_s=cfg.max_pause_s, backfill=cfg.backfill)
         get_logger().info(
             "ThunderAgent scheduler: %s; KV capacity %d tokens, pause above %.0f, resume below "
             "%.0f, tick %.2f s, max pause %.0f s, idle backfill %s",
@@ -165,6 +166,7 @@ class ProgramScheduler:
             return
         try:
             now = self.runtime.clock()
+            self._update_decay(now)
             views = self.snapshot(now)
             if not views:  # nothing tagged is live: the measure is the untagged calls' alone
                 self.last_footprint = float(self.runtime.running_headroom(None))
@@ -198,6 +200,25 @@ class ProgramScheduler:
                     paused_seconds=now - self.held.first_since(pid),
                     decode_headroom=self.held.headroom(pid), is_new=True))
         return views
+
+    def _update_decay(self, now: float) -> None:
+        """``--thunderagent-decay auto``: decay on while the decode steps' fit says their
+        batch shares most of a step (``policy.batching``), off where it does not."""
+        if self.cfg.decay != "auto":
+            return
+        shared = self.runtime.decode_meter.value()
+        want = decay_wanted(shared, self.config.decay)
+        if want == self.config.decay:
+            return
+        self.config = dataclasses.replace(self.config, decay=want)
+        self.counters["decay_switches"] += 1
+        get_logger().info(
+            "ThunderAgent scheduler: decay %s: the batch shares %.0f%% of a decode step "
+            "(fit over %d steps; decay on from %.0f%%, --thunderagent-decay auto)",
+            "on" if want else "off", 100 * shared, len(self.runtime.decode_meter.fit),
+            100 * SHARED_THRESHOLD)
+        self.runtime.trace.write("config", now, **dataclasses.asdict(self.config),
+                                 block=self.runtime.block_size, tick_s=self.cfg.tick_s)
 
     def _view(self, program, now: float) -> ProgramView:
         pid = program.program_id
@@ -346,6 +367,8 @@ class ProgramScheduler:
         return {**self.counters, "held_now": self.held.count(), "marked_now": len(self.marked),
                 "enabled": self.enabled, "draining": self.draining > 0, "frozen": self.frozen,
                 "footprint_tokens": round(self.last_footprint, 1),
+                "decay": cfg.decay if cfg else None,
+                **self.runtime.decode_meter.stats(),
                 "capacity_tokens": cfg.capacity_tokens if cfg else None,
                 "high_tokens": cfg.high_tokens if cfg else None,
                 "low_tokens": cfg.low_tokens if cfg else None}

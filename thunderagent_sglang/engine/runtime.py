@@ -16,6 +16,7 @@ from typing import Callable, NamedTuple
 
 from thunderagent_sglang import config
 from thunderagent_sglang.engine.decision_trace import NoTrace
+from thunderagent_sglang.engine.decode_meter import DecodeMeter
 from thunderagent_sglang.engine.logs import get_logger
 from thunderagent_sglang.engine.offload import Offloader
 from thunderagent_sglang.engine.program_ipc import ID_KEY, FINAL_KEY, PARENT_KEY, PRIORITY_KEY
@@ -92,6 +93,7 @@ class ProgramRuntime(SchedulerHooks):
         self.evict_first: str | None = None  # a program whose own nodes rank first (offload)
         self.sglang = None  # SGLang's Scheduler, once its request dispatcher is built
         self.offload = Offloader(self, cfg)
+        self.decode_meter = DecodeMeter()  # --thunderagent-decay auto
         self.scheduler = ProgramScheduler(self, cfg)
         self._last_expiry = 0.0
 

@@ -42,6 +42,8 @@ class SchedulerHooks:
         hooks.install(compat.WEIGHTS_RESUME_MEMORY, self.on_memory_resumed, "after")
         if self.cfg.scheduler == "thunder":
             hooks.install(compat.DECODE_RETRACTION_ORDER, self.retraction_order, "around")
+            if self.cfg.decay == "auto":
+                hooks.install(compat.SCHEDULER_RUN_BATCH, self.decode_meter.time_batch, "before")
 
     def on_dispatcher_built(self, result, scheduler):
         """AFTER ``init_request_dispatcher``: the pool's size, and our control messages."""

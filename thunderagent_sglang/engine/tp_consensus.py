@@ -5,7 +5,7 @@ them every step, so every rank sees the same requests, control messages and batc
 the same order, and SGLang's own decisions come out the same. Ours (holds, pauses, marks,
 resumes, keep/offload/drop, eviction and retraction order, idle expiry) are functions of that
 shared program state and of two inputs that are not shared: the clock and measured rates
-(the host link, the prefill rate). So rank 0's clock reading and measures ride SGLang's own
+(the host link, the prefill rate, the decode steps' shared fraction). So rank 0's clock reading and measures ride SGLang's own
 per-step broadcast as one local request of rank 0 (``recv_requests(local_reqs=...)``, the way
 SGLang's own timeout aborts travel), and every rank takes it out of the broadcast list before
 SGLang dispatches the list: within a step, every rank's runtime reads rank 0's clock and
@@ -31,7 +31,7 @@ class ProgramStep:
     """Rank 0's inputs for one scheduler step (pickled into SGLang's broadcast)."""
 
     now: float  # rank 0's monotonic clock when it read this step's requests
-    inputs: dict  # rank 0's measures (the offloader's link and prefill rate)
+    inputs: dict  # rank 0's measures (the offloader's link and prefill rate, decode_shared)
 
 
 class StepClock:
@@ -91,10 +91,12 @@ class TpConsensus:
         return kept
 
     def _step(self) -> ProgramStep:
-        return ProgramStep(time.monotonic(), self.runtime.offload.consensus_inputs())
+        return ProgramStep(time.monotonic(), {**self.runtime.offload.consensus_inputs(),
+                                              "decode_shared": self.runtime.decode_meter.local()})
 
     def _apply(self, step: ProgramStep) -> None:
         self.clock.agreed = step.now
         self.runtime.offload.adopt(step.inputs)
+        self.runtime.decode_meter.adopt(step.inputs.get("decode_shared"))
         self.steps += 1
 
