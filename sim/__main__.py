@@ -5,6 +5,7 @@
     python -m sim replay FILE
     python -m sim project [--workloads ...] [--loads ...]   (sim/project.py: GPU projections)
     python -m sim fleet-validate [--fleet DIR] [--out ...]  (sim/fleet_validate.py: replicas)
+    python -m sim fleet-project [--programs 144] ...  (sim/fleet_project.py: GPU rollout, fronts)
     python -m sim validate [--calibration benchmarks/results/sim/calibration.json]
         [--points benchmarks/results/agentic/sweep-serve/points] [--out ...validation.json]
 
@@ -36,14 +37,16 @@ RESULTS = Path("benchmarks/results/sim")
 
 
 def simulate(system: str, *, slots: int, minutes: float, seed: int, capacity: int,
-             block: int, cost: StepCost = StepCost(), settings: dict | None = None) -> dict:
-    """``settings``: our scheduler's ``SchedulerConfig`` fields (ours, ours-sched-off)."""
+             block: int, cost: StepCost = StepCost(), settings: dict | None = None,
+             decay: str = "auto") -> dict:
+    """``settings``: our scheduler's ``SchedulerConfig`` fields (ours, ours-sched-off);
+    ``decay``: ours' ``--thunderagent-decay``."""
     spec = workload.WorkloadSpec()
     if system == "limit":  # a pool that holds the whole run: never evicts
         capacity = slots * 64 * spec.max_context_tokens
     policy = POLICIES[system]()
-    if settings and isinstance(policy, Thunder):
-        policy.settings = settings
+    if isinstance(policy, Thunder) and not isinstance(policy, Proxy):
+        policy.settings, policy.decay_mode = settings or {}, decay
     engine = Engine(policy, capacity_tokens=capacity, block=block, seed=seed, slots=slots,
                     spec=spec, cost=cost)
     started = time.perf_counter()
@@ -65,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         from sim import fleet_validate
 
         return fleet_validate.main(args[1:])
+    if args[:1] == ["fleet-project"]:
+        from sim import fleet_project
+
+        return fleet_project.main(args[1:])
     parser = argparse.ArgumentParser(prog="python -m sim", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seeds", type=int, default=1,
                      help="run seeds --seed .. --seed + N - 1 and print their mean too")
     run.add_argument("--half-life", type=float, help="ours: the decay half-life, s")
-    run.add_argument("--no-decay", action="store_true", help="ours: no decay")
+    run.add_argument("--decay", choices=("auto", "on", "off"), default="auto",
+                     help="ours: --thunderagent-decay (default auto)")
+    run.add_argument("--no-decay", action="store_true", help="ours: --decay off")
     run.add_argument("--watermarks", type=float, nargs=2, metavar=("HIGH", "LOW"),
                      help="ours: the scheduler's watermarks, fractions of the pool")
     run.add_argument("--out", type=Path, help="save every row and the means as JSON")
@@ -128,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     for system in args.systems:
         runs = [simulate(system, slots=args.slots, minutes=args.minutes, seed=seed,
                          capacity=args.capacity, block=args.block, cost=cost,
-                         settings=settings) for seed in range(args.seed, args.seed + args.seeds)]
+                         settings=settings, decay="off" if args.no_decay else args.decay)
+                for seed in range(args.seed, args.seed + args.seeds)]
         for seed, row in enumerate(runs, args.seed):
             rows.append({**row, "seed": seed})
             print(rows[-1], flush=True)
@@ -139,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"command": "python -m sim " + " ".join(
-            argv if argv is not None else sys.argv[1:]), "settings": settings, "rows": rows,
+            argv if argv is not None else sys.argv[1:]), "settings": settings,
+            "decay": "off" if args.no_decay else args.decay, "rows": rows,
             "means": means}, indent=1) + "\n")
         print(f"saved {args.out}")
     return 0
@@ -149,8 +160,6 @@ def _settings(args) -> dict:
     settings = {}
     if args.half_life is not None:
         settings["half_life_s"] = args.half_life
-    if args.no_decay:
-        settings["decay"] = False
     if args.watermarks:
         settings["high_watermark"], settings["low_watermark"] = args.watermarks
     return settings

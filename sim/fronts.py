@@ -66,6 +66,7 @@ class Router(Gateway):
         self.poll_s, self.max_wait_s, self.migration = poll_s, max_wait_s, migration
         self.placement: dict[str, str] = {}
         self.waiting_since: dict[str, float] = {}
+        self.rates: dict[str, float | None] = {}
         self.next_poll = 0.0
 
     def load(self, replica) -> ReplicaLoad:
@@ -74,9 +75,16 @@ class Router(Gateway):
                       if p.held and p.status == PAUSED and pid in policy.ledger)
         return ReplicaLoad(replica.name, True, cfg.capacity_tokens, int(cfg.high_tokens),
                            int(cfg.low_tokens), policy.last_footprint, waiting_tokens=waiting,
-                           calls=self.calls[replica.name], prefill_tokens_per_s=(
-                               1.0 / replica.cost.prefill_token_s
-                               if replica.cost.prefill_token_s > 0 else None))
+                           calls=self.calls[replica.name],
+                           prefill_tokens_per_s=self._prefill_rate(replica))
+
+    def _prefill_rate(self, replica) -> float | None:
+        """Its cost model's prefill tokens per second (the engine's meter's figure), taken on
+        a 4096-token prefill."""
+        if replica.name not in self.rates:
+            seconds = replica.cost.step_s([(4096, 4096)], [])
+            self.rates[replica.name] = 4096 / seconds if seconds > 0 else None
+        return self.rates[replica.name]
 
     def route(self, call, now: float) -> None:
         name = self.placement.get(call.program_id)

@@ -176,8 +176,8 @@ class ThunderAgentConfig:
         "auto", "Whether an acting program's tokens count decayed when the scheduler sums "
         "demand (the paper's rule: more programs admitted than the pool holds, betting their "
         "KV is not all needed at once). auto: on while the measured decode steps show their "
-        "batch shares at least 20%% of a step's time (a GPU: a larger batch is almost free), "
-        "off where each sequence costs its own (a CPU: admitting more only buys recompute); "
+        "batch shares 35%% of a step's time or more (a GPU: a larger batch is almost free), "
+        "off below 25%% (a CPU: admitting more only buys recompute), unchanged between; "
         "logged when it changes (default: auto).", choices=("auto", "on", "off"))
     predicted_eviction: bool = option(
         True, "Rank an acting program's KV by the distance to its predicted return (the "

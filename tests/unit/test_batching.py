@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from thunderagent_sglang.policy.batching import SHARED_THRESHOLD, StepFit, decay_wanted
+from thunderagent_sglang.policy.batching import OFF_BELOW, ON_FROM, StepFit, decay_wanted
 
 
 def fit_of(samples, **kwargs) -> StepFit:
@@ -48,9 +48,11 @@ def test_the_window_keeps_the_last_steps():
     assert fit.shared_fraction() == pytest.approx(0.05 / (0.05 + 0.0325))
 
 
-def test_decay_is_on_from_the_threshold_and_unchanged_while_unknown():
-    assert decay_wanted(SHARED_THRESHOLD, current=False) is True
-    assert decay_wanted(SHARED_THRESHOLD - 0.01, current=True) is False
+def test_decay_turns_on_from_one_bound_off_below_the_other_and_holds_between_and_unknown():
+    assert decay_wanted(ON_FROM, current=False) is True
+    assert decay_wanted(OFF_BELOW - 0.01, current=True) is False
+    for between in (OFF_BELOW, (OFF_BELOW + ON_FROM) / 2, ON_FROM - 0.01):
+        assert (decay_wanted(between, True), decay_wanted(between, False)) == (True, False)
     assert (decay_wanted(None, current=True), decay_wanted(None, current=False)) == (True, False)
 
 

@@ -101,3 +101,20 @@ def test_the_committed_fleet_validation_is_what_its_command_makes():
     committed = json.loads(Path("benchmarks/results/sim/fleet-validation.json").read_text())
     assert json.loads(json.dumps(validate())) == committed
     assert committed["serve"]["ours-router"]["measured"]["steps_per_min"] == 42.0
+
+
+def test_the_gpu_rollout_through_each_front_ends_every_program():
+    """``python -m sim fleet-project`` on a small batch: every front runs all 16 programs'
+    calls to the end, on the projections' H100 costs; the same seed gives the same figures."""
+    from benchmarks.agentic import workload
+    from sim import project
+    from sim.fleet_project import FRONTS, rollout
+    from sim.gpu_cost import GpuStepCost
+
+    spec, cost = project.WORKLOADS["mini-swe"], GpuStepCost.load()
+    calls = sum(p.turns for p in workload.rollout_batch(spec, 0, 16, 8))
+    rows = {s: rollout(spec, s, cost, programs=16, replicas=2, group_size=8) for s in FRONTS}
+    assert {s: r["calls"] for s, r in rows.items()} == {s: calls for s in FRONTS}
+    again = rollout(spec, "ours-router", cost, programs=16, replicas=2, group_size=8)
+    assert {k: v for k, v in again.items() if k != "wall_s"} == {
+        k: v for k, v in rows["ours-router"].items() if k != "wall_s"}

@@ -20,7 +20,7 @@ from typing import Callable
 from thunderagent_sglang import config
 from thunderagent_sglang.engine.held import Held, HeldCalls
 from thunderagent_sglang.engine.logs import get_logger
-from thunderagent_sglang.policy.batching import SHARED_THRESHOLD, decay_wanted
+from thunderagent_sglang.policy.batching import OFF_BELOW, ON_FROM, decay_wanted
 from thunderagent_sglang.policy.footprint import ledger_footprint
 from thunderagent_sglang.policy.scheduling import decide
 from thunderagent_sglang.policy.snapshot import PAUSED, ProgramView, SchedulerConfig
@@ -214,9 +214,9 @@ class ProgramScheduler:
         self.counters["decay_switches"] += 1
         get_logger().info(
             "ThunderAgent scheduler: decay %s: the batch shares %.0f%% of a decode step "
-            "(fit over %d steps; decay on from %.0f%%, --thunderagent-decay auto)",
-            "on" if want else "off", 100 * shared, len(self.runtime.decode_meter.fit),
-            100 * SHARED_THRESHOLD)
+            "(fit over %d steps; decay on from %.0f%%, off below %.0f%%, --thunderagent-decay "
+            "auto)", "on" if want else "off", 100 * shared, len(self.runtime.decode_meter.fit),
+            100 * ON_FROM, 100 * OFF_BELOW)
         self.runtime.trace.write("config", now, **dataclasses.asdict(self.config),
                                  block=self.runtime.block_size, tick_s=self.cfg.tick_s)
 
