@@ -111,6 +111,26 @@ class BlockCache:
         self.evicted += done
         return done
 
+    def remove(self, keys: set[int], spill: bool) -> int:
+        """Evicts these blocks now (a paused program's own, offloaded or dropped), leaves
+        first, as far as they go: a locked block, or one a block outside ``keys`` extends,
+        stays (and so do its ancestors). ``spill``: to the host tier, as an eviction."""
+        done, progress = 0, True
+        while progress:
+            progress = False
+            for key in [k for k in keys if k in self.blocks]:
+                block = self.blocks[key]
+                if block.children or block.locks:
+                    continue
+                del self.blocks[key]
+                done, progress = done + 1, True
+                if spill and self.spill is not None:
+                    self.spill(block)
+                if block.parent is not None:
+                    self.blocks[block.parent].children -= 1
+        self.evicted += done
+        return done
+
 
 class HostTier:
     def __init__(self, capacity_blocks: int, rank: Callable[[Block], tuple]):

@@ -36,6 +36,8 @@ from thunderagent_sglang.policy.demand import DemandLedger
 from thunderagent_sglang.policy.eviction import (ProgramState, host_node_key, node_key,
                                                  program_key)
 from thunderagent_sglang.policy.footprint import Footprint, ledger_footprint
+from thunderagent_sglang.policy.offload import CostModel, KvDecision
+from thunderagent_sglang.policy.offload import decide as offload_decide
 from thunderagent_sglang.policy.scheduling import decide
 from thunderagent_sglang.policy.snapshot import (ACTING, ACTIVE, PAUSED, REASONING,
                                                  ProgramView, SchedulerConfig)
@@ -89,15 +91,20 @@ class Thunder(Plain):
     name = "ours"
 
     def __init__(self, config: SchedulerConfig | None = None, tick_s: float = 0.5,
-                 settings: dict | None = None, decay: str = "auto"):
+                 settings: dict | None = None, decay: str = "auto", offload: bool = True):
         """``settings``: ``SchedulerConfig`` fields over the defaults (capacity: the pool's).
         ``decay``: the engine's ``--thunderagent-decay`` (auto: on while the decode steps'
         fit says the batch shares most of a step, ``policy.batching``); a ``decay`` in
-        ``settings`` fixes it."""
+        ``settings`` fixes it. ``offload``: with a host tier, a paused
+        program's own KV is kept, offloaded or dropped by ``policy.offload`` (the engine's
+        ``--thunderagent-offload auto``)."""
         self.config_given, self.tick_s, self.settings = config, tick_s, settings or {}
         self.decay_mode = "on" if "decay" in self.settings and self.settings["decay"] else (
             "off" if "decay" in self.settings else decay)
         self.steps_fit = StepFit()
+        self.offload = offload
+        self.offload_model: CostModel | None = None
+        self.kv_decisions = {d.value: 0 for d in KvDecision}
         self.programs: dict[str, _Program] = {}
         self.ledger: DemandLedger | None = None
         self._last_tick = 0.0
@@ -110,6 +117,8 @@ class Thunder(Plain):
         settings = {**self.settings, "decay": self.decay_mode != "off"}
         self.config = self.config_given or SchedulerConfig(
             capacity_tokens=engine.cache.capacity * engine.block, **settings)
+        if self.offload and getattr(engine, "host", None) is not None:
+            self.offload_model = offload_model(engine)
 
     def on_decode_step(self, batch: int, seconds: float) -> None:
         self.steps_fit.add(batch, seconds)
@@ -252,6 +261,40 @@ class Thunder(Plain):
             p.status, p.status_since, p.marked = PAUSED, now, False
             self.ledger.set_active(pid, False)
             self.pauses += 1
+            if self.offload_model is not None:
+                self._keep_offload_or_drop(pid)
+
+    def _keep_offload_or_drop(self, pid: str) -> None:
+        """``policy.offload.decide`` on the program's own unlocked device blocks (shared with
+        no other live program): offloaded ones go to the host tier now, dropped ones from
+        both tiers; the engine's prefetch at resume is the host match at admission."""
+        cache, host, block = self.engine.cache, self.engine.host, self.engine.block
+        others = set(self.programs) - {pid}
+        own = {b.key for b in cache.blocks.values()
+               if pid in b.owners and not b.owners & others and not b.locks}
+        unbacked = sum(1 for key in own if key not in host.blocks)
+        choice = offload_decide(self.offload_model, len(own) * block, unbacked * block,
+                                (host.capacity - len(host.blocks)) * block)
+        self.kv_decisions[choice.decision.value] += 1
+        if choice.decision is KvDecision.OFFLOAD:
+            cache.remove(own, spill=True)
+        elif choice.decision is KvDecision.DROP:
+            cache.remove(own, spill=False)
+            for key in own:
+                host.blocks.pop(key, None)
+
+
+OFFLOAD_LATENCY_S = 5e-6  # one load-back's fixed cost: this CPU's link as the engine measures
+
+
+def offload_model(engine) -> CostModel:
+    """The engine's offload cost model for a simulated engine: loads at its
+    ``host_load_token_s`` (bytes per token 1, so bandwidth is tokens per second), recompute at
+    its cost model's rate on a 4096-token prefill."""
+    load = engine.host_load_token_s
+    seconds = engine.cost.step_s([(4096, 4096)], [])
+    return CostModel(1, 1.0 / load if load > 0 else 1e18, OFFLOAD_LATENCY_S,
+                     4096 / seconds if seconds > 0 else None)
 
 
 class EvictionOnly(Thunder):
@@ -307,7 +350,7 @@ class Proxy(Thunder):
     name = "proxy"
 
     def __init__(self, tick_s: float = 5.0, estimate: float = 1.0):
-        super().__init__(tick_s=tick_s, decay="off")
+        super().__init__(tick_s=tick_s, decay="off", offload=False)
         self.estimate = estimate
 
     def attach(self, engine) -> None:

@@ -18,8 +18,9 @@ Every number's origin:
   compared with the paper's figures; every number is in the preset below.
 - Host tier (plain-hicache, ours-host): SGLang's default ``--hicache-ratio`` 2, write-back at
   eviction, loads back at 48128 bytes a token over each GPU's PCIe 5.0 x16 link at an assumed
-  25 GB/s (an estimate); ours' selective offload at a pause is not modelled beyond its host
-  ranks (live programs' KV kept longest).
+  25 GB/s (an estimate); ours' keep/offload/drop at a pause through ``policy.offload``
+  (a 5 us fixed cost per load-back, an estimate), its host ranks keeping live programs' KV
+  longest.
 - Policies: the simulator's (``sim.policies``); ours is the engine's own ``decide``.
 Nothing here is set by comparing with the paper. Serving: N programs kept running; steps per
 minute are calls completed per minute after the warm-up, the hit rate cached over prompt

@@ -13,8 +13,9 @@ measured ratio is the run-to-run spread of the measurements themselves). With SG
 tier (``--hicache-ratio``, write-back): plain SGLang with it against without, ours with
 offload on against it, and against the limit; the host tier is modelled as write-back at
 eviction with loads back costing nothing on this CPU (a token's KV of the demo model is about
-1 KiB: microseconds against a millisecond of prefill); ours' selective offload at a pause is
-not modelled apart from that (its host ranks are: live programs' KV kept longest).
+1 KiB: microseconds against a millisecond of prefill); ours' keep/offload/drop at a pause runs
+through ``policy.offload.decide`` (``sim.policies.Thunder``), its host ranks keeping live
+programs' KV longest.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import pytest
 import ray
 import requests
 
-from tests.integration.server import REPO, free_port, wait_until
+from tests.integration.server import REPO, wait_until
 
 pytestmark = pytest.mark.server
 FLEET = "citest"
@@ -49,13 +49,34 @@ def status(fleet: Fleet) -> dict:
     return json.loads(done.stdout)
 
 
+def quiet_ports(count: int) -> int:
+    """The first of ``count`` consecutive free ports below Linux's ephemeral range (32768).
+    A port from that range (what binding port 0 gives) can be taken by an outgoing
+    connection, and Ray opens many, between the check and the server's bind seconds later:
+    CI once saw a replica fail with "address already in use" that way."""
+    start = 20000 + os.getpid() % 8000
+    for base in range(start, 32768 - count):
+        if all(port_free(p) for p in range(base, base + count)):
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports between {start} and 32768")
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 @pytest.fixture(scope="module")
 def fleet(request, tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("cluster")
-    base = free_port()
+    base = quiet_ports(3)  # two replicas, then the router
     start = time.monotonic()
     done = cluster("up", "--replicas", "2", "--name", FLEET, "--log-dir", str(log_dir),
-                   "--replica-port", str(base), "--router-port", str(free_port()),
+                   "--replica-port", str(base), "--router-port", str(base + 2),
                    "--max-restarts", "3", "--", *SERVER_ARGS, timeout=600)
     request.addfinalizer(lambda: cluster("down", "--name", FLEET, "--log-dir", str(log_dir)))
     assert done.returncode == 0, done.stdout + done.stderr

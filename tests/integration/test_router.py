@@ -227,15 +227,18 @@ def test_a_killed_replica_is_taken_out_its_call_sent_elsewhere_and_its_programs_
         fleet):
     """Last: it kills replica b and starts it again on the same port."""
     pids = [f"victim-{i}" for i in range(4)]
+    # prompts of their own: a shared one would make the longest-prefix tie-break gather them
+    prompts = {pid: [9 + i] * 60 for i, pid in enumerate(pids)}
     for pid in pids:
-        assert generate(fleet.router.url, pid, [9] * 60).status_code == 200
+        assert generate(fleet.router.url, pid, prompts[pid]).status_code == 200
     victim = fleet.b
     on_victim = [p for p in pids if record(fleet.router.url, p)["replica"] == victim.url]
     assert on_victim
     in_flight = {}
 
     def long_call():
-        in_flight["response"] = generate(fleet.router.url, on_victim[0], [9] * 60 + [8] * 10,
+        in_flight["response"] = generate(fleet.router.url, on_victim[0],
+                                         prompts[on_victim[0]] + [8] * 10,
                                          n=1500)
 
     caller = threading.Thread(target=long_call)
@@ -249,7 +252,7 @@ def test_a_killed_replica_is_taken_out_its_call_sent_elsewhere_and_its_programs_
     status = fleet.router.status()
     assert not {r["replica"]: r for r in status["replicas"]}[victim.url]["ready"]
     assert status["counters"]["resent_after_failure"] == 1
-    again = generate(fleet.router.url, on_victim[0], [9] * 60 + [8] * 10)
+    again = generate(fleet.router.url, on_victim[0], prompts[on_victim[0]] + [8] * 10)
     assert again.status_code == 200  # answered once, on the replica left
     moved = record(fleet.router.url, on_victim[0])
     assert (moved["replica"], moved["kv_lost_on"], moved["steps"]) == (fleet.a.url, victim.url,

@@ -274,3 +274,31 @@ def test_the_committed_validation_table_is_what_its_committed_command_makes():
     committed = json.loads(Path("benchmarks/results/sim/validation.json").read_text())
     assert json.loads(json.dumps(table)) == committed
     assert committed["rollout"]["ours/plain"]["measured"] == 1.913
+
+
+def test_a_paused_programs_own_kv_is_offloaded_or_dropped_by_the_engines_cost_model():
+    """With a host tier, pausing a program runs ``policy.offload.decide`` on the blocks it
+    holds alone: loads that cost nothing offload them (to the host, off the device); loads
+    dearer than recompute drop them from both tiers; the prefix it shares stays."""
+    from sim.policies import _Program
+    from thunderagent_sglang.policy.demand import block_keys
+
+    def paused(load_token_s: float) -> Engine:
+        engine = Engine(Thunder(decay="on"), capacity_tokens=64, block=4, cost=UNIT, slots=0,
+                        host_tokens=64, host_load_token_s=load_token_s)
+        policy = engine.policy
+        for pid in ("a", "b"):
+            policy.programs[pid] = _Program(status="active")
+            policy.ledger.set_context(pid, block_keys(tuple(range(12)), 4))
+        engine.cache.insert([1, 2, 3], 0.0, "a")
+        engine.cache.insert([1, 2, 9], 0.0, "b")
+        engine.host.write(engine.cache.blocks[3])
+        policy._pause("a", 1.0)
+        return engine
+
+    offloaded = paused(0.0)  # a load of 5 us against 4 tokens' recompute (1 ms)
+    assert (sorted(offloaded.cache.blocks), sorted(offloaded.host.blocks)) == ([1, 2, 9], [3])
+    assert offloaded.policy.kv_decisions == {"keep": 0, "offload": 1, "drop": 0}
+    dropped = paused(1.0)  # 4 s to load 4 tokens: recompute is cheaper
+    assert (sorted(dropped.cache.blocks), sorted(dropped.host.blocks)) == ([1, 2, 9], [])
+    assert dropped.policy.kv_decisions == {"keep": 0, "offload": 0, "drop": 1}
