@@ -93,11 +93,10 @@ class Thunder(Plain):
     def __init__(self, config: SchedulerConfig | None = None, tick_s: float = 0.5,
                  settings: dict | None = None, decay: str = "auto", offload: bool = True):
         """``settings``: ``SchedulerConfig`` fields over the defaults (capacity: the pool's).
-        ``decay``: the engine's ``--thunderagent-decay`` (auto: on while the decode steps'
-        fit says the batch shares most of a step, ``policy.batching``); a ``decay`` in
-        ``settings`` fixes it. ``offload``: with a host tier, a paused
-        program's own KV is kept, offloaded or dropped by ``policy.offload`` (the engine's
-        ``--thunderagent-offload auto``)."""
+        ``decay``: the engine's ``--thunderagent-decay`` (auto: ``policy.batching.decay_wanted``
+        on the simulated decode steps' fit); a ``decay`` in ``settings`` fixes it.
+        ``offload``: with a host tier, a paused program's own KV is kept, offloaded or dropped
+        by ``policy.offload`` (the engine's ``--thunderagent-offload auto``)."""
         self.config_given, self.tick_s, self.settings = config, tick_s, settings or {}
         self.decay_mode = "on" if "decay" in self.settings and self.settings["decay"] else (
             "off" if "decay" in self.settings else decay)

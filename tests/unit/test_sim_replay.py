@@ -60,6 +60,19 @@ def test_the_same_events_give_the_same_snapshots_and_decisions():
     assert result.decided == {"pause": 0, "mark": 0, "unmark": 0, "resume": 1}
 
 
+def test_a_config_record_mid_trace_holds_from_then():
+    """``--thunderagent-decay auto`` writes a new config when it switches decay: here one that
+    also lowers the watermarks, so the tick must pause the acting p1; replayed under the first
+    config it would not."""
+    records = trace(r5={"pause": ["p1"]})
+    later = {**CONFIG, "t": 2.2, "decay": False, "high_watermark": 0.05, "low_watermark": 0.05,
+             "_line": 99}
+    records.insert(5, later)
+    result = replay(records)
+    assert (result.events, result.differences) == (7, [])
+    assert result.decided["pause"] == 1
+
+
 def test_a_different_decision_is_reported_with_its_line():
     result = replay(trace(r5={"pause": ["p1"]}))
     assert result.differences == [{"line": 6, "t": 2.5, "what": "decision (tick): pause",

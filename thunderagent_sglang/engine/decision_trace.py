@@ -4,7 +4,8 @@ decided, one JSON object per line (glue; tensor-parallel rank 0 only).
 Every record has ``e`` (its kind) and ``t`` (the runtime's clock, seconds):
 
 - ``config``: the scheduler's ``SchedulerConfig`` fields, ``block`` (the demand ledger's block
-  size) and ``tick_s``.
+  size) and ``tick_s``; first, and again whenever ``--thunderagent-decay auto`` switches decay
+  (the new config holds from then).
 - ``held``: a tagged call held (``p``, ``rid``, ``tokens``: its prompt, ``headroom``: its max
   new tokens as the scheduler counts them); ``t``: when it was held.
 - ``call``: a tagged call handed to SGLang (same fields); ``t``: its program's phase start.

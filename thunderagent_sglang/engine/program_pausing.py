@@ -202,8 +202,8 @@ class ProgramScheduler:
         return views
 
     def _update_decay(self, now: float) -> None:
-        """``--thunderagent-decay auto``: decay on while the decode steps' fit says their
-        batch shares most of a step (``policy.batching``), off where it does not."""
+        """``--thunderagent-decay auto``: decay on where the decode steps' fit says their
+        batch shares a large part of a step, off where it does not (``policy.batching``)."""
         if self.cfg.decay != "auto":
             return
         shared = self.runtime.decode_meter.value()

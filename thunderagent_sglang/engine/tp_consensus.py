@@ -5,8 +5,8 @@ them every step, so every rank sees the same requests, control messages and batc
 the same order, and SGLang's own decisions come out the same. Ours (holds, pauses, marks,
 resumes, keep/offload/drop, eviction and retraction order, idle expiry) are functions of that
 shared program state and of two inputs that are not shared: the clock and measured rates
-(the host link, the prefill rate, the decode steps' shared fraction). So rank 0's clock reading and measures ride SGLang's own
-per-step broadcast as one local request of rank 0 (``recv_requests(local_reqs=...)``, the way
+(the host link, the prefill rate, the decode steps' shared fraction). So rank 0's clock
+reading and measures ride SGLang's own per-step broadcast as one local request of rank 0 (``recv_requests(local_reqs=...)``, the way
 SGLang's own timeout aborts travel), and every rank takes it out of the broadcast list before
 SGLang dispatches the list: within a step, every rank's runtime reads rank 0's clock and
 rates. Effects outside the engine (events to the sidecar) come from rank 0 only; the program
