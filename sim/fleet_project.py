@@ -75,10 +75,15 @@ def main(argv: list[str] | None = None) -> int:
             f"ours-router/{s}": round(rows["ours-router"]["steps_per_min"]
                                       / rows[s]["steps_per_min"], 3)
             for s in ("gateway", "proxy", "limit")}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"what": __doc__.split("\n\n")[0], "programs": args.programs,
-                                    "replicas": args.replicas, "group_size": args.group_size,
-                                    "workloads": tables}, indent=1) + "\n")
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"what": __doc__.split("\n\n")[0],
+                                        "programs": args.programs, "replicas": args.replicas,
+                                        "group_size": args.group_size, "workloads": tables},
+                                       indent=1) + "\n")
+    except OSError as error:
+        print(f"error: cannot write {args.out}: {error}", file=sys.stderr)
+        return 2
     print(f"saved {args.out}")
     return 0
 

@@ -140,9 +140,13 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     table = validate(args.fleet)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(table, indent=1) + "\n")
     print(summary(table))
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(table, indent=1) + "\n")
+    except OSError as error:
+        print(f"error: cannot write {args.out}: {error}", file=sys.stderr)
+        return 2
     print(f"saved {args.out}")
     return 0
 
