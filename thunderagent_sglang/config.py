@@ -184,6 +184,11 @@ class ThunderAgentConfig:
         "tool-duration model's median for its tool) instead of by how long its tool has run: "
         "a program predicted back soon keeps its KV, one predicted away long loses it first "
         "(default: on; off: the paper's decay by tool time alone).", on_off=True)
+    superseded_first: bool = option(
+        True, "When a program's latest sequence leaves a branch of the radix tree (its history "
+        "was re-rendered), the nodes of that branch nothing else uses rank first for "
+        "eviction, as an ended program's do (default: on; off: they rank as untagged KV).",
+        on_off=True)
     offload: str = option(
         "auto", "When a program is paused and SGLang's host tier is on "
         "(--enable-hierarchical-cache), keep, offload or drop the KV it holds alone by a cost "
@@ -200,6 +205,18 @@ class ThunderAgentConfig:
         None, "Prefill rate for the offload cost model (default: measured on this server's "
         "prefill batches; until the first is timed, paused KV is offloaded, never dropped).",
         metavar="TOKENS_PER_S", parse=_positive_float)
+    tool_offload: bool = option(
+        True, "With offload on (--thunderagent-offload auto and SGLang's host tier), also "
+        "decide keep, offload or drop when a program that is not paused starts acting (its "
+        "call finished, or a tool start hint named its tool): the least memory-time of "
+        "holding its own KV for the predicted tool time, the copies, or the recompute, while "
+        "the pool is contended; predictions under two scheduler ticks keep (default: on).",
+        on_off=True)
+    prefetch: str = option(
+        "predicted", "When KV offloaded at a tool boundary comes back. predicted: loaded back "
+        "at the tool's predicted return less the transfer time, and at once on a tool 'end' "
+        "hint; on-call: when the program's next call needs it (SGLang's load-back) "
+        "(default: predicted).", choices=("predicted", "on-call"))
     scheduler: str = option(
         "thunder", "Program-aware scheduling: pause whole programs at tool boundaries while the "
         "active programs' KV demand exceeds the high watermark, resume them below the low one "

@@ -8,7 +8,9 @@ and every greedy output equals plain SGLang's for the same prompt.
 
 Seeded: 6 programs (a shared system prompt, 3-5 turns of 40-160 new tokens each, up to
 ~900 tokens: together several times the 1024-token pool), random tool gaps, random operator
-pause/resume between turns (offload or drop of the program's KV, prefetch at resume), an
+pause/resume between turns (offload or drop of the program's KV, prefetch at resume), tools
+named "build" that run 1.2-1.6 s (offloaded at their start once predicted, loaded back before
+the predicted return or at their end hint: ``--thunderagent-tool-offload``), an
 untagged chat beside them, each program released at its end, then one untagged call that
 needs most of the pool.
 """
@@ -53,10 +55,16 @@ def program(server, pid, rng, answers):
         out = generate(server, context, pid)
         answers.append((list(context), out))
         context += out
-        if rng.random() < 0.5:  # an operator pause across the tool call: offload or drop
+        roll = rng.random()
+        if roll < 0.4:  # an operator pause across the tool call: offload or drop
             post(server, f"/programs/{pid}/pause")
             time.sleep(rng.uniform(0.1, 0.6))
             post(server, f"/programs/{pid}/resume")
+        elif roll < 0.75:  # a tool predicted long: KV offloaded at its start, loaded back
+            post(server, f"/programs/{pid}/tool", event="start", tool="build")
+            time.sleep(rng.uniform(1.2, 1.6))
+            if rng.random() < 0.5:  # its end hint loads it back at once
+                post(server, f"/programs/{pid}/tool", event="end")
         else:
             time.sleep(rng.uniform(0.1, 0.8))
     post(server, "/programs/release", program_id=pid)
@@ -118,6 +126,13 @@ def test_the_workload_exercised_offload_and_pauses(run):
     decisions = [line for line in metrics.splitlines()
                  if line.startswith("thunderagent_kv_decisions_total{")]
     assert sum(float(line.split()[-1]) for line in decisions) > 0
+    assert series(metrics, 'thunderagent_tool_kv_decisions_total{decision="offload"}') > 0
+    assert series(metrics, "thunderagent_prefetches_total{") > 0
+
+
+def series(metrics: str, prefix: str) -> float:
+    return sum(float(line.split()[-1]) for line in metrics.splitlines()
+               if line.startswith(prefix))
 
 
 def test_no_kv_slot_leaked_and_no_lock_left_once_idle(run):

@@ -152,3 +152,74 @@ def test_pausing_a_reasoning_program_moves_none_of_another_programs_kv(hicache_s
     for name in (pid, other):
         requests.post(f"{hicache_server.url}/programs/release", headers=AUTH,
                       json={"program_id": name}, timeout=30)
+
+
+def tool_hint(server, pid, tool, event="start"):
+    body = {"event": event, "tool": tool}
+    if event == "start":
+        body["expected_s"] = 30  # keeps the program live through the test (2 s idle expiry)
+    reply = requests.post(f"{server.url}/programs/{pid}/tool", headers=AUTH, json=body,
+                          timeout=30)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def prefetches(server):
+    metrics = requests.get(f"{server.url}/metrics", headers=AUTH, timeout=30).text
+    return {line.split('"')[1]: float(line.split()[-1]) for line in metrics.splitlines()
+            if line.startswith("thunderagent_prefetches_total{")}
+
+
+def no_live_programs(server):
+    deadline = time.monotonic() + 10
+    while requests.get(f"{server.url}/programs?live=1", headers=AUTH,
+                       timeout=30).json()["programs"]:
+        assert time.monotonic() < deadline, "earlier tests' programs stayed live"
+        time.sleep(0.2)
+
+
+def test_a_long_tool_is_offloaded_at_its_start_and_back_on_device_before_the_next_call(
+        hicache_server):
+    """Issue 15: with the pool contended (two acting programs hold 912 of 1024 tokens, the
+    low watermark is 870), a tool predicted to take 1.6 s moves its program's KV to the host
+    at the tool's start and loads it back before the predicted return, so the next call finds
+    it on the device; a tool predicted short keeps its KV."""
+    tag = uuid.uuid4().hex[:8]
+    slow, quick = f"slow-{tag}", f"quick-{tag}"
+    long_pid, short_pid = f"long-tool-{tag}", f"short-tool-{tag}"
+    no_live_programs(hicache_server)
+    short_prompt = [1100 + i for i in range(496)]
+    generate(hicache_server, short_pid, short_prompt)
+    tool_hint(hicache_server, short_pid, quick)
+    time.sleep(0.05)
+    generate(hicache_server, short_pid, short_prompt)  # quick observed at about 0.05 s
+
+    prompt = [1600 + i for i in range(384)]
+    first = generate(hicache_server, long_pid, prompt)
+    tool_hint(hicache_server, long_pid, slow)
+    time.sleep(1.6)
+    generate(hicache_server, long_pid, prompt)  # slow observed at about 1.6 s
+    backed_up(hicache_server, long_pid, 384)
+    before = prefetches(hicache_server)
+
+    started = tool_hint(hicache_server, long_pid, slow)
+    assert started["tool_predicted_s"] >= 1.6
+    assert started["tool_kv"] == "offload"
+    assert (started["resident_tokens"], started["host_tokens"]) == (0, 384)
+    kept = tool_hint(hicache_server, short_pid, quick)
+    assert kept["tool_predicted_s"] < 1.0
+    assert kept["tool_kv"] == "keep" and kept["resident_tokens"] == 496
+
+    deadline = time.monotonic() + started["tool_predicted_s"] + 2
+    while record(hicache_server, long_pid)["resident_tokens"] < 384:  # the prefetch, no call
+        assert time.monotonic() < deadline, record(hicache_server, long_pid)
+        time.sleep(0.05)
+    again = generate(hicache_server, long_pid, prompt)
+    assert again["output_ids"] == first["output_ids"]
+    # every page but the last (SGLang matches at most len - 1 tokens) came from the device
+    assert again["meta_info"]["cached_tokens_details"] == {"device": 368, "host": 0}
+    after = prefetches(hicache_server)
+    assert after["on_time"] == before.get("on_time", 0) + 1
+    for pid in (long_pid, short_pid):
+        requests.post(f"{hicache_server.url}/programs/release", headers=AUTH,
+                      json={"program_id": pid}, timeout=30)

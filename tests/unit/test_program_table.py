@@ -156,6 +156,7 @@ def test_record_keys_exactly(table, clock):
     finish(table, "r1", prompt=10, cached=4, output=3)
     clock.advance(2)
     table.tool_event("a", "start", expected_s=5.0)
+    table.set_tool_kv("a", "offload")
     rec = table.record(table.get("a"))
     assert tuple(rec) == RECORD_KEYS
     assert set(rec) == {
@@ -164,7 +165,7 @@ def test_record_keys_exactly(table, clock):
         "missed_changed_tokens", "decode_tokens", "seconds_reasoning",
         "seconds_acting", "seconds_paused", "in_flight", "tool_running", "tool",
         "tool_expected_s", "tool_predicted_s", "tool_predicted_p90_s", "release_cause",
-        "kv_decision", "environments"}
+        "kv_decision", "tool_kv", "environments"}
     assert rec == {
         "program_id": "a", "incarnation": 1, "parent_id": "p", "status": "active",
         "phase": "acting", "context_tokens": 13, "steps": 1, "prefill_tokens_computed": 6,
@@ -173,8 +174,20 @@ def test_record_keys_exactly(table, clock):
         "seconds_acting": 2.0, "seconds_paused": 0.0, "in_flight": 0, "tool_running": True,
         "tool": None, "tool_expected_s": 5.0, "tool_predicted_s": None,
         "tool_predicted_p90_s": None, "release_cause": None, "kv_decision": None,
-        "environments": None}
+        "tool_kv": "offload", "environments": None}
     assert type(rec["status"]) is str and type(rec["phase"]) is str
+
+
+def test_the_tool_boundary_kv_choice_lasts_its_acting_phase(table, clock):
+    table.on_arrival("a", "r1")
+    finish(table, "r1")
+    table.set_tool_kv("a", "drop")
+    table.tool_event("a", "start", tool="pytest")
+    assert table.get("a").tool_kv == "drop"
+    table.on_arrival("a", "r2")
+    assert table.get("a").tool_kv is None
+    finish(table, "r2")
+    assert table.get("a").tool_kv is None
 
 
 # ---- release ------------------------------------------------------------------------------

@@ -217,6 +217,54 @@ def test_a_retired_node_ranks_as_retired_until_anything_uses_it_again():
     assert ProgramTreeCore.is_retired(core, SimpleNamespace(id=9, last_access_time=1)) is False
 
 
+def fake_tree(**cfg):
+    """ProgramTreeCore's tagging on hand-made nodes: root -> a -> (b, c), c -> d."""
+    import functools
+
+    from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
+
+    from thunderagent_sglang.engine.program_tree import ProgramTreeCore
+    from thunderagent_sglang.policy.residency import Residency
+
+    def node(nid, parent):
+        data = {ComponentType.FULL: SimpleNamespace(value=[0] * 16, host_value=None)}
+        return SimpleNamespace(id=nid, parent=parent, component_data=data,
+                               last_access_time=10 * nid)
+
+    root = SimpleNamespace(id=0, parent=None)
+    a = node(1, root)
+    b, c = node(2, a), node(3, a)
+    nodes = {0: root, 1: a, 2: b, 3: c, 4: node(4, c)}
+    core = SimpleNamespace(residency=Residency(), retired={}, root_node=root,
+                           node_by_id=nodes.__getitem__,
+                           runtime=SimpleNamespace(cfg=config.ThunderAgentConfig(**cfg),
+                                                   counted=lambda pid: True))
+    for name in ("path_of", "_retire_superseded", "tag_path"):
+        setattr(core, name, functools.partial(getattr(ProgramTreeCore, name), core))
+    return core
+
+
+def test_a_branch_a_program_left_is_retired_unless_something_else_tags_it():
+    core = fake_tree()
+    core.tag_path("p", "last", 2)  # p's history: a, b
+    core.tag_path("q", "last", 2)  # q shares it
+    core.tag_path("p", "last", 3)  # p re-rendered: a, c; b is still q's
+    assert core.retired == {}
+    core.tag_path("q", "last", 1)  # q's latest ends at a: b is nobody's now
+    assert core.retired == {2: 20}
+    core.tag_path("p", "last", 4)  # appended to c: nothing left behind
+    core.tag_path("p", "r9", 2)  # a running call's head moving is not a finished sequence
+    core.tag_path("p", "r9", 1)
+    assert core.retired == {2: 20}
+
+
+def test_superseded_states_stay_untagged_kv_with_the_switch_off():
+    core = fake_tree(superseded_first=False)
+    core.tag_path("p", "last", 2)
+    core.tag_path("p", "last", 3)
+    assert core.retired == {} and not core.residency.is_tagged(2)
+
+
 def test_a_program_whose_first_call_is_held_is_listed_as_waiting():
     runtime, _, _ = make_runtime(capacity=256)
     engine = Engine()

@@ -88,7 +88,7 @@ def _migrate(runtime, msg: ipc.MigrateProgram) -> dict:
 
 
 def _tool(runtime, msg: ipc.ToolHint) -> dict:
-    program = runtime.table.tool_event(msg.program_id, msg.event, msg.expected_s, msg.tool)
+    program = runtime.tool_event(msg.program_id, msg.event, msg.expected_s, msg.tool)
     runtime.events.add("tool", msg.program_id, event=msg.event, tool=msg.tool,
                        expected_s=msg.expected_s)
     return record(runtime, program)

@@ -9,6 +9,16 @@ own eviction walk, with the program's nodes ranked first and the walk's quota eq
 tokens, so no other program's KV moves; drop also frees their host copies. When it resumes,
 what it offloaded is loaded back at once (prefetch), before its next call needs it. Prefill
 batches are timed to know the recompute rate.
+
+With ``--thunderagent-tool-offload on`` the same moves are also decided when a program that
+is not paused starts acting (``at_boundary``: its call finished, or a tool start hint named
+its tool), by ``policy.offload.decide_at_boundary``. An offload there is loaded back at the
+predicted return less the transfer (``--thunderagent-prefetch predicted``; at once on a tool
+end hint), from a heap of due times read at each loop tick. Each such prefetch ends counted
+as ``on_time``, ``early`` (the call came later than the prediction's spread after the load),
+``late`` (the call came first: SGLang loaded it), ``wasted`` (evicted again, paused, or ended
+before its call), ``cancelled`` (paused or ended before the load) or ``empty`` (nothing was
+left on the host to load).
 """
 
 from __future__ import annotations
@@ -21,12 +31,15 @@ from sglang.srt.mem_cache.hicache_storage import PoolName
 
 from thunderagent_sglang.engine.logs import get_logger
 from thunderagent_sglang.engine.program_tree import lengths
-from thunderagent_sglang.policy.offload import Choice, CostModel, KvDecision, RateMeter, decide
+from thunderagent_sglang.policy.offload import (
+    Boundary, Choice, CostModel, KvDecision, RateMeter, decide, decide_at_boundary, prefetch_due,
+    prefetch_outcome)
+from thunderagent_sglang.policy.prefetch import Prefetch, PrefetchQueue
+from thunderagent_sglang.program.record import Phase, Status
 
 _PROBE_BYTES = 64 << 20  # bandwidth probe size
 _SAMPLE_EVERY = 16  # after the first _FIRST_SAMPLES, time one prefill batch in this many
 _FIRST_SAMPLES = 8
-
 
 class Offloader:
     def __init__(self, runtime, cfg):
@@ -38,7 +51,9 @@ class Offloader:
         self.meter = RateMeter()
         self.agreed: dict | None = None  # rank 0's link and rate (tensor parallelism)
         self.extends = 0
+        self.prefetches = PrefetchQueue()  # KV offloaded at tool boundaries
         self.stats_ = {"decisions": {d.value: 0 for d in KvDecision},
+                       "tool_decisions": {d.value: 0 for d in KvDecision},
                        "offloaded_tokens": 0, "dropped_tokens": 0, "prefetched_tokens": 0}
 
     def attach(self, cache) -> None:
@@ -108,15 +123,15 @@ class Offloader:
     def on_pause(self, program) -> Choice | None:
         """Choose and carry out keep/offload/drop for a program just paused."""
         pid = program.program_id
-        tree = self.runtime.tree
-        if self.cache is None or tree is None:
+        if self.cache is None or self.runtime.tree is None:
             return None
-        nodes = tree.own_nodes(pid)
-        own_device = sum(lengths(n)[0] for n in nodes)
-        movable = tree.movable(nodes)
-        device = sum(lengths(n)[0] for n in movable)
-        unbacked = sum(d for d, h in map(lengths, movable) if h < d)
+        carried = self.prefetches.end(pid, "wasted", "cancelled")
+        own_device, device, unbacked = self._own(pid)
         choice = decide(self.cost_model(), device, unbacked, self._host_free())
+        moved_before = program.tool_kv if carried is None or carried.loaded_at is None else None
+        if not device and choice.decision is KvDecision.KEEP and moved_before in (
+                KvDecision.OFFLOAD.value, KvDecision.DROP.value):  # an offload loads at resume
+            choice = Choice(KvDecision(moved_before), f"{moved_before} at its tool boundary")
         self.runtime.table.set_kv_decision(pid, choice.decision.value)
         self.stats_["decisions"][choice.decision.value] += 1
         moved = 0
@@ -126,6 +141,97 @@ class Offloader:
                           "tokens moved (%d movable: unlocked, nothing of another's below)",
                           pid, choice.decision.value, choice.reason, moved, own_device, device)
         return choice
+
+    def _own(self, pid: str) -> tuple[int, int, int]:
+        """The program's own device tokens, the movable part of them, and of that the part
+        not yet copied to the host."""
+        tree = self.runtime.tree
+        nodes = tree.own_nodes(pid)
+        movable = tree.movable(nodes)
+        return (sum(lengths(n)[0] for n in nodes), sum(lengths(n)[0] for n in movable),
+                sum(d for d, h in map(lengths, movable) if h < d))
+
+    # ---- tool boundaries ---------------------------------------------------------------------
+
+    def at_boundary(self, program) -> Choice | None:
+        """A program that is not paused starts acting, or names its tool: keep, offload or drop
+        its own device KV (``decide_at_boundary``); an offload is loaded back on time."""
+        pid = program.program_id
+        model = self.cost_model()
+        if not self.cfg.tool_offload or model is None or self.runtime.tree is None:
+            return None
+        pending = self.prefetches.get(pid)
+        if pending is not None:  # offloaded in this phase already: its tool may be known now
+            if pending.loaded_at is None and program.tool_predicted_s is not None:
+                self._schedule(pid, pending, model, program)
+            return None
+        if program.tool_kv in (KvDecision.OFFLOAD.value, KvDecision.DROP.value):
+            return None  # moved already in this acting phase
+        own_device, device, unbacked = self._own(pid)
+        scheduler = self.runtime.scheduler
+        choice = decide_at_boundary(model, Boundary(
+            unique_tokens=device, unbacked_tokens=unbacked, host_free_tokens=self._host_free(),
+            predicted_s=program.tool_predicted_s, stall_tokens=int(self.cache.protected_size()),
+            contended=scheduler.contended(), min_predicted_s=2 * self.cfg.tick_s))
+        self.runtime.table.set_tool_kv(pid, choice.decision.value)
+        self.stats_["tool_decisions"][choice.decision.value] += 1
+        moved = 0
+        if choice.decision is not KvDecision.KEEP:
+            moved = self._evict_own(pid, device, choice.decision)
+        if choice.decision is KvDecision.OFFLOAD and moved and self.cfg.prefetch == "predicted":
+            self._schedule(pid, Prefetch(moved), model, program)
+        get_logger().debug("ThunderAgent: program %s acting: KV %s (%s); %d of %d own device "
+                           "tokens moved", pid, choice.decision.value, choice.reason, moved,
+                           own_device)
+        return choice
+
+    def _schedule(self, pid: str, entry: Prefetch, model: CostModel, program) -> None:
+        median = program.tool_predicted_s or 0.0
+        spread = max((program.tool_predicted_p90_s or median) - median, self.cfg.tick_s)
+        self.prefetches.schedule(
+            pid, entry, prefetch_due(model, entry.tokens, program.phase_since, median), spread)
+
+    def tool_ended(self, pid: str) -> None:
+        """A tool end hint: its offloaded KV is wanted now."""
+        entry = self.prefetches.get(pid)
+        if entry is not None and entry.loaded_at is None:
+            self._prefetch(pid, entry)
+
+    def run_due(self, now: float) -> None:
+        """Load back every boundary offload whose time has come (each loop tick)."""
+        for pid, entry in self.prefetches.due_now(now):
+            self._prefetch(pid, entry)
+
+    def _prefetch(self, pid: str, entry: Prefetch) -> None:
+        program = self.runtime.table.live_program(pid)
+        if (program is None or program.status is not Status.ACTIVE
+                or program.phase is not Phase.ACTING):
+            return  # paused (loaded at resume), or its call came: settled there
+        loaded = self._load_back(pid)
+        if not loaded:
+            self.prefetches.end(pid, "empty", "empty")
+            return
+        entry.loaded_at = self.runtime.clock()
+        entry.resident_after = self.runtime.residency.resident_tokens(pid)
+        get_logger().debug("ThunderAgent: program %s: %d tokens loaded back before its "
+                           "predicted return", pid, loaded)
+
+    def call_came(self, pid: str) -> None:
+        """The program's next call arrived (or was held): how its prefetch served it."""
+        entry = self.prefetches.get(pid)
+        if entry is None:
+            return
+        if entry.loaded_at is None:
+            self.prefetches.end(pid, "late", "late")
+            return
+        outcome = prefetch_outcome(entry.loaded_at, self.runtime.clock(),
+                                   self.runtime.residency.resident_tokens(pid),
+                                   entry.resident_after, entry.spread_s)
+        self.prefetches.end(pid, outcome, outcome)
+
+    def forget(self, pid: str) -> None:
+        """The program ended."""
+        self.prefetches.end(pid, "wasted", "cancelled")
 
     def _host_pool(self):
         group = getattr(self.cache, "host_pool_group", None)
@@ -160,22 +266,30 @@ class Offloader:
 
     def on_resume(self, program_id: str, decision: str | None) -> int:
         """Load back what a resumed program offloaded (prefetch); the tokens loaded."""
-        cache, residency = self.cache, self.runtime.residency
-        if decision != KvDecision.OFFLOAD.value or cache is None:
+        if decision != KvDecision.OFFLOAD.value or self.cache is None:
             return 0
+        loaded = self._load_back(program_id)
+        get_logger().info("ThunderAgent: program %s resumed: %d tokens loaded back from the "
+                          "host tier", program_id, loaded)
+        return loaded
+
+    def _load_back(self, program_id: str) -> int:
+        """Load the program's host-only KV back to the device now; the tokens loaded."""
+        cache, residency = self.cache, self.runtime.residency
         before = residency.resident_tokens(program_id)
         for node_id in residency.heads(program_id).values():
             cache.load_back(node_id)
         _finish_loads(cache)
         loaded = residency.resident_tokens(program_id) - before
         self.stats_["prefetched_tokens"] += loaded
-        get_logger().info("ThunderAgent: program %s resumed: %d tokens loaded back from the "
-                          "host tier", program_id, loaded)
         return loaded
 
     def stats(self) -> dict:
         model = self.cost_model()
         return {**self.stats_, "decisions": dict(self.stats_["decisions"]),
+                "tool_decisions": dict(self.stats_["tool_decisions"]),
+                "prefetches": dict(self.prefetches.outcomes),
+                "prefetches_pending": len(self.prefetches),
                 "cost_model": None if model is None else model.describe()}
 
 

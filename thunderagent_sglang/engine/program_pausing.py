@@ -94,6 +94,13 @@ class ProgramScheduler:
             return program.status is Status.PAUSED
         return self.enabled and self.config is not None
 
+    def contended(self) -> bool:
+        """Others need room: a call is held, or the last decision's demand reached the low
+        watermark (always, without the scheduler: nothing measures it then)."""
+        if not self.enabled or self.config is None:
+            return True
+        return self.held.count() > 0 or self.last_footprint >= self.config.low_tokens
+
     def full(self) -> bool:
         """As many calls are held as ``--thunderagent-max-held`` allows."""
         return self.held.count() >= self.cfg.max_held
@@ -123,6 +130,7 @@ class ProgramScheduler:
                                  tokens=prompt or (), headroom=item.max_new)
         self.counters["held_requests"] += 1
         self.runtime.events.add("held", program_id)
+        self.runtime.offload.call_came(program_id)
         if self.shutdown_answer is not None:  # the server is draining: never wait for a resume
             self._answer_at_shutdown([item])
             return

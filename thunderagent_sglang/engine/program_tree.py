@@ -7,7 +7,8 @@ SGLang's tree-core registry with the runtime handed in. ``tag_path`` puts a prog
 sequence on the nodes of its path. All figures come from events, never from walking the tree;
 ``recount()`` walks it once to check them (debug mode).
 
-Retired nodes (a terminated program's sequence passed through them) rank first for eviction
+Retired nodes (a terminated program's sequence passed through them, or a live program's latest
+sequence left them and nothing else tags them: a superseded state) rank first for eviction
 until anything uses them again: the mark holds the node's SGLang access time when it was set,
 and a later access (a match or insert by any call, tagged or not) clears it. A split carries the
 mark to the new parent.
@@ -108,11 +109,24 @@ class ProgramTreeCore(UnifiedTreeCore):
         return path
 
     def tag_path(self, program_id: str, head, last_node) -> None:
-        """The program's head now ends at ``last_node`` (a node or its id)."""
+        """The program's head now ends at ``last_node`` (a node or its id). When its latest
+        finished sequence moves off a branch (a re-rendered history), the nodes of that branch
+        nothing tags any more are retired: its superseded states go first
+        (``--thunderagent-superseded-first``)."""
         path = self.path_of(last_node)[::-1]
+        old_end = self.residency.heads(program_id).get(head) if head == FINAL_HEAD else None
         self.residency.set_path(program_id, head, [(n.id, *lengths(n)) for n in path])
+        if old_end is not None and self.runtime.cfg.superseded_first:
+            self._retire_superseded(old_end, {n.id for n in path})
         if not self.runtime.counted(program_id):
             self.residency.set_active(program_id, False)
+
+    def _retire_superseded(self, old_end: int, kept: set[int]) -> None:
+        for node in self.path_of(old_end):  # leaf first, up to the branch point
+            if node.id in kept:
+                return
+            if not self.residency.is_tagged(node.id):
+                self.retired[node.id] = node.last_access_time
 
     def retire(self, program_id: str) -> None:
         """A program ended: its nodes rank first for eviction until used again."""

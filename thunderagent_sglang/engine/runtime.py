@@ -183,6 +183,7 @@ class ProgramRuntime(SchedulerHooks):
         if pid in self.ledger:
             self.ledger.remove(pid)
         self._finish_chain.pop(pid, None)
+        self.offload.forget(pid)
         self._retire(pid)
         self.scheduler.forget(pid)
         self.trace.write("end", self.clock(), p=pid, cause=program.release_cause or "ended")
@@ -235,6 +236,7 @@ class ProgramRuntime(SchedulerHooks):
             get_logger().warning("ThunderAgent: request %s not tracked: %s", recv_req.rid, exc)
             return
         self.events.add("call", arrival.program_id)
+        self.offload.call_came(arrival.program_id)
         if chain is None or self.ledger.chain_of(arrival.program_id) is not chain:
             chain = self.set_prompt(arrival.program_id, recv_req)
         else:
@@ -294,12 +296,12 @@ class ProgramRuntime(SchedulerHooks):
     def block_size(self) -> int:
         return self.page_size if self.page_size > 1 else MIN_DEMAND_BLOCK
 
-    def finish(self, req) -> None:
-        """A call left the engine (answered or aborted)."""
+    def finish(self, req) -> Program | None:
+        """A call left the engine (answered or aborted); its program, if tagged."""
         call = self.call_done(req.rid)
         program = self.table.program_for(req.rid)
         if program is None:
-            return
+            return None
         tokens = misses.kv_tokens(req.origin_input_ids, req.output_ids)
         sequence = misses.as_tokens(tokens)
         prompt = sequence[:len(req.origin_input_ids)]
@@ -322,6 +324,7 @@ class ProgramRuntime(SchedulerHooks):
                             output=len(req.output_ids), missed_evicted=missed.evicted or None,
                             missed_changed=missed.changed or None)
         self._ended(program)
+        return program
 
     def _set_finished_context(self, program_id: str, tokens: list[int], call: Call | None):
         """The program's latest context in the demand ledger. When the ledger still holds this
@@ -332,6 +335,25 @@ class ProgramRuntime(SchedulerHooks):
         self.ledger.set_context(program_id, chain)
         self._count(program_id)
         self._finish_chain[program_id] = chain
+
+    def tool_boundaries(self, programs: list[Program]) -> None:
+        """After finishes and the scheduler's check: each program that now acts and is not
+        paused gets the boundary decision for its KV (``--thunderagent-tool-offload``)."""
+        for program in {p.program_id: p for p in programs}.values():
+            if _acting_active(program):
+                self.offload.at_boundary(program)
+
+    def tool_event(self, program_id: str, event: str, expected_s: float | None,
+                   tool: str | None) -> Program:
+        """A tool hint: the table's, then a start naming the tool decides the KV again with
+        the new prediction, an end loads offloaded KV back at once."""
+        program = self.table.tool_event(program_id, event, expected_s, tool)
+        if _acting_active(program):
+            if event == "start":
+                self.offload.at_boundary(program)
+            else:
+                self.offload.tool_ended(program_id)
+        return program
 
     # ---- eviction ------------------------------------------------------------------------
 
@@ -356,6 +378,13 @@ class ProgramRuntime(SchedulerHooks):
     # ---- the periodic check ----------------------------------------------------------------
 
     def tick(self) -> None:
-        if self.clock() - self._last_expiry >= EXPIRY_CHECK_S:
+        now = self.clock()
+        if now - self._last_expiry >= EXPIRY_CHECK_S:
             self.expire_idle()
+        self.offload.run_due(now)
         self.scheduler.maybe_tick()
+
+
+def _acting_active(program: Program) -> bool:
+    return (program.live and program.status is Status.ACTIVE and program.phase is Phase.ACTING
+            and not program.in_flight)

@@ -111,13 +111,17 @@ class SchedulerHooks:
 
     @guarded
     def on_stream_output(self, result, streamer, reqs, return_logprob, skip_req=None):
-        ended = False
+        ended, programs = False, []
         for req in reqs:
             if req is not skip_req and req.finished():
                 ended = True
-                guard(self.finish, req)
+                program = guard(self.finish, req)
+                if program is not None:
+                    programs.append(program)
         if ended:
             self.scheduler.check("finish")
+        if programs:
+            guard(self.tool_boundaries, programs)
 
     @guarded
     def on_abort_output(self, result, scheduler, abort_req, req):

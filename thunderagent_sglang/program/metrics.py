@@ -48,9 +48,16 @@ class _StatsCollector:
             yield labelled(CounterMetricFamily, "thunderagent_kv_decisions",
                             "What was done with paused programs' own device KV.", "decision",
                             kv["decisions"])
+            yield labelled(CounterMetricFamily, "thunderagent_tool_kv_decisions",
+                            "What was done with acting programs' own device KV at their tool "
+                            "boundary (--thunderagent-tool-offload).", "decision",
+                            kv.get("tool_decisions", {}))
+            yield labelled(CounterMetricFamily, "thunderagent_prefetches",
+                            "Loads of KV offloaded at a tool boundary, by how they served the "
+                            "program's next call.", "outcome", kv.get("prefetches", {}))
             yield labelled(CounterMetricFamily, "thunderagent_kv_moved_tokens",
-                            "Paused programs' KV tokens offloaded to the host tier, dropped, "
-                            "or loaded back (prefetched) at resume.", "event",
+                            "Programs' own KV tokens offloaded to the host tier, dropped, "
+                            "or loaded back (at resume or before a predicted return).", "event",
                             {"offloaded": kv["offloaded_tokens"], "dropped": kv["dropped_tokens"],
                              "prefetched": kv["prefetched_tokens"]})
         scheduler = self.stats.get("scheduler")

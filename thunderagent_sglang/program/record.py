@@ -57,7 +57,8 @@ RECORD_KEYS = (
     "prefill_tokens_computed", "prefill_tokens_cached", "missed_evicted_tokens",
     "missed_changed_tokens", "decode_tokens", "seconds_reasoning",
     "seconds_acting", "seconds_paused", "in_flight", "tool_running", "tool", "tool_expected_s",
-    "tool_predicted_s", "tool_predicted_p90_s", "release_cause", "kv_decision", "environments",
+    "tool_predicted_s", "tool_predicted_p90_s", "release_cause", "kv_decision", "tool_kv",
+    "environments",
 )
 
 
@@ -110,6 +111,7 @@ class Program:
     waiting: bool = False  # a call of it is held by the scheduler
     operator_paused: bool = False  # paused by an operator (until an operator resumes it)
     kv_decision: str | None = None  # keep|offload|drop while paused (the cache glue sets it)
+    tool_kv: str | None = None  # keep|offload|drop at this acting phase's start (the glue sets it)
     environments: list | None = None  # the sidecar's last report (program.environments), if any
 
     def __post_init__(self) -> None:
@@ -178,6 +180,7 @@ def program_record(p: Program, now: float) -> dict:
         "tool_predicted_p90_s": _rounded(p.tool_predicted_p90_s),
         "release_cause": p.release_cause,
         "kv_decision": p.kv_decision,
+        "tool_kv": p.tool_kv,
         "environments": p.environments,
     }
 

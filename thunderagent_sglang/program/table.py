@@ -246,6 +246,13 @@ class ProgramTable:
         p.kv_decision = decision
         return p
 
+    def set_tool_kv(self, program_id: str, decision: str) -> Program:
+        """What the cache did with an acting program's KV at its tool boundary (keep|offload|
+        drop); cleared when its next call comes."""
+        p = self._require_live(program_id)
+        p.tool_kv = decision
+        return p
+
     def pause(self, program_id: str, *, operator: bool = False) -> Program:
         """Mark a live program paused (state only; no-op if already paused). Paused time is
         neither reasoning nor acting time; it counts toward idle expiry unless ``operator``
@@ -372,6 +379,8 @@ class ProgramTable:
         self._phase_counts[p.phase] -= 1
         self._phase_counts[phase] += 1
         p.phase, p.phase_since = phase, now
+        if phase is not Phase.ACTING:
+            p.tool_kv = None  # describes an acting phase only
 
     def _set_status(self, p: Program, status: Status, now: float) -> None:
         p.settle(now)

@@ -319,7 +319,7 @@ function renderTimeline() {
 
 const COLUMNS = ["program_id", "status", "phase", "tool", "steps", "context_tokens", "resident_tokens",
   "host_tokens", "prefill_tokens_cached", "prefill_tokens_computed", "missed_evicted_tokens",
-  "missed_changed_tokens", "kv_decision", "environments", "commands"];
+  "missed_changed_tokens", "kv_decision", "tool_kv", "environments", "commands"];
 const TEXT_COLUMNS = new Set(["program_id", "tool"]);
 
 function bytes(n) {
