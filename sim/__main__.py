@@ -36,6 +36,10 @@ POLICIES = {"plain": Plain, "ours": Thunder, "limit": Plain, "ours-sched-off": E
 RESULTS = Path("benchmarks/results/sim")
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
 def simulate(system: str, *, slots: int, minutes: float, seed: int, capacity: int,
              block: int, cost: StepCost = StepCost(), settings: dict | None = None,
              decay: str = "auto") -> dict:
@@ -53,6 +57,8 @@ def simulate(system: str, *, slots: int, minutes: float, seed: int, capacity: in
     stats = engine.run(minutes * 60.0)
     return {"system": system, "calls_per_min": round(stats.calls_per_min(60.0, minutes * 60.0), 1),
             "hit_rate": round(stats.hit_rate(), 4), "steps": stats.steps,
+            "program_p50_s": _rounded(stats.program_seconds(60.0, minutes * 60.0, 0.5)),
+            "program_p95_s": _rounded(stats.program_seconds(60.0, minutes * 60.0, 0.95)),
             "rejected_calls": stats.rejected,
             "evicted_blocks": engine.cache.evicted, "pauses": getattr(policy, "pauses", 0),
             "wall_s": round(time.perf_counter() - started, 2)}
@@ -94,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--no-decay", action="store_true", help="ours: --decay off")
     run.add_argument("--watermarks", type=float, nargs=2, metavar=("HIGH", "LOW"),
                      help="ours: the scheduler's watermarks, fractions of the pool")
+    run.add_argument("--resume-order", choices=("smallest", "attained"),
+                     help="ours: --thunderagent-resume-order")
     run.add_argument("--out", type=Path, help="save every row and the means as JSON")
     run.add_argument("--cost", default=str(RESULTS / "validation.json"),
                      help="a validation table whose fitted cost model steps the engine, or "
@@ -143,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({**row, "seed": seed})
             print(rows[-1], flush=True)
         means[system] = {key: round(statistics.mean(r[key] for r in runs), 3)
-                         for key in ("calls_per_min", "hit_rate")}
+                         for key in ("calls_per_min", "hit_rate", "program_p50_s",
+                                     "program_p95_s") if all(r[key] is not None for r in runs)}
         if args.seeds > 1:
             print({"system": system, "mean_of_seeds": args.seeds, **means[system]}, flush=True)
     if args.out is not None:
@@ -162,6 +171,8 @@ def _settings(args) -> dict:
         settings["half_life_s"] = args.half_life
     if args.watermarks:
         settings["high_watermark"], settings["low_watermark"] = args.watermarks
+    if args.resume_order:
+        settings["resume_order"] = args.resume_order
     return settings
 
 

@@ -61,10 +61,16 @@ class Stats:
     held_s: float = 0.0  # summed time calls waited before admission
     rejected: int = 0  # calls longer than the whole pool (their programs end there)
     host_loaded_tokens: int = 0  # prompt tokens loaded back from the host tier
+    program_times: list[tuple[float, float]] = field(default_factory=list)  # end, seconds
 
     def calls_per_min(self, start: float, end: float) -> float:
         n = sum(1 for t in self.finished if start <= t < end)
         return n * 60.0 / (end - start)
+
+    def program_seconds(self, start: float, end: float, q: float) -> float | None:
+        """The ``q`` quantile of the run times of programs that ended in [start, end)."""
+        times = sorted(s for t, s in self.program_times if start <= t < end)
+        return times[min(len(times) - 1, int(q * len(times)))] if times else None
 
     def hit_rate(self, start: float = 0.0, end: float = float("inf")) -> float:
         """Cached over prompt tokens of the calls finished in [start, end)."""
@@ -109,6 +115,7 @@ class Engine:
         self.reserved = 0
         self.stats = Stats()
         self._events: list = []  # (time, seq, slot, program, turn)
+        self._started: dict[str, float] = {}  # program id -> its first call's arrival
         self._seq = itertools.count()
         self._programs: dict[int, tuple[workload.Program, list[tuple[int, ...]], int]] = {}
         policy.attach(self)
@@ -135,6 +142,8 @@ class Engine:
 
     def submit(self, call: SimCall) -> None:
         """A call arrives (from its agent, or a fleet's router)."""
+        if call.turn == 0:
+            self._started.setdefault(call.program_id, self.now)
         if len(call.full_keys) > self.cache.capacity:  # SGLang refuses what the pool can't hold
             self.stats.rejected += 1
             self.policy.ended(call.program_id, self.now)
@@ -245,6 +254,9 @@ class Engine:
         self.policy.finished(call, self.now)
         if call.last:
             self.policy.ended(call.program_id, self.now)
+            started = self._started.pop(call.program_id, None)
+            if started is not None:
+                self.stats.program_times.append((self.now, self.now - started))
         self.on_finished(call)
 
     def on_finished(self, call: SimCall) -> None:

@@ -85,6 +85,7 @@ class _Program:
     marked: bool = False
     held: list = field(default_factory=list)
     headroom: int = 0  # output tokens its running call may still add
+    attained: float = 0.0  # seconds reasoning in finished calls (the engine's attained service)
 
 
 class Thunder(Plain):
@@ -164,7 +165,9 @@ class Thunder(Plain):
         return False
 
     def _reason(self, p: _Program, call, now: float) -> None:
-        p.phase, p.phase_since, p.headroom = REASONING, now, call.output_tokens
+        if p.phase != REASONING:  # as the engine: a second call in flight keeps the phase's start
+            p.phase, p.phase_since = REASONING, now
+        p.headroom = call.output_tokens
 
     def finished(self, call, now: float) -> None:
         self.on_finish(call, now)  # a marked program is paused by the decision (as the engine)
@@ -173,6 +176,8 @@ class Thunder(Plain):
     def on_finish(self, call, now: float) -> None:
         pid = call.program_id
         p = self.programs[pid]
+        if p.phase == REASONING:
+            p.attained += now - p.phase_since
         p.phase, p.phase_since, p.headroom = ACTING, now, 0
         self._set_context(pid, call.full_chain)
 
@@ -209,7 +214,9 @@ class Thunder(Plain):
                     if p.status == PAUSED else 0.0),
                 marked=p.marked and p.status == ACTIVE,
                 decode_headroom=p.headroom + sum(c.output_tokens for c in p.held),
-                is_new=new and p.status == PAUSED and bool(p.held)))
+                is_new=new and p.status == PAUSED and bool(p.held),
+                attained_s=p.attained + (now - p.phase_since if p.phase == REASONING
+                                         and p.status == ACTIVE else 0.0)))
         return views
 
     def _footprint(self) -> Footprint:

@@ -31,7 +31,7 @@ from thunderagent_sglang.policy.demand import block_keys
 from thunderagent_sglang.policy.snapshot import ACTIVE, PAUSED, SchedulerConfig
 
 TIME_TOLERANCE_S = 0.05
-TIME_FIELDS = ("tool_seconds", "paused_seconds")
+TIME_FIELDS = ("tool_seconds", "paused_seconds", "attained_s")
 SETS = ("pause", "mark", "unmark", "resume")
 KINDS = ("held", "call", "finish", "end", "pause", "resume", "check", "config")
 # a config after the first: --thunderagent-decay auto switched decay (the new config from then)

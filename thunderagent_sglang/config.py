@@ -240,6 +240,11 @@ class ThunderAgentConfig:
         "back instead of recomputed (default: 0, the device pool alone; the simulator's GPU "
         "projections gain 8-18%% at 0.5, python -m sim.host_admission; not measured on a GPU).",
         metavar="FRACTION", parse=_share)
+    resume_order: str = option(
+        "smallest", "Which paused program resumes first within a scheduling class and "
+        "priority: smallest (the fewest tokens of context, the paper's order) or attained (the "
+        "least time spent reasoning so far: Autellix's least-attained-service order); aging "
+        "bounds the wait either way (default: smallest).", choices=("smallest", "attained"))
     max_pause_s: float = option(
         DEFAULT_MAX_PAUSE_S, "Resume a program whose call has been held this long, whatever the "
         f"demand (default: {DEFAULT_MAX_PAUSE_S:g}, below the OpenAI client's 600 s timeout).",

@@ -535,3 +535,16 @@ def test_the_listed_measure_drops_to_zero_once_no_tagged_program_is_live():
     runtime.scheduler.check("tick")
     listed = handle(runtime, program_ipc.ListPrograms()).body["scheduler"]
     assert listed["footprint_tokens"] == 0
+
+
+def test_a_programs_view_carries_its_attained_service():
+    runtime, clock, _ = make_runtime()
+    engine = Engine()
+    arrive(runtime, engine, recv("r1", "p", range(32)))
+    clock.now += 2
+    runtime.on_stream_output(None, None, [finished("r1", range(32), range(4))], False)
+    clock.now += 3  # acting: not service
+    arrive(runtime, engine, recv("r2", "p", range(40)))
+    clock.now += 0.5
+    [view] = runtime.scheduler.snapshot(clock.now)
+    assert view.attained_s == 2.5

@@ -128,6 +128,18 @@ def test_resumes_waiting_programs_first_smallest_first_strictly_in_order():
     assert d.after_tokens == 700.0
 
 
+def test_the_attained_order_resumes_the_least_served_program_first():
+    views = [reasoning("r400", 400), paused("w100", 100, attained_s=9.0),
+             paused("w300", 300, attained_s=1.0), paused("w200", 200, attained_s=4.0)]
+    assert run(views).resume == ("w100", "w200")  # smallest: 100 + 200 fit below 800
+    attained = SchedulerConfig(**{**CFG.__dict__, "resume_order": "attained"})
+    d = run(views, attained)  # w300 (1 s) first, then w200 (4 s) no longer fits
+    assert d.resume == ("w300",)
+    assert d.reasons["w200"] == "held: no room below low 800"
+    with pytest.raises(ValueError, match="resume_order must be one of"):
+        SchedulerConfig(capacity_tokens=1000, resume_order="fifo")
+
+
 def test_paused_programs_without_a_request_resume_after_waiting_ones():
     d = run([reasoning("r100", 100), paused("idle50", 50, waiting=False), paused("w300", 300)])
     assert d.resume == ("w300", "idle50")

@@ -25,7 +25,7 @@ CONFIG = {"e": "config", "t": 0.0, "capacity_tokens": 1000, "high_watermark": 0.
 def view(**fields) -> dict:
     v = {"program_id": "p1", "status": "paused", "phase": "acting", "context_tokens": 100,
          "tool_seconds": 0.0, "waiting": True, "priority": 0, "paused_seconds": 0.0,
-         "marked": False, "decode_headroom": 4, "is_new": True}
+         "marked": False, "decode_headroom": 4, "is_new": True, "attained_s": 0.0}
     return {**v, **fields}
 
 
@@ -46,7 +46,8 @@ def trace(**changes) -> list[dict]:
          "headroom": 4},
         {"e": "finish", "t": 2.0, "p": "p1", "rid": "r1", "tokens": list(range(103))},
         check(2.5, "tick", [view(status="active", context_tokens=103, tool_seconds=0.5,
-                                 waiting=False, decode_headroom=0, is_new=False)]),
+                                 waiting=False, decode_headroom=0, is_new=False,
+                                 attained_s=0.999)]),
         {"e": "end", "t": 5.0, "p": "p1", "cause": "idle"},
     ]
     for index, record in changes.items():

@@ -65,7 +65,8 @@ class ProgramScheduler:
             capacity_tokens=max(1, int(tokens) + counted_host),
             high_watermark=cfg.high_watermark,
             low_watermark=cfg.low_watermark, half_life_s=cfg.decay_half_life_s,
-            decay=cfg.decay != "off", max_pause_s=cfg.max_pause_s, backfill=cfg.backfill)
+            decay=cfg.decay != "off", max_pause_s=cfg.max_pause_s, backfill=cfg.backfill,
+            resume_order=cfg.resume_order)
         get_logger().info(
             "ThunderAgent scheduler: %s; KV capacity %d tokens, pause above %.0f, resume below "
             "%.0f, tick %.2f s, max pause %.0f s, idle backfill %s",
@@ -239,7 +240,8 @@ class ProgramScheduler:
             waiting=pid in self.held, priority=self.priority.get(pid, 0),
             paused_seconds=max(0.0, now - program.status_since) if paused else 0.0,
             marked=pid in self.marked and not paused,
-            decode_headroom=self.runtime.running_headroom(pid) + self.held.headroom(pid))
+            decode_headroom=self.runtime.running_headroom(pid) + self.held.headroom(pid),
+            attained_s=program.seconds_reasoning + program.unsettled_seconds(now)[0])
 
     def apply(self, decision, event: str) -> None:
         runtime, log = self.runtime, get_logger()

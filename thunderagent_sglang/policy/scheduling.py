@@ -147,7 +147,8 @@ def _aged_priority(view: ProgramView, config: SchedulerConfig) -> int:
 
 def _resume_key(view: ProgramView, config: SchedulerConfig) -> tuple:
     cls = 1 if view.is_new else 0 if view.waiting else 2
-    return cls, -_aged_priority(view, config), view.context_tokens, view.program_id
+    size = view.attained_s if config.resume_order == "attained" else view.context_tokens
+    return cls, -_aged_priority(view, config), size, view.program_id
 
 
 def _pause_key(view: ProgramView) -> tuple:

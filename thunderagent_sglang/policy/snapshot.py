@@ -13,6 +13,7 @@ __all__ = ["ACTING", "ACTIVE", "PAUSED", "REASONING", "Decision", "ProgramView",
            "SchedulerConfig"]
 
 ACTIVE, PAUSED = "active", "paused"
+RESUME_ORDERS = ("smallest", "attained")
 REASONING, ACTING = "reasoning", "acting"
 
 
@@ -26,6 +27,7 @@ class ProgramView:
     ``paused_seconds``: since it was paused (for a new one: since its first request arrived).
     ``marked``: to be paused at its next tool boundary. ``decode_headroom``: tokens its
     running or waiting requests may still add. Higher ``priority`` runs first.
+    ``attained_s``: the seconds it has spent reasoning so far (its attained service).
     """
 
     program_id: str
@@ -39,6 +41,7 @@ class ProgramView:
     marked: bool = False
     decode_headroom: int = 0
     is_new: bool = False
+    attained_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.status not in (ACTIVE, PAUSED):
@@ -59,6 +62,9 @@ class SchedulerConfig:
 
     ``max_pause_s`` / ``aging_step_s``: None turns the force-resume / aging off. ``backfill``:
     an idle engine takes a waiting program that fits under the high watermark out of order.
+    ``resume_order``: within a class and priority, the queue resumes the smallest program first
+    (``smallest``) or the one with the least attained service (``attained``: Autellix's PLAS;
+    aging bounds starvation either way).
     """
 
     capacity_tokens: int
@@ -69,8 +75,12 @@ class SchedulerConfig:
     max_pause_s: float | None = 300.0
     aging_step_s: float | None = 60.0
     backfill: bool = True
+    resume_order: str = "smallest"
 
     def __post_init__(self) -> None:
+        if self.resume_order not in RESUME_ORDERS:
+            raise ValueError(f"resume_order must be one of {RESUME_ORDERS}, "
+                             f"got {self.resume_order!r}")
         if not self.capacity_tokens > 0:
             raise ValueError(f"capacity_tokens must be positive, got {self.capacity_tokens!r}")
         if not 0 < self.low_watermark <= self.high_watermark:
