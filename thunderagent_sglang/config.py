@@ -245,6 +245,13 @@ class ThunderAgentConfig:
         "priority: smallest (the fewest tokens of context, the paper's order) or attained (the "
         "least time spent reasoning so far: Autellix's least-attained-service order); aging "
         "bounds the wait either way (default: smallest).", choices=("smallest", "attained"))
+    admission: str = option(
+        "fixed", "How much the scheduler admits. fixed: programs whose demand fits the "
+        "watermarks of the KV pool. feedback: the pool the watermarks apply to is scaled by a "
+        "factor from 1 to 4, raised every 5 s while the engine idled with calls held for "
+        "longer than it spent recomputing KV that eviction took, lowered when the recompute "
+        "was the longer (both measured; changes logged) (default: fixed).",
+        choices=("fixed", "feedback"))
     max_pause_s: float = option(
         DEFAULT_MAX_PAUSE_S, "Resume a program whose call has been held this long, whatever the "
         f"demand (default: {DEFAULT_MAX_PAUSE_S:g}, below the OpenAI client's 600 s timeout).",

@@ -548,3 +548,40 @@ def test_a_programs_view_carries_its_attained_service():
     clock.now += 0.5
     [view] = runtime.scheduler.snapshot(clock.now)
     assert view.attained_s == 2.5
+
+
+def test_admission_by_feedback_admits_more_while_the_engine_idles_with_calls_held():
+    runtime, clock, _ = make_runtime(capacity=256, admission="feedback", recompute_rate=1000.0,
+                                     decay="off")
+    engine = Engine()
+    arrive(runtime, engine, recv("a-1", "a", range(200)))
+    arrive(runtime, engine, recv("big-1", "big", range(1000, 1100)))
+    runtime.on_stream_output(None, None, [finished("a-1", range(200), range(4))], False)
+    # a acts (204 tokens, under the high watermark 243), big waits: 304 is over it
+    assert engine.queued == ["a-1"] and runtime.calls == {}
+    factors = []
+    for _ in range(60):  # 30 s of loop ticks, 0.5 s apart
+        clock.now += 0.5
+        runtime.tick()
+        factors.append(runtime.scheduler.admission.factor)
+        if "big-1" in engine.queued:
+            break
+    # +0.2 per 5 s idle period: at x1.4 the pool is 358 tokens, low watermark 304.6 >= 204 + 100
+    assert factors[-1] == 1.4 and factors.count(1.2) == 10 and engine.queued == ["a-1", "big-1"]
+    stats = runtime.scheduler.stats()
+    assert (stats["admission_changes"], stats["capacity_tokens"]) == (2, 358)
+
+
+def test_fixed_admission_and_an_operators_pause_never_raise_the_pool():
+    runtime, clock, _ = make_runtime(capacity=256)
+    assert runtime.scheduler.admission is None
+    runtime, clock, _ = make_runtime(capacity=256, admission="feedback", recompute_rate=1000.0)
+    engine = Engine()
+    arrive(runtime, engine, recv("r1", "op", range(32)))
+    runtime.on_stream_output(None, None, [finished("r1", range(32), range(4))], False)
+    handle(runtime, program_ipc.PauseProgram(program_id="op"))
+    arrive(runtime, engine, recv("r2", "op", range(40)))  # held until an operator resumes it
+    for _ in range(30):
+        clock.now += 0.5
+        runtime.tick()
+    assert runtime.scheduler.held.count() == 1 and runtime.scheduler.admission.factor == 1.0

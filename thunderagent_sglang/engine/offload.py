@@ -95,14 +95,16 @@ class Offloader:
         return CostModel(bytes_per_token, bandwidth, latency, rate)
 
     def recompute_rate(self) -> float | None:
-        """Prefill tokens per second: configured, else measured (with a host tier; rank 0's
-        under tensor parallelism), else None."""
+        """Prefill tokens per second: configured, else measured (with a host tier or admission
+        by feedback; rank 0's under tensor parallelism), else None."""
         measured = self.meter.rate() if self.agreed is None else self.agreed["rate"]
         return self.cfg.recompute_rate or measured
 
     def time_prefill(self, original, scheduler, batch, *args, **kwargs):
-        """AROUND ``Scheduler.run_batch``: time a sample of prefill batches (recompute rate)."""
-        if self.link is None or self.cfg.recompute_rate or not batch.forward_mode.is_extend():
+        """AROUND ``Scheduler.run_batch``: time a sample of prefill batches (recompute rate:
+        the offload cost model's, and ``--thunderagent-admission feedback``'s)."""
+        wanted = self.link is not None or self.cfg.admission == "feedback"
+        if not wanted or self.cfg.recompute_rate or not batch.forward_mode.is_extend():
             return original(scheduler, batch, *args, **kwargs)  # nothing to measure: no cost
         tokens = batch.extend_num_tokens
         if not tokens or not self._sampled():

@@ -57,8 +57,8 @@ class ProgramRadixCache(UnifiedRadixCache):
 
 def install(runtime) -> None:
     """Register the backend and our tree core, both bound to ``runtime``; time prefill
-    batches for the offload cost model."""
-    if runtime.cfg.offload != "off":
+    batches for the offload cost model and the admission controller."""
+    if runtime.cfg.offload != "off" or runtime.cfg.admission == "feedback":
         hooks.install(compat.SCHEDULER_RUN_BATCH, runtime.offload.time_prefill, "around")
     if TREE_CORE not in registered_tree_core_backends():
         register_tree_core_backend(TREE_CORE, functools.partial(program_tree.ProgramTreeCore,

@@ -20,6 +20,7 @@ from typing import Callable
 from thunderagent_sglang import config
 from thunderagent_sglang.engine.held import Held, HeldCalls
 from thunderagent_sglang.engine.logs import get_logger
+from thunderagent_sglang.policy.admission import PERIOD_S, AdmissionControl, Observed
 from thunderagent_sglang.policy.batching import OFF_BELOW, ON_FROM, decay_wanted
 from thunderagent_sglang.policy.footprint import ledger_footprint
 from thunderagent_sglang.policy.scheduling import decide
@@ -44,9 +45,15 @@ class ProgramScheduler:
         self.counters = {"held_requests": 0, "held_aborted": 0, "held_shutdown": 0,
                          "held_refused": 0, "held_migrated": 0,
                          "decisions": 0, "force_resumes": 0, "marks": 0,
-                         "retraction_orders": 0, "decay_switches": 0}
+                         "retraction_orders": 0, "decay_switches": 0, "admission_changes": 0}
         self.last_tick = 0.0
         self.last_footprint = 0.0
+        # --thunderagent-admission feedback: the factor on the pool, and its period's measures
+        self.admission = AdmissionControl() if cfg.admission == "feedback" else None
+        self.base_capacity = 0
+        self._period: tuple[float, int] | None = None  # (start, missed_evicted_tokens then)
+        self._idle_waiting_s = 0.0
+        self._last_loop: float | None = None
         self.draining = 0  # writers waiting for SGLang's calls in flight: hold nothing
         self.frozen = False  # SGLang's memory is released: held calls stay held
         # Set at shutdown: answers a held call at once (HTTP 503); nothing is held after that.
@@ -61,8 +68,10 @@ class ProgramScheduler:
             get_logger().info("ThunderAgent scheduler: counting %d of the host tier's %d tokens "
                               "as room (--thunderagent-host-admission %g)", counted_host,
                               host_tokens, cfg.host_admission)
+        self.base_capacity = max(1, int(tokens) + counted_host)
+        factor = self.admission.factor if self.admission is not None else 1.0
         self.config = SchedulerConfig(
-            capacity_tokens=max(1, int(tokens) + counted_host),
+            capacity_tokens=max(1, int(self.base_capacity * factor)),
             high_watermark=cfg.high_watermark,
             low_watermark=cfg.low_watermark, half_life_s=cfg.decay_half_life_s,
             decay=cfg.decay != "off", max_pause_s=cfg.max_pause_s, backfill=cfg.backfill,
@@ -176,6 +185,7 @@ class ProgramScheduler:
         try:
             now = self.runtime.clock()
             self._update_decay(now)
+            self._update_admission(now)
             views = self.snapshot(now)
             if not views:  # nothing tagged is live: the measure is the untagged calls' alone
                 self.last_footprint = float(self.runtime.running_headroom(None))
@@ -226,6 +236,52 @@ class ProgramScheduler:
             "(fit over %d steps; decay on from %.0f%%, off below %.0f%%, --thunderagent-decay "
             "auto)", "on" if want else "off", 100 * shared, len(self.runtime.decode_meter.fit),
             100 * ON_FROM, 100 * OFF_BELOW)
+        self.runtime.trace.write("config", now, **dataclasses.asdict(self.config),
+                                 block=self.runtime.block_size, tick_s=self.cfg.tick_s)
+
+    def observe_loop(self, now: float) -> None:
+        """Each scheduler loop: count the time the engine had no call while one waited for
+        room (held, its program not paused by an operator)."""
+        if self.admission is None:
+            return
+        last, self._last_loop = self._last_loop, now
+        if last is not None and not self.runtime.calls and self._waiting_for_room():
+            self._idle_waiting_s += now - last
+
+    def _waiting_for_room(self) -> bool:
+        table = self.runtime.table
+        for pid in self.held.programs():
+            program = table.live_program(pid)
+            if program is None or not program.operator_paused:
+                return True
+        return False
+
+    def _update_admission(self, now: float) -> None:
+        """``--thunderagent-admission feedback``: every period, the controller's factor on the
+        pool (``policy.admission``)."""
+        if self.admission is None:
+            return
+        evicted = self.runtime.table.counters["missed_evicted_tokens"]
+        if self._period is None:
+            self._period, self._idle_waiting_s = (now, evicted), 0.0
+            return
+        start, evicted_then = self._period
+        if now - start < PERIOD_S:
+            return
+        seen = Observed(now - start, self._idle_waiting_s, evicted - evicted_then,
+                        self.runtime.offload.recompute_rate())
+        self._period, self._idle_waiting_s = (now, evicted), 0.0
+        feedback = self.admission.update(seen)
+        capacity = max(1, int(self.base_capacity * feedback.factor))
+        if capacity == self.config.capacity_tokens:
+            return
+        self.config = dataclasses.replace(self.config, capacity_tokens=capacity)
+        self.counters["admission_changes"] += 1
+        get_logger().info(
+            "ThunderAgent scheduler: admission x%.2f (%d tokens): over the last %.1f s the "
+            "engine idled with calls held %.0f%% of the time and recomputed evicted KV %.0f%% "
+            "(--thunderagent-admission feedback)", feedback.factor, capacity, seen.seconds,
+            100 * feedback.idle, 100 * (feedback.recompute or 0.0))
         self.runtime.trace.write("config", now, **dataclasses.asdict(self.config),
                                  block=self.runtime.block_size, tick_s=self.cfg.tick_s)
 
@@ -380,5 +436,7 @@ class ProgramScheduler:
                 "decay": cfg.decay if cfg else None,
                 **self.runtime.decode_meter.stats(),
                 "capacity_tokens": cfg.capacity_tokens if cfg else None,
+                "admission_factor": (self.admission.factor if self.admission is not None
+                                     else None),
                 "high_tokens": cfg.high_tokens if cfg else None,
                 "low_tokens": cfg.low_tokens if cfg else None}

@@ -382,6 +382,7 @@ class ProgramRuntime(SchedulerHooks):
         if now - self._last_expiry >= EXPIRY_CHECK_S:
             self.expire_idle()
         self.offload.run_due(now)
+        self.scheduler.observe_loop(now)
         self.scheduler.maybe_tick()
 
 
