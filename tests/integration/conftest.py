@@ -20,9 +20,9 @@ HICACHE_ARGS = [
     # 1 GB/s plus 2 ms, against 20000 tokens/s: programs under ~41 own tokens are dropped.
     "--thunderagent-offload-bandwidth", "1", "--thunderagent-offload-latency", "0.002",
     "--thunderagent-recompute-rate", "20000",
-    # Demand at full size (no decay by tool time), so whether the pool is contended at a tool
-    # boundary does not depend on how long a test's programs have been acting.
-    "--thunderagent-decay", "off",
+    # The paper's decay, whatever the decode steps measure: acting programs count less, so
+    # more are admitted than the pool holds (what a tool boundary's offload is for).
+    "--thunderagent-decay", "on",
 ]
 
 

@@ -100,7 +100,10 @@ def cache_server(request, tmp_path_factory):
     """The shared HiCache server (write-through), or its write-back twin for this module."""
     if request.param == "write_through":
         return request.getfixturevalue("hicache_server")
-    server = Server("hicache-write-back", [*HICACHE_ARGS, "--hicache-write-policy", "write_back"],
+    # Half the host tier counted as room: demand beyond the device pool, which the KV of
+    # programs in long tools leaves at their tool boundary (--thunderagent-tool-offload).
+    server = Server("hicache-write-back", [*HICACHE_ARGS, "--hicache-write-policy", "write_back",
+                                           "--thunderagent-host-admission", "0.5"],
                     {}, tmp_path_factory.mktemp("hicache-write-back"))
     request.addfinalizer(server.stop)
     return server.wait_ready()
@@ -120,14 +123,14 @@ def run(cache_server):
     return answers, idle, kv, cache_server.log()
 
 
-def test_the_workload_exercised_offload_and_pauses(run):
+def test_the_workload_exercised_offload_and_pauses(run, cache_server):
     answers, _, metrics, _ = run
     assert len(answers) >= PROGRAMS * 3 + 5
-    decisions = [line for line in metrics.splitlines()
-                 if line.startswith("thunderagent_kv_decisions_total{")]
-    assert sum(float(line.split()[-1]) for line in decisions) > 0
-    assert series(metrics, 'thunderagent_tool_kv_decisions_total{decision="offload"}') > 0
-    assert series(metrics, "thunderagent_prefetches_total{") > 0
+    assert series(metrics, "thunderagent_kv_decisions_total{") > 0
+    assert series(metrics, "thunderagent_tool_kv_decisions_total{") > 0
+    if cache_server.name == "hicache-write-back":  # admits beyond the device pool
+        assert series(metrics, 'thunderagent_tool_kv_decisions_total{decision="offload"}') > 0
+        assert series(metrics, "thunderagent_prefetches_total{") > 0
 
 
 def series(metrics: str, prefix: str) -> float:

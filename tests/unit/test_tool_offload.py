@@ -30,8 +30,12 @@ class FakeMoves:
 
 def make(**cfg):
     clock = Clock()
-    runtime = runtime_module.ProgramRuntime(config.ThunderAgentConfig(**cfg), clock=clock)
-    runtime.scheduler.set_capacity(1000)  # low watermark 850: the program alone contends
+    runtime = runtime_module.ProgramRuntime(
+        config.ThunderAgentConfig(**{"admission": "feedback", **cfg}), clock=clock)
+    # admission by feedback at x1.25: the scheduler admits 1000 tokens into a pool of 800, so
+    # the program's 900 tokens contend for the pool
+    runtime.scheduler.admission.factor = 1.25
+    runtime.scheduler.set_capacity(800)
     runtime.tree = SimpleNamespace(retire=lambda pid: None)
     offload = runtime.offload
     offload.cache = SimpleNamespace(protected_size=lambda: 0)
@@ -157,3 +161,14 @@ def test_the_queue_yields_due_entries_in_order_and_skips_stale_times():
     assert queue.end("a", "wasted", "cancelled") is None
     assert queue.outcomes == {"on_time": 1, "early": 0, "late": 0, "wasted": 0,
                               "cancelled": 1, "empty": 0}
+
+
+def test_a_program_the_pool_holds_with_every_other_keeps_its_kv():
+    runtime, clock, moves, engine = make()
+    runtime.scheduler.admission.factor = 1.0
+    runtime.scheduler.set_capacity(1000)  # the 900 tokens fit: freeing them helps nobody
+    call(runtime, clock, engine, "r1")
+    hint(runtime, "start")
+    clock.now += 3.0
+    call(runtime, clock, engine, "r2")
+    assert hint(runtime, "start").tool_kv == "keep" and moves.evicted == []

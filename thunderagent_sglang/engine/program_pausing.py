@@ -50,7 +50,8 @@ class ProgramScheduler:
         self.last_footprint = 0.0
         # --thunderagent-admission feedback: the factor on the pool, and its period's measures
         self.admission = AdmissionControl() if cfg.admission == "feedback" else None
-        self.base_capacity = 0
+        self.base_capacity = 0  # the pool the watermarks apply to, before the factor
+        self.device_tokens = 0
         self._period: tuple[float, int] | None = None  # (start, missed_evicted_tokens then)
         self._idle_waiting_s = 0.0
         self._last_loop: float | None = None
@@ -68,7 +69,8 @@ class ProgramScheduler:
             get_logger().info("ThunderAgent scheduler: counting %d of the host tier's %d tokens "
                               "as room (--thunderagent-host-admission %g)", counted_host,
                               host_tokens, cfg.host_admission)
-        self.base_capacity = max(1, int(tokens) + counted_host)
+        self.device_tokens = max(1, int(tokens))
+        self.base_capacity = self.device_tokens + counted_host
         factor = self.admission.factor if self.admission is not None else 1.0
         self.config = SchedulerConfig(
             capacity_tokens=max(1, int(self.base_capacity * factor)),
@@ -105,11 +107,14 @@ class ProgramScheduler:
         return self.enabled and self.config is not None
 
     def contended(self) -> bool:
-        """Others need room: a call is held, or the last decision's demand reached the low
-        watermark (always, without the scheduler: nothing measures it then)."""
-        if not self.enabled or self.config is None:
+        """The device pool cannot hold every active program's KV: their demand (in full,
+        shared prefixes once) exceeds the device pool. Then some of it will be evicted (decay,
+        host admission or admission by feedback admit more than the pool holds); otherwise
+        freeing an acting program's KV makes room nobody uses (the scheduler admits by
+        demand, not by what is resident)."""
+        if self.config is None:
             return True
-        return self.held.count() > 0 or self.last_footprint >= self.config.low_tokens
+        return self.runtime.ledger.demand_tokens() > self.device_tokens
 
     def full(self) -> bool:
         """As many calls are held as ``--thunderagent-max-held`` allows."""

@@ -124,7 +124,7 @@ class Boundary:
     host_free_tokens: int
     predicted_s: float | None  # the tool-duration model's median for this acting phase
     stall_tokens: int  # KV of the calls in the engine, which wait while copies run
-    contended: bool  # others need room: calls held, or demand at the low watermark or above
+    contended: bool  # the active programs' demand exceeds what the device pool holds
     min_predicted_s: float  # shorter predictions keep (the prefetch could not be timed)
 
 
