@@ -99,18 +99,39 @@ async def _head(response: httpx.Response, chunks) -> bytes:
     """A whole body unless it is streamed; a stream's opening events up to the first that is
     not a preamble (or the marker, or 64 KiB)."""
     streamed = response.headers.get("content-type", "").startswith("text/event-stream")
-    buffer = b""
+    scan = HeadScan()
     async for chunk in chunks:
-        buffer += chunk
-        if streamed and _head_complete(buffer):
+        if scan.add(chunk) and streamed:
             break
-    return buffer
+    return bytes(scan.buffer)
 
 
-def _head_complete(buffer: bytes) -> bool:
-    if MIGRATED_MARKER in buffer or len(buffer) >= FIRST_EVENT_LIMIT:
-        return True
-    events = buffer.split(b"\n\n")[:-1]  # whole events only
-    if not events:
-        return False
-    return len(events) >= MAX_PREAMBLE_EVENTS or not any(p in events[-1] for p in PREAMBLES)
+class HeadScan:
+    """A stream's head read chunk by chunk; each byte is scanned once (the marker's search
+    overlaps the last chunk by its length), each event when it completes."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self._scanned = 0  # the start of the first event not complete yet
+        self._events = 0
+        self._done = False
+
+    def add(self, chunk: bytes) -> bool:
+        """Add a chunk; True once the head is complete: the marker, 64 KiB, a whole event
+        that is not a preamble, or ``MAX_PREAMBLE_EVENTS`` of them."""
+        overlap = max(0, len(self.buffer) - len(MIGRATED_MARKER) + 1)
+        self.buffer += chunk
+        if self._done:
+            return True
+        if MIGRATED_MARKER in self.buffer[overlap:] or len(self.buffer) >= FIRST_EVENT_LIMIT:
+            self._done = True
+            return True
+        while not self._done:
+            end = self.buffer.find(b"\n\n", self._scanned)
+            if end < 0:
+                break
+            event = self.buffer[self._scanned:end]
+            self._scanned, self._events = end + 2, self._events + 1
+            self._done = (self._events >= MAX_PREAMBLE_EVENTS
+                          or not any(p in event for p in PREAMBLES))
+        return self._done

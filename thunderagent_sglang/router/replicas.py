@@ -42,22 +42,22 @@ class Replica:
     poll_failures: int = 0
     poll_seconds: list[float] = field(default_factory=list)  # the last 256 poll latencies
     downs: int = 0
+    waiting_tokens: int = 0  # of its last view: the context of programs with calls held
+    mean_context: float = 0.0  # of its last view: a live program's mean context
 
     @property
     def name(self) -> str:
         return self.url
 
     def load(self) -> ReplicaLoad:
+        """Its load for a placement: O(1) (the sums are taken once per poll, in ``saw``)."""
         sched = self.view.get("scheduler") or {}
-        waiting = sum(r.get("context_tokens", 0) for r in self.records.values()
-                      if r.get("waiting") and r.get("status") in ("paused", "waiting"))
-        known = [r["context_tokens"] for r in self.records.values() if r.get("context_tokens")]
-        mean = sum(known) / len(known) if known else 0
         return ReplicaLoad(
             name=self.url, ready=self.ready, capacity_tokens=sched.get("capacity_tokens") or 0,
             high_tokens=sched.get("high_tokens") or 0, low_tokens=sched.get("low_tokens") or 0,
-            footprint_tokens=sched.get("footprint_tokens") or 0.0, waiting_tokens=waiting,
-            pending_tokens=round(mean * len(self.pending)), calls=self.calls,
+            footprint_tokens=sched.get("footprint_tokens") or 0.0,
+            waiting_tokens=self.waiting_tokens,
+            pending_tokens=round(self.mean_context * len(self.pending)), calls=self.calls,
             placed=len(self.pending),
             prefill_tokens_per_s=self.view.get("prefill_tokens_per_s"))
 
@@ -65,6 +65,11 @@ class Replica:
         self.view, self.view_at = view, now
         self.records = {r["program_id"]: r for r in view.get("programs", [])
                         if isinstance(r, dict) and "program_id" in r}
+        self.waiting_tokens = sum(
+            r.get("context_tokens", 0) for r in self.records.values()
+            if r.get("waiting") and r.get("status") in ("paused", "waiting"))
+        known = [r["context_tokens"] for r in self.records.values() if r.get("context_tokens")]
+        self.mean_context = sum(known) / len(known) if known else 0.0
         for pid in [p for p in self.pending if p in self.records or now - self.pending[p] > 10]:
             del self.pending[pid]
         self.polls += 1
