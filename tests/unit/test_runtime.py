@@ -585,3 +585,21 @@ def test_fixed_admission_and_an_operators_pause_never_raise_the_pool():
         clock.now += 0.5
         runtime.tick()
     assert runtime.scheduler.held.count() == 1 and runtime.scheduler.admission.factor == 1.0
+
+
+def test_an_idle_gap_counts_by_the_state_at_its_start():
+    """An idle scheduler sleeps until a request comes: the loop after the gap already holds
+    the call that ended it, yet the engine had none during it."""
+    runtime, clock, _ = make_runtime(capacity=256, admission="feedback", recompute_rate=1000.0,
+                                     decay="off")
+    engine = Engine()
+    arrive(runtime, engine, recv("a-1", "a", range(200)))
+    arrive(runtime, engine, recv("big-1", "big", range(1000, 1100)))
+    runtime.on_stream_output(None, None, [finished("a-1", range(200), range(4))], False)
+    runtime.tick()  # idle, big held
+    clock.now += 3.0
+    arrive(runtime, engine, recv("a-2", "a", range(210)))  # wakes the loop with a call in it
+    runtime.tick()
+    clock.now += 1.0
+    runtime.tick()  # a call ran over this second
+    assert runtime.scheduler.stats()["idle_waiting_s"] == 3.0

@@ -55,6 +55,8 @@ class ProgramScheduler:
         self._period: tuple[float, int] | None = None  # (start, missed_evicted_tokens then)
         self._idle_waiting_s = 0.0
         self._last_loop: float | None = None
+        self._idle_then = False  # at the last loop: no call in the engine, one held for room
+        self.idle_waiting_total_s = 0.0
         self.draining = 0  # writers waiting for SGLang's calls in flight: hold nothing
         self.frozen = False  # SGLang's memory is released: held calls stay held
         # Set at shutdown: answers a held call at once (HTTP 503); nothing is held after that.
@@ -246,12 +248,17 @@ class ProgramScheduler:
 
     def observe_loop(self, now: float) -> None:
         """Each scheduler loop: count the time the engine had no call while one waited for
-        room (held, its program not paused by an operator)."""
+        room (held, its program not paused by an operator). The state is the one at the
+        previous loop: an idle scheduler sleeps until a request comes, and the loop after the
+        gap already holds that request."""
         if self.admission is None:
             return
-        last, self._last_loop = self._last_loop, now
-        if last is not None and not self.runtime.calls and self._waiting_for_room():
+        last, was_idle = self._last_loop, self._idle_then
+        self._last_loop = now
+        self._idle_then = not self.runtime.calls and self._waiting_for_room()
+        if last is not None and was_idle:
             self._idle_waiting_s += now - last
+            self.idle_waiting_total_s += now - last
 
     def _waiting_for_room(self) -> bool:
         table = self.runtime.table
@@ -443,5 +450,6 @@ class ProgramScheduler:
                 "capacity_tokens": cfg.capacity_tokens if cfg else None,
                 "admission_factor": (self.admission.factor if self.admission is not None
                                      else None),
+                "idle_waiting_s": round(self.idle_waiting_total_s, 3),
                 "high_tokens": cfg.high_tokens if cfg else None,
                 "low_tokens": cfg.low_tokens if cfg else None}
