@@ -23,8 +23,9 @@ def test_recompute_from_eviction_lowers_it_but_never_below_one():
     control.update(seen(idle_s=2.0))
     control.update(seen(idle_s=2.0))
     assert control.factor == 3.0
-    # 2500 tokens at 1000 tokens/s: 2.5 s of 5 recomputing, against no idle time
-    assert control.update(seen(evicted=2500)) == Feedback(1.5, 0.0, 0.5)
+    # 2500 tokens at 1000 tokens/s: 2.5 s of 5 recomputing, against no idle time; averaged
+    # with the periods before (idle 0.4, recompute 0)
+    assert control.update(seen(evicted=2500)) == Feedback(1.5, 0.2, 0.25)
     assert control.update(seen(evicted=2500)).factor == 1.0
     assert control.update(seen(evicted=2500)).factor == 1.0
 
@@ -33,7 +34,8 @@ def test_balanced_wastes_or_an_unknown_rate_leave_it_unchanged():
     control = AdmissionControl(margin=0.02)
     # idle 0.2 against recompute 0.19: within the margin
     assert control.update(seen(idle_s=1.0, evicted=950)) == Feedback(1.0, 0.2, 0.19)
-    assert control.update(seen(idle_s=5.0, rate=None)) == Feedback(1.0, 1.0, None)
+    assert control.update(seen(idle_s=5.0, rate=None)) == Feedback(1.0, 0.6, 0.19)
+    assert AdmissionControl().update(seen(idle_s=5.0, rate=None)) == Feedback(1.0, 1.0, None)
 
 
 def test_bad_settings_are_refused():

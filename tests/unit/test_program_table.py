@@ -646,3 +646,17 @@ def test_a_release_names_its_cause_and_an_unknown_cause_is_refused(table, clock)
     p = table.release("a", "migrated")
     assert (p.status, p.release_cause) == (Status.TERMINATED, "migrated")
     assert table.counters["releases"] == {"explicit": 0, "final": 0, "idle": 0, "migrated": 1}
+
+
+def test_evicted_misses_after_a_pause_are_counted_apart():
+    table = ProgramTable(idle_expiry_s=60.0, max_terminated=10, clock=lambda: 0.0)
+    table.on_arrival("a", "r1")
+    table.on_finish("r1", prompt_tokens=100, cached_tokens=0, output_tokens=5, missed=(30, 0))
+    table.pause("a")
+    table.resume("a")
+    table.on_arrival("a", "r2")
+    table.on_finish("r2", prompt_tokens=120, cached_tokens=20, output_tokens=5, missed=(90, 0))
+    table.on_arrival("a", "r3")
+    table.on_finish("r3", prompt_tokens=130, cached_tokens=100, output_tokens=5, missed=(10, 0))
+    assert (table.counters["missed_evicted_tokens"],
+            table.counters["missed_evicted_paused_tokens"]) == (130, 90)

@@ -273,7 +273,8 @@ class ProgramScheduler:
         pool (``policy.admission``)."""
         if self.admission is None:
             return
-        evicted = self.runtime.table.counters["missed_evicted_tokens"]
+        counters = self.runtime.table.counters  # eviction of active programs' KV, not paused ones'
+        evicted = counters["missed_evicted_tokens"] - counters["missed_evicted_paused_tokens"]
         if self._period is None:
             self._period, self._idle_waiting_s = (now, evicted), 0.0
             return

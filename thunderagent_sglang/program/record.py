@@ -109,6 +109,7 @@ class Program:
     tool_predicted_p90_s: float | None = None
     acting_open: bool = False  # an acting phase after a call whose length is not observed yet
     waiting: bool = False  # a call of it is held by the scheduler
+    paused_since_call: bool = False  # paused since its last call finished (misses attributed)
     operator_paused: bool = False  # paused by an operator (until an operator resumes it)
     kv_decision: str | None = None  # keep|offload|drop while paused (the cache glue sets it)
     tool_kv: str | None = None  # keep|offload|drop at this acting phase's start (the glue sets it)

@@ -100,6 +100,7 @@ class ProgramTable:
             "prefill_tokens_cached": 0,
             "decode_tokens": 0,
             "missed_evicted_tokens": 0,
+            "missed_evicted_paused_tokens": 0,  # of those, in a call after its program's pause
             "missed_changed_tokens": 0,
         }
 
@@ -177,6 +178,9 @@ class ProgramTable:
         p.missed_evicted_tokens += missed[0]
         p.missed_changed_tokens += missed[1]
         self.counters["missed_evicted_tokens"] += missed[0]
+        if p.paused_since_call:
+            self.counters["missed_evicted_paused_tokens"] += missed[0]
+            p.paused_since_call = False
         self.counters["missed_changed_tokens"] += missed[1]
         if not p.in_flight:
             self._set_phase(p, Phase.ACTING, now)
@@ -258,6 +262,7 @@ class ProgramTable:
         neither reasoning nor acting time; it counts toward idle expiry unless ``operator``
         (an operator's pause, also of a program already paused, lasts until a resume)."""
         p = self._change_status(program_id, Status.ACTIVE, Status.PAUSED, "pauses")
+        p.paused_since_call = True
         if operator and not p.operator_paused:
             p.operator_paused = True
             self._idle.update(p)
