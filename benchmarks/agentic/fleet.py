@@ -181,11 +181,13 @@ async def kv_usage(http: httpx.AsyncClient, urls: list[str]) -> list[float | Non
 
 
 def imbalance(samples: list[list[float | None]]) -> dict:
-    """Time-mean of |u_A - u_B| (two replicas; max - min for more) and each one's mean."""
+    """Time-mean of |u_A - u_B| (two replicas; max - min for more: the paper's measure, which
+    on a CPU swings with which calls happen to run at each sample), each one's mean, and the
+    gap between those means (``kv_mean_gap``: a lasting skew of the placement)."""
     rows = [s for s in samples if s and all(v is not None for v in s)]
     if not rows:
-        return {"kv_imbalance": None, "kv_usage_mean": None, "samples": 0}
+        return {"kv_imbalance": None, "kv_usage_mean": None, "kv_mean_gap": None, "samples": 0}
     spread = [max(r) - min(r) for r in rows]
     means = [round(sum(r[i] for r in rows) / len(rows), 4) for i in range(len(rows[0]))]
     return {"kv_imbalance": round(sum(spread) / len(spread), 4), "kv_usage_mean": means,
-            "samples": len(rows)}
+            "kv_mean_gap": round(max(means) - min(means), 4), "samples": len(rows)}

@@ -112,13 +112,13 @@ def table(points: list[dict]) -> str:
     fleet = [p for p in points if "kv_imbalance" in p["figures"]]
     if fleet:
         lines += ["", f"{'fleet':8} {'N':>4} {'system':20} {'imbalance':>10} {'usage':>14} "
-                  f"{'migrations':>10}"]
+                  f"{'mean gap':>9} {'migrations':>10}"]
         for p in fleet:
             f = p["figures"]
             usage = "/".join(_cell(u) for u in f.get("kv_usage_mean") or [])
             lines.append(f"{p['mode']:8} {p['concurrency']:>4} {p['system']:20} "
                          f"{_cell(f['kv_imbalance']):>10} {usage:>14} "
-                         f"{_cell(f.get('migrations')):>10}")
+                         f"{_cell(f.get('kv_mean_gap')):>9} {_cell(f.get('migrations')):>10}")
     return "\n".join(lines)
 
 

@@ -54,5 +54,7 @@ def test_fleet_imbalance_is_the_time_mean_of_the_spread_and_skips_partial_sample
 
     got = imbalance([[0.5, 0.1], [0.2, 0.4], [None, 0.3], [0.3, 0.3]])
     assert got == {"kv_imbalance": round((0.4 + 0.2 + 0.0) / 3, 4),
-                   "kv_usage_mean": [round(1.0 / 3, 4), round(0.8 / 3, 4)], "samples": 3}
-    assert imbalance([]) == {"kv_imbalance": None, "kv_usage_mean": None, "samples": 0}
+                   "kv_usage_mean": [round(1.0 / 3, 4), round(0.8 / 3, 4)],
+                   "kv_mean_gap": round(round(1.0 / 3, 4) - round(0.8 / 3, 4), 4), "samples": 3}
+    assert imbalance([]) == {"kv_imbalance": None, "kv_usage_mean": None, "kv_mean_gap": None,
+                             "samples": 0}
