@@ -18,11 +18,12 @@ from tests.integration.server import REPO, Server
 # Counters read from our GET /metrics (absent on plain SGLang).
 OUR_SERIES = ("thunderagent_pauses_total", "thunderagent_resumes_total",
               "thunderagent_kv_decisions_total", "thunderagent_kv_moved_tokens_total",
-              "thunderagent_missed_tokens_total")
+              "thunderagent_missed_tokens_total", "thunderagent_tool_kv_decisions_total",
+              "thunderagent_prefetches_total")
 # SGLang's own, with --enable-metrics (``run --sglang-metrics``): where the scheduler's time goes.
 SGLANG_SERIES = ("sglang:scheduler_stage_seconds_total", "sglang:forward_execution_seconds_total",
                  "sglang:scheduler_process_cpu_seconds_total", "sglang:scheduler_idle_seconds_total")
-KEPT_LABELS = ("category", "decision", "event", "cause")
+KEPT_LABELS = ("category", "decision", "event", "cause", "outcome")
 
 
 def start(system: System, model_dir: Path, log_dir: Path, tag: str, sglang_metrics: bool = False) -> Server:
