@@ -41,6 +41,7 @@ _PROBE_BYTES = 64 << 20  # bandwidth probe size
 _SAMPLE_EVERY = 16  # after the first _FIRST_SAMPLES, time one prefill batch in this many
 _FIRST_SAMPLES = 8
 
+
 class Offloader:
     def __init__(self, runtime, cfg):
         self.runtime = runtime
@@ -169,12 +170,15 @@ class Offloader:
             return None
         if program.tool_kv in (KvDecision.OFFLOAD.value, KvDecision.DROP.value):
             return None  # moved already in this acting phase
-        own_device, device, unbacked = self._own(pid)
-        scheduler = self.runtime.scheduler
+        predicted, least = program.tool_predicted_s, 2 * self.cfg.tick_s
+        contended = self.runtime.scheduler.contended()
+        # the tree is walked only when the cheap conditions leave a choice to make
+        walk = predicted is not None and predicted >= least and contended
+        own_device, device, unbacked = self._own(pid) if walk else (0, 0, 0)
         choice = decide_at_boundary(model, Boundary(
             unique_tokens=device, unbacked_tokens=unbacked, host_free_tokens=self._host_free(),
-            predicted_s=program.tool_predicted_s, stall_tokens=int(self.cache.protected_size()),
-            contended=scheduler.contended(), min_predicted_s=2 * self.cfg.tick_s))
+            predicted_s=predicted, stall_tokens=int(self.cache.protected_size()),
+            contended=contended, min_predicted_s=least))
         self.runtime.table.set_tool_kv(pid, choice.decision.value)
         self.stats_["tool_decisions"][choice.decision.value] += 1
         moved = 0

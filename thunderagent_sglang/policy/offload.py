@@ -133,8 +133,6 @@ def decide_at_boundary(model: CostModel | None, b: Boundary) -> Choice:
     memory-time of the three (see the module's docstring)."""
     if model is None:
         return Choice(KvDecision.KEEP, "no host tier or offload off")
-    if b.unique_tokens <= 0:
-        return Choice(KvDecision.KEEP, "holds no KV of its own on the device")
     if b.predicted_s is None:
         return Choice(KvDecision.KEEP, "no prediction of its tool time yet")
     if b.predicted_s < b.min_predicted_s:
@@ -142,6 +140,8 @@ def decide_at_boundary(model: CostModel | None, b: Boundary) -> Choice:
                                        f"{b.min_predicted_s:.2f} s")
     if not b.contended:
         return Choice(KvDecision.KEEP, "the pool is not contended: keeping denies no one")
+    if b.unique_tokens <= 0:
+        return Choice(KvDecision.KEEP, "holds no KV of its own on the device")
     keep = b.unique_tokens * b.predicted_s
     held = b.unique_tokens + b.stall_tokens
     costs: dict[KvDecision, float] = {}
