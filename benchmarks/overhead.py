@@ -34,6 +34,7 @@ import random
 import re
 import statistics
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -60,6 +61,12 @@ SYSTEMS = {  # name: (environment, chats tagged as programs)
 }
 EXPECTED_CORE = {"plain": "RustUnifiedTreeCore", "ours": "ProgramTreeCore",
                  "ours-tagged": "ProgramTreeCore"}
+
+
+def fresh_log_dir() -> Path:
+    """A directory of this run's own: the tree-core check reads each server's log, and a log
+    appended to by an earlier run on the machine held two such lines."""
+    return Path(tempfile.mkdtemp(prefix="thunderagent-overhead-"))
 
 
 def tree_core(server: Server) -> str:
@@ -166,8 +173,7 @@ def release_all(server: Server, prefix: str, count: int) -> None:
 
 def live_program_counts(args, extra: list[str]) -> None:
     """The scheduler's CPU per request with N live programs beside the same workload."""
-    log_dir = Path("/tmp/thunderagent-overhead")
-    log_dir.mkdir(exist_ok=True)
+    log_dir = fresh_log_dir()
     server = Server("ours", ["--enable-cache-report", *extra], {}, log_dir)
     words, rows = corpus_words(), []
     try:
@@ -217,8 +223,7 @@ def main() -> None:
     args, extra = parser.parse_known_args()
     if args.live_programs:
         return live_program_counts(args, extra)
-    log_dir = Path("/tmp/thunderagent-overhead")
-    log_dir.mkdir(exist_ok=True)
+    log_dir = fresh_log_dir()
     base = ["--enable-cache-report", *extra]
     servers = {name: Server(name, base, env, log_dir) for name, (env, _) in SYSTEMS.items()}
     words = corpus_words()
