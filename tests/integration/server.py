@@ -23,6 +23,12 @@ CHECK_LINE = re.compile(
 CHECK_KEYS = ("total", "available", "evictable", "protected", "session_held", "uncached")
 
 
+def series(metrics: str, prefix: str) -> float:
+    """The sum of a Prometheus text's samples whose line starts with ``prefix``."""
+    return sum(float(line.split()[-1]) for line in metrics.splitlines()
+               if line.startswith(prefix))
+
+
 def wait_until(check, what: str, deadline_s: float = 30.0, every_s: float = 0.1):
     """``check()``'s first truthy value, polled every ``every_s``; AssertionError naming
     ``what`` after ``deadline_s``."""

@@ -25,7 +25,7 @@ import pytest
 import requests
 
 from tests.integration.conftest import API_KEY, HICACHE_ARGS
-from tests.integration.server import Server
+from tests.integration.server import Server, series
 
 pytestmark = pytest.mark.server
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -131,11 +131,6 @@ def test_the_workload_exercised_offload_and_pauses(run, cache_server):
     if cache_server.name == "hicache-write-back":  # admits beyond the device pool
         assert series(metrics, 'thunderagent_tool_kv_decisions_total{decision="offload"}') > 0
         assert series(metrics, "thunderagent_prefetches_total{") > 0
-
-
-def series(metrics: str, prefix: str) -> float:
-    return sum(float(line.split()[-1]) for line in metrics.splitlines()
-               if line.startswith(prefix))
 
 
 def test_no_kv_slot_leaked_and_no_lock_left_once_idle(run):

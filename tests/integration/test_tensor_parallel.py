@@ -33,6 +33,7 @@ import pytest
 import requests
 
 from tests.integration.conftest import API_KEY, HICACHE_ARGS
+from tests.integration.server import series
 from tests.integration.server import CHECK_LINE, Server, wait_until
 from tests.integration.test_cache_invariants import PROGRAMS, generate, post, run_workload
 
@@ -160,11 +161,6 @@ def test_both_ranks_logged_one_digest_and_they_agree(run, tp_server):
         lines.setdefault(int(steps), {})[int(rank)] = value
     assert lines[digest["steps"]] == {0: digest["digest"], 1: digest["digest"]}
     assert digest["programs"] >= 8 and digest["held"] == 0
-
-
-def series(metrics: str, prefix: str) -> float:
-    return sum(float(line.split()[-1]) for line in metrics.splitlines()
-               if line.startswith(prefix))
 
 
 def test_the_workload_paused_offloaded_held_and_lost_no_call(run):

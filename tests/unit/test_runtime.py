@@ -550,13 +550,19 @@ def test_a_programs_view_carries_its_attained_service():
     assert view.attained_s == 2.5
 
 
-def test_admission_by_feedback_admits_more_while_the_engine_idles_with_calls_held():
+def acting_beside_a_held_program():
+    """Admission by feedback on a 256-token pool: a acts, big's call is held for room."""
     runtime, clock, _ = make_runtime(capacity=256, admission="feedback", recompute_rate=1000.0,
                                      decay="off")
     engine = Engine()
     arrive(runtime, engine, recv("a-1", "a", range(200)))
     arrive(runtime, engine, recv("big-1", "big", range(1000, 1100)))
     runtime.on_stream_output(None, None, [finished("a-1", range(200), range(4))], False)
+    return runtime, clock, engine
+
+
+def test_admission_by_feedback_admits_more_while_the_engine_idles_with_calls_held():
+    runtime, clock, engine = acting_beside_a_held_program()
     # a acts (204 tokens, under the high watermark 243), big waits: 304 is over it
     assert engine.queued == ["a-1"] and runtime.calls == {}
     factors = []
@@ -590,12 +596,7 @@ def test_fixed_admission_and_an_operators_pause_never_raise_the_pool():
 def test_an_idle_gap_counts_by_the_state_at_its_start():
     """An idle scheduler sleeps until a request comes: the loop after the gap already holds
     the call that ended it, yet the engine had none during it."""
-    runtime, clock, _ = make_runtime(capacity=256, admission="feedback", recompute_rate=1000.0,
-                                     decay="off")
-    engine = Engine()
-    arrive(runtime, engine, recv("a-1", "a", range(200)))
-    arrive(runtime, engine, recv("big-1", "big", range(1000, 1100)))
-    runtime.on_stream_output(None, None, [finished("a-1", range(200), range(4))], False)
+    runtime, clock, engine = acting_beside_a_held_program()
     runtime.tick()  # idle, big held
     clock.now += 3.0
     arrive(runtime, engine, recv("a-2", "a", range(210)))  # wakes the loop with a call in it

@@ -52,11 +52,11 @@ class ProgramScheduler:
         self.admission = AdmissionControl() if cfg.admission == "feedback" else None
         self.base_capacity = 0  # the pool the watermarks apply to, before the factor
         self.device_tokens = 0
-        self._period: tuple[float, int] | None = None  # (start, missed_evicted_tokens then)
-        self._idle_waiting_s = 0.0
+        # (start, active-eviction misses then, idle_waiting_s then) of the current period
+        self._period: tuple[float, int, float] | None = None
         self._last_loop: float | None = None
         self._idle_then = False  # at the last loop: no call in the engine, one held for room
-        self.idle_waiting_total_s = 0.0
+        self.idle_waiting_s = 0.0  # no call in the engine while one waited for room, in all
         self.draining = 0  # writers waiting for SGLang's calls in flight: hold nothing
         self.frozen = False  # SGLang's memory is released: held calls stay held
         # Set at shutdown: answers a held call at once (HTTP 503); nothing is held after that.
@@ -86,9 +86,7 @@ class ProgramScheduler:
             "on" if self.enabled else "off (operator pauses only)", self.config.capacity_tokens,
             self.config.high_tokens, self.config.low_tokens, cfg.tick_s, cfg.max_pause_s,
             "on" if cfg.backfill else "off")
-        self.runtime.trace.write("config", self.runtime.clock(),
-                                 **dataclasses.asdict(self.config),
-                                 block=self.runtime.block_size, tick_s=cfg.tick_s)
+        self._trace_config(self.runtime.clock())
 
     # ---- arrivals --------------------------------------------------------------------------
 
@@ -236,13 +234,21 @@ class ProgramScheduler:
         want = decay_wanted(shared, self.config.decay)
         if want == self.config.decay:
             return
-        self.config = dataclasses.replace(self.config, decay=want)
-        self.counters["decay_switches"] += 1
+        self._reconfigure(now, "decay_switches", decay=want)
         get_logger().info(
             "ThunderAgent scheduler: decay %s: the batch shares %.0f%% of a decode step "
             "(fit over %d steps; decay on from %.0f%%, off below %.0f%%, --thunderagent-decay "
             "auto)", "on" if want else "off", 100 * shared, len(self.runtime.decode_meter.fit),
             100 * ON_FROM, 100 * OFF_BELOW)
+
+    def _reconfigure(self, now: float, counter: str, **changes) -> None:
+        """A measured input changed the scheduler's config: counted, and written to the
+        decision trace as a new ``config`` record (the replay applies it)."""
+        self.config = dataclasses.replace(self.config, **changes)
+        self.counters[counter] += 1
+        self._trace_config(now)
+
+    def _trace_config(self, now: float) -> None:
         self.runtime.trace.write("config", now, **dataclasses.asdict(self.config),
                                  block=self.runtime.block_size, tick_s=self.cfg.tick_s)
 
@@ -257,8 +263,7 @@ class ProgramScheduler:
         self._last_loop = now
         self._idle_then = not self.runtime.calls and self._waiting_for_room()
         if last is not None and was_idle:
-            self._idle_waiting_s += now - last
-            self.idle_waiting_total_s += now - last
+            self.idle_waiting_s += now - last
 
     def _waiting_for_room(self) -> bool:
         table = self.runtime.table
@@ -276,27 +281,24 @@ class ProgramScheduler:
         counters = self.runtime.table.counters  # eviction of active programs' KV, not paused ones'
         evicted = counters["missed_evicted_tokens"] - counters["missed_evicted_paused_tokens"]
         if self._period is None:
-            self._period, self._idle_waiting_s = (now, evicted), 0.0
+            self._period = (now, evicted, self.idle_waiting_s)
             return
-        start, evicted_then = self._period
+        start, evicted_then, idle_then = self._period
         if now - start < PERIOD_S:
             return
-        seen = Observed(now - start, self._idle_waiting_s, evicted - evicted_then,
+        self._period = (now, evicted, self.idle_waiting_s)
+        seen = Observed(now - start, self.idle_waiting_s - idle_then, evicted - evicted_then,
                         self.runtime.offload.recompute_rate())
-        self._period, self._idle_waiting_s = (now, evicted), 0.0
         feedback = self.admission.update(seen)
         capacity = max(1, int(self.base_capacity * feedback.factor))
         if capacity == self.config.capacity_tokens:
             return
-        self.config = dataclasses.replace(self.config, capacity_tokens=capacity)
-        self.counters["admission_changes"] += 1
+        self._reconfigure(now, "admission_changes", capacity_tokens=capacity)
         get_logger().info(
             "ThunderAgent scheduler: admission x%.2f (%d tokens): over the last %.1f s the "
             "engine idled with calls held %.0f%% of the time and recomputed evicted KV %.0f%% "
             "(--thunderagent-admission feedback)", feedback.factor, capacity, seen.seconds,
             100 * feedback.idle, 100 * (feedback.recompute or 0.0))
-        self.runtime.trace.write("config", now, **dataclasses.asdict(self.config),
-                                 block=self.runtime.block_size, tick_s=self.cfg.tick_s)
 
     def _view(self, program, now: float) -> ProgramView:
         pid = program.program_id
@@ -451,6 +453,6 @@ class ProgramScheduler:
                 "capacity_tokens": cfg.capacity_tokens if cfg else None,
                 "admission_factor": (self.admission.factor if self.admission is not None
                                      else None),
-                "idle_waiting_s": round(self.idle_waiting_total_s, 3),
+                "idle_waiting_s": round(self.idle_waiting_s, 3),
                 "high_tokens": cfg.high_tokens if cfg else None,
                 "low_tokens": cfg.low_tokens if cfg else None}
