@@ -14,6 +14,8 @@ source. Every fleet system serves with ``--enable-metrics`` (the proxy reads SGL
 
 from __future__ import annotations
 
+import asyncio
+
 import os
 import subprocess
 import time
@@ -165,19 +167,20 @@ def _wait_serving(url: str, proc) -> None:
 
 
 async def kv_usage(http: httpx.AsyncClient, urls: list[str]) -> list[float | None]:
-    """Each replica's ``sglang:token_usage`` (pool fraction held by running calls)."""
-    out = []
-    for url in urls:
-        try:
-            text = (await http.get(f"{url}/metrics", timeout=10)).text
-        except httpx.HTTPError:
-            out.append(None)
-            continue
-        values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                  if line.startswith("sglang:token_usage{") or line.startswith(
-                      "sglang:token_usage ")]
-        out.append(values[0] if values else None)
-    return out
+    """Each replica's ``sglang:token_usage`` (pool fraction held by running calls), all
+    replicas asked at once so that one sample is one instant."""
+    return list(await asyncio.gather(*(_token_usage(http, url) for url in urls)))
+
+
+async def _token_usage(http: httpx.AsyncClient, url: str) -> float | None:
+    try:
+        text = (await http.get(f"{url}/metrics", timeout=10)).text
+    except httpx.HTTPError:
+        return None
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("sglang:token_usage{") or line.startswith(
+                  "sglang:token_usage ")]
+    return values[0] if values else None
 
 
 def imbalance(samples: list[list[float | None]]) -> dict:

@@ -58,3 +58,29 @@ def test_fleet_imbalance_is_the_time_mean_of_the_spread_and_skips_partial_sample
                    "kv_mean_gap": round(round(1.0 / 3, 4) - round(0.8 / 3, 4), 4), "samples": 3}
     assert imbalance([]) == {"kv_imbalance": None, "kv_usage_mean": None, "kv_mean_gap": None,
                              "samples": 0}
+
+
+def test_the_kv_usage_sample_asks_every_replica_at_once():
+    import asyncio
+
+    import httpx
+
+    from benchmarks.agentic.fleet import kv_usage
+
+    async def go():
+        arrived, everyone = [], asyncio.Event()
+
+        async def handler(request):
+            arrived.append(request.url.host)
+            if len(arrived) == 3:
+                everyone.set()
+            await asyncio.wait_for(everyone.wait(), 5)  # asked one by one, this times out
+            if request.url.host == "c":
+                return httpx.Response(200, text="other 1\n")
+            value = {"a": "0.5", "b": "0.25"}[request.url.host]
+            return httpx.Response(200, text=f'sglang:token_usage{{x="y"}} {value}\n')
+
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+            return await kv_usage(http, ["http://a", "http://b", "http://c"])
+
+    assert asyncio.run(go()) == [0.5, 0.25, None]

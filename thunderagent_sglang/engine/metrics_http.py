@@ -3,20 +3,65 @@
 An ASGI middleware lets SGLang answer first, then appends the ``thunderagent_``
 series read from the scheduler's program table; without ``--enable-metrics``
 (SGLang answers 404) it serves ours alone.
+
+The scheduler answers between batches, and one CPU prefill can take seconds: a scrape never
+waits more than ``STATS_WAIT_S`` for it. It then gets the scheduler's last answer, and
+``thunderagent_stats_age_seconds`` says how old that is. One request is in flight at a time,
+shared by concurrent scrapes (SGLang's communicator must never see a cancelled call: its
+reply would be taken by the next caller).
 """
 
 from __future__ import annotations
 
-from thunderagent_sglang.program.metrics import render
+import asyncio
+import time
+
+from thunderagent_sglang.engine.logs import get_logger
+from thunderagent_sglang.program.metrics import render, render_age
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 PATHS = ("/metrics", "/metrics/")
 
 
+STATS_WAIT_S = 2.0
+
+
+class LatestStats:
+    """The scheduler's stats for a scrape: awaited up to ``wait_s``, else the last answer."""
+
+    def __init__(self, fetch, wait_s: float = STATS_WAIT_S, clock=time.monotonic):
+        self.fetch = fetch  # async () -> (HTTP status, body dict)
+        self.wait_s = wait_s
+        self.clock = clock
+        self.body: dict | None = None
+        self.answered_at = 0.0
+        self.pending: asyncio.Future | None = None
+
+    async def get(self) -> tuple[dict | None, float]:
+        """(the latest stats or None before the first answer, their age in seconds)."""
+        if self.pending is None or self.pending.done():
+            self.pending = asyncio.ensure_future(self._refresh())
+        try:
+            await asyncio.wait_for(asyncio.shield(self.pending), self.wait_s)
+        except asyncio.TimeoutError:
+            pass
+        return self.body, (self.clock() - self.answered_at) if self.body is not None else 0.0
+
+    async def _refresh(self) -> None:
+        try:
+            status, body = await self.fetch()
+        except Exception as exc:  # noqa: BLE001 - a scrape shows the last stats instead
+            get_logger().warning("/metrics: the scheduler's stats failed (%s); serving the "
+                                 "last ones", exc)
+            return
+        if status == 200:
+            self.body, self.answered_at = body, self.clock()
+
+
 class MetricsMiddleware:
     def __init__(self, app, fetch_stats):
         self.app = app
-        self.fetch_stats = fetch_stats  # async () -> (HTTP status, body dict)
+        self.stats = LatestStats(fetch_stats)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] not in PATHS:
@@ -27,8 +72,8 @@ class MetricsMiddleware:
         status, headers, body = await _capture(self.app, scope, receive)
         if 300 <= status < 400:  # SGLang's mounted metrics app redirects /metrics to /metrics/
             return await _replay(send, status, headers, body)
-        stats_status, stats_body = await self.fetch_stats()
-        ours = render(stats_body) if stats_status == 200 else b""
+        body_stats, age_s = await self.stats.get()
+        ours = render(body_stats) + render_age(age_s) if body_stats is not None else b""
         if status == 404:
             status, headers, body = 200, [(b"content-type", CONTENT_TYPE)], b""
         await _replay(send, status, *_appended(headers, body, ours))

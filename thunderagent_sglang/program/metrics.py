@@ -115,3 +115,12 @@ def render(stats: dict) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_StatsCollector(stats))
     return generate_latest(registry)
+
+
+def render_age(age_s: float) -> bytes:
+    """``thunderagent_stats_age_seconds``: how old the scheduler's figures above are (a scrape
+    that found the scheduler busy gets its last answer)."""
+    return (b"# HELP thunderagent_stats_age_seconds Seconds since the scheduler gave the "
+            b"thunderagent_ figures above (0 unless it was busy for the scrape).\n"
+            b"# TYPE thunderagent_stats_age_seconds gauge\n"
+            + f"thunderagent_stats_age_seconds {round(age_s, 3)}\n".encode())
