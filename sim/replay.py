@@ -13,8 +13,9 @@ on its own decisions throughout, so one difference can bring others after it: th
 is the one to read.
 
 Not replayed: operator pauses and resumes (the engine leaves operator-paused programs out of
-its snapshots; the simulator has no operator), priorities, and calls answered while held
-(aborts, 429s, shutdown): a trace with them is refused, naming the record.
+its snapshots; the simulator has no operator), priorities, calls answered while held
+(aborts, 429s, shutdown) and calls a router had held before (a move): a trace with them is
+refused, naming the record.
 """
 
 from __future__ import annotations
@@ -115,6 +116,9 @@ class _Replayer:
                                full_chain=None)
 
     def _held(self, record: dict) -> None:
+        if record.get("waited"):
+            raise Unsupported(f"line {record['_line']}: a call a router had held before (its "
+                              "program moved here), which the simulator does not model")
         call = self._call_of(record)
         self.calls[call.rid] = call
         if self.policy.on_arrive(call, record["t"]):

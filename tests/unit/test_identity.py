@@ -347,3 +347,18 @@ def test_names_program_reads_only_header_sources_case_insensitively():
     assert not names_program({}, "cc-1")
     # a body source is never a claim in headers
     assert not names_program({"program_id": "cc-1"}, "cc-1", ("body:program_id",))
+
+
+def test_a_routers_held_seconds_are_read_for_a_tagged_call():
+    ident = extract_identity({"X-Program-Id": "p", "X-ThunderAgent-Held-S": " 12.5 "}, None)
+    assert ident == Identity("p", "header:x-program-id", None, False, (), None, 12.5)
+    assert extract_identity({"X-Program-Id": "p"}, None).held_s is None
+    assert extract_identity({"X-ThunderAgent-Held-S": "3"}, None).held_s is None  # untagged
+
+
+@pytest.mark.parametrize("raw", ["-1", "nan", "inf", "soon", "", "86401"])
+def test_bad_held_seconds_are_refused(raw):
+    with pytest.raises(InvalidFinalMarker) as exc:
+        extract_identity({"X-Program-Id": "p", "X-ThunderAgent-Held-S": raw}, None)
+    assert str(exc.value) == ("X-ThunderAgent-Held-S must be a number of seconds in "
+                              f"[0, 86400], got {raw!r}")

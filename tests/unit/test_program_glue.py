@@ -20,20 +20,21 @@ def sampling(custom_params):
 
 def test_identity_is_taken_out_and_empty_custom_params_become_none():
     params = sampling({program_ipc.ID_KEY: "p1", program_ipc.FINAL_KEY: True})
-    assert take_identity(params) == ("p1", None, True, None)
+    assert take_identity(params) == ("p1", None, True, None, 0.0)
     assert params.custom_params is None
 
 
 def test_the_clients_own_custom_params_are_left_as_they_were():
     params = sampling({"mine": 3, program_ipc.ID_KEY: "p1", program_ipc.PARENT_KEY: "root",
                        program_ipc.FINAL_KEY: False})
-    assert take_identity(params) == ("p1", "root", False, None)
+    assert take_identity(params) == ("p1", "root", False, None, 0.0)
     assert params.custom_params == {"mine": 3}
 
 
 def test_program_priority_is_taken_out_with_the_identity():
-    params = sampling({program_ipc.ID_KEY: "p1", program_ipc.PRIORITY_KEY: 7})
-    assert take_identity(params) == ("p1", None, False, 7)
+    params = sampling({program_ipc.ID_KEY: "p1", program_ipc.PRIORITY_KEY: 7,
+                       program_ipc.HELD_KEY: 12.5})
+    assert take_identity(params) == ("p1", None, False, 7, 12.5)
     assert params.custom_params is None
 
 

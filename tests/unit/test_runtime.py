@@ -604,3 +604,19 @@ def test_an_idle_gap_counts_by_the_state_at_its_start():
     clock.now += 1.0
     runtime.tick()  # a call ran over this second
     assert runtime.scheduler.stats()["idle_waiting_s"] == 3.0
+
+
+@pytest.mark.parametrize("held_before, admitted", [(None, []), (250.0, ["big-1"])])
+def test_a_call_a_router_held_before_counts_that_wait_toward_max_pause(held_before, admitted):
+    runtime, clock, _ = make_runtime(capacity=256, max_pause_s=300.0)
+    engine = Engine()
+    arrive(runtime, engine, recv("a-1", "a", range(240)))
+    req = recv("big-1", "big", range(1000, 1100))
+    if held_before is not None:
+        req.sampling_params.custom_params[program_ipc.HELD_KEY] = held_before
+    arrive(runtime, engine, req)
+    assert engine.queued == ["a-1"] and req.sampling_params.custom_params is None
+    assert runtime.scheduler.held.first_since("big") == 100.0 - (held_before or 0.0)
+    clock.now += 60  # 310 s held in all with the router's wait; 60 s here
+    runtime.tick()
+    assert engine.queued == ["a-1", *admitted]

@@ -11,6 +11,7 @@ invalid one, and stamps ``X-Program-Id`` on the response. A hook on
 from __future__ import annotations
 
 import asyncio
+import hmac
 
 import orjson
 
@@ -27,6 +28,7 @@ from thunderagent_sglang.engine.logs import get_logger
 from thunderagent_sglang.engine import view_http
 from thunderagent_sglang.engine.metrics_http import AppendMetrics, MetricsMiddleware
 from thunderagent_sglang.program.identity import (
+    ADMIN_KEY_HEADER,
     FINAL_BODY_FIELD,
     Identity,
     InvalidFinalMarker,
@@ -48,9 +50,10 @@ STATE_KEY = "thunderagent_identity"
 class IdentityMiddleware:
     """Pure ASGI (keeps streaming and client-disconnect events intact)."""
 
-    def __init__(self, app, id_sources: tuple[str, ...]):
+    def __init__(self, app, id_sources: tuple[str, ...], admin_key=None):
         self.app = app
         self.id_sources = id_sources
+        self.admin_key = admin_key or _admin_key  # () -> SGLang's --admin-api-key or None
         body_fields = [s.split(":", 1)[1] for s in id_sources if s.startswith("body:")]
         self.body_fields = tuple(f'"{name}"'.encode() for name in [*body_fields, FINAL_BODY_FIELD])
 
@@ -64,8 +67,26 @@ class IdentityMiddleware:
         except (InvalidProgramId, InvalidFinalMarker) as exc:
             response = JSONResponse(status_code=400, content=invalid_identity_body(exc))
             return await response(scope, receive, send)
+        if identity.held_s is not None and not _may_credit(scope, self.admin_key()):
+            response = JSONResponse(status_code=403, content={"error": HELD_NEEDS_KEY})
+            return await response(scope, receive, send)
         scope.setdefault("state", {})[STATE_KEY] = identity
         await self.app(scope, receive, _stamping(send, identity))
+
+
+HELD_NEEDS_KEY = (
+    "X-ThunderAgent-Held-S is for a router that moved this call's program between replicas: "
+    "this server has an admin key, so the call must carry it in X-ThunderAgent-Admin-Key "
+    "(the router's --backend-admin-key); clients leave both headers out")
+
+
+def _may_credit(scope, admin_key: str | None) -> bool:
+    """A call may say it was held elsewhere when the server has no admin key (its operator
+    routes, force-resume included, are open to every caller) or it carries that key."""
+    if not admin_key:
+        return True
+    given = dict(scope["headers"]).get(ADMIN_KEY_HEADER.encode(), b"")
+    return hmac.compare_digest(given, admin_key.encode())
 
 
 def _headers(scope) -> dict[str, str]:
@@ -169,6 +190,8 @@ def _put_identity(obj, identity: Identity) -> None:
         keys[program_ipc.PARENT_KEY] = identity.parent_id
     if identity.priority is not None:
         keys[program_ipc.PRIORITY_KEY] = identity.priority
+    if identity.held_s:
+        keys[program_ipc.HELD_KEY] = identity.held_s
     params = obj.sampling_params
     for sampling in params if isinstance(params, list) else [params]:
         if sampling is not None:

@@ -17,6 +17,7 @@ ID_KEY = "__thunderagent_program_id"
 PARENT_KEY = "__thunderagent_parent_id"
 FINAL_KEY = "__thunderagent_final"
 PRIORITY_KEY = "__thunderagent_priority"
+HELD_KEY = "__thunderagent_held_s"  # seconds a router held the call before it came here
 
 
 class ListPrograms(BaseReq, kw_only=True):

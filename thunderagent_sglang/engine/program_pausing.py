@@ -138,11 +138,14 @@ class ProgramScheduler:
         self._left_queue(items)
 
     def hold(self, program_id: str, rid: str, max_new: int, admit: Callable[..., object],
-             chain=None, prompt=None) -> None:
-        item = Held(program_id, rid, self.runtime.clock(), self.headroom_of(max_new), admit,
-                    chain)
-        self.runtime.trace.write("held", item.since, p=program_id, rid=rid,
-                                 tokens=prompt or (), headroom=item.max_new)
+             chain=None, prompt=None, waited_s: float = 0.0) -> None:
+        """Hold a call; ``waited_s``: a router held it that long before (its program moved
+        here), so its wait counts from then toward max pause."""
+        now = self.runtime.clock()
+        item = Held(program_id, rid, now - waited_s, self.headroom_of(max_new), admit, chain)
+        extra = {"waited": round(waited_s, 3)} if waited_s else {}
+        self.runtime.trace.write("held", now, p=program_id, rid=rid,
+                                 tokens=prompt or (), headroom=item.max_new, **extra)
         self.counters["held_requests"] += 1
         self.runtime.events.add("held", program_id)
         self.runtime.offload.call_came(program_id)

@@ -19,7 +19,8 @@ from thunderagent_sglang.engine.decision_trace import NoTrace
 from thunderagent_sglang.engine.decode_meter import DecodeMeter
 from thunderagent_sglang.engine.logs import get_logger
 from thunderagent_sglang.engine.offload import Offloader
-from thunderagent_sglang.engine.program_ipc import ID_KEY, FINAL_KEY, PARENT_KEY, PRIORITY_KEY
+from thunderagent_sglang.engine.program_ipc import (
+    FINAL_KEY, HELD_KEY, ID_KEY, PARENT_KEY, PRIORITY_KEY)
 from thunderagent_sglang.engine.program_pausing import ProgramScheduler
 from thunderagent_sglang.engine.runtime_hooks import SchedulerHooks
 from thunderagent_sglang.engine.tp_consensus import TpConsensus
@@ -43,6 +44,7 @@ class Arrival(NamedTuple):
     parent_id: str | None = None
     final: bool = False
     priority: int | None = None
+    held_s: float = 0.0  # a router held it this long before (its program moved replicas)
 
 
 @dataclasses.dataclass
@@ -64,9 +66,10 @@ def take_identity(sampling_params) -> Arrival | None:
     parent_id = params.pop(PARENT_KEY, None)
     final = bool(params.pop(FINAL_KEY, False))
     priority = params.pop(PRIORITY_KEY, None)
+    held_s = float(params.pop(HELD_KEY, 0.0) or 0.0)
     if not params:
         sampling_params.custom_params = None
-    return Arrival(program_id, parent_id, final, priority)
+    return Arrival(program_id, parent_id, final, priority, held_s)
 
 
 class ProgramRuntime(SchedulerHooks):

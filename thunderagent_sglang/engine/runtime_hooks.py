@@ -93,7 +93,7 @@ class SchedulerHooks:
             return True
         chain = self.set_prompt(arrival.program_id, recv_req)
         self.scheduler.hold(arrival.program_id, recv_req.rid, max_new, admit, chain,
-                            prompt=recv_req.input_ids)
+                            prompt=recv_req.input_ids, waited_s=arrival.held_s)
         return True
 
     def _admit(self, original, scheduler, recv_req, kwargs, arrival, max_new: int,

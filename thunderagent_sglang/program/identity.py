@@ -6,6 +6,8 @@ headers and JSON body fields, in a configurable precedence. Bad input raises, ne
 
 from __future__ import annotations
 
+import math
+
 import os
 import re
 from collections.abc import Mapping
@@ -83,6 +85,7 @@ class Identity:
     final: bool  # this call is the program's last
     conflicts: tuple[str, ...] = ()  # lower-precedence sources that carried a different id
     priority: int | None = None  # X-Program-Priority: higher runs first within a class
+    held_s: float | None = None  # X-ThunderAgent-Held-S: a router's move held it this long
 
 
 def _label(source: str) -> str:
@@ -191,6 +194,28 @@ def _priority(headers: dict[str, Any]) -> int | None:
     return value
 
 
+HELD_HEADER = "x-thunderagent-held-s"
+ADMIN_KEY_HEADER = "x-thunderagent-admin-key"
+MAX_HELD_S = 86400.0
+
+
+def _held_s(headers: dict[str, Any]) -> float | None:
+    """``X-ThunderAgent-Held-S``: how long a router has held this call already (it was handed
+    back by a replica its program moved off), counted toward ``--thunderagent-max-pause``
+    here. Whether the sender may say so is the server's check (the admin key)."""
+    raw = headers.get(HELD_HEADER)
+    if raw is None:
+        return None
+    try:
+        value = float(str(raw).strip())
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= MAX_HELD_S:  # NaN and infinities fail too
+        raise InvalidFinalMarker("X-ThunderAgent-Held-S", "X-ThunderAgent-Held-S must be a "
+                                 f"number of seconds in [0, {MAX_HELD_S:g}], got {raw!r}")
+    return value
+
+
 def extract_identity(
     headers: Mapping[str, str], body: Mapping[str, Any] | None, sources: tuple[str, ...] = DEFAULT_ID_SOURCES
 ) -> Identity:
@@ -206,12 +231,13 @@ def extract_identity(
     parents = [_check_id("header:" + h, hdrs[h]) for h in PARENT_HEADERS if hdrs.get(h) is not None]
     final = _final(hdrs, body)
     priority = _priority(hdrs)
+    held_s = _held_s(hdrs)
     parent = parents[0] if parents else None
     if not found:
         return Identity(None, None, parent, final, (), priority)
     (source, program_id), rest = found[0], found[1:]
     conflicts = tuple(src for src, value in rest if value != program_id)
-    return Identity(program_id, source, parent, final, conflicts, priority)
+    return Identity(program_id, source, parent, final, conflicts, priority, held_s)
 
 
 def _parse_source(item: str) -> str:

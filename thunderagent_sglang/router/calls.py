@@ -14,6 +14,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from thunderagent_sglang.policy.affinity import prefix_keys
 from thunderagent_sglang.program.identity import (
+    ADMIN_KEY_HEADER,
+    HELD_HEADER,
     InvalidFinalMarker,
     InvalidProgramId,
     extract_identity,
@@ -104,6 +106,7 @@ async def generating_call(router, request: Request) -> Response:
                      "start a new conversation (without it)")
     keys = prefix_keys(prompt_text(obj))
     headers = forward.request_headers(request.headers)
+    started = router.clock()
     tried: set[str] = set()
     retried = False
     for _ in range(router.settings.max_attempts + 1):
@@ -153,6 +156,8 @@ async def generating_call(router, request: Request) -> Response:
             router.state.counters["resent"] += 1
             if pid is not None and router.state.placement.get(pid) == replica.url:
                 del router.state.placement[pid]  # ended there without the router asking
+            headers = held_headers(headers, router.clock() - started,
+                                   router.settings.backend_admin_key)
             continue
         if pid is None:
             router.affinity.record(replica.url, keys)
@@ -162,6 +167,19 @@ async def generating_call(router, request: Request) -> Response:
         return _stream(router, replica, upstream)
     return error(502, f"the call was handed back {router.settings.max_attempts} times while "
                  "its program moved between replicas; send it again")
+
+
+def held_headers(headers: dict[str, str], held_s: float,
+                 admin_key: str | None) -> dict[str, str]:
+    """A handed-back call's headers for its next replica: how long it has been held so far
+    (counted toward that replica's max pause), with the admin key that lets the router say
+    so; the client's own values of these headers are replaced."""
+    names = (HELD_HEADER, ADMIN_KEY_HEADER)
+    out = {k: v for k, v in headers.items() if k.lower() not in names}
+    out[HELD_HEADER] = f"{max(0.0, held_s):.3f}"
+    if admin_key:
+        out[ADMIN_KEY_HEADER] = admin_key
+    return out
 
 
 def _remember_local_state(router, path: str, url: str, head: bytes) -> None:
