@@ -185,12 +185,24 @@ async def _token_usage(http: httpx.AsyncClient, url: str) -> float | None:
 
 def imbalance(samples: list[list[float | None]]) -> dict:
     """Time-mean of |u_A - u_B| (two replicas; max - min for more: the paper's measure, which
-    on a CPU swings with which calls happen to run at each sample), each one's mean, and the
-    gap between those means (``kv_mean_gap``: a lasting skew of the placement)."""
+    on a CPU swings with which calls happen to run at each sample), each one's mean, the gap
+    between those means (``kv_mean_gap``: a lasting skew of the placement), and, for two
+    replicas, ``kv_imbalance_independent``: the mean |u_A - u_B| over every pair of A's and B's
+    samples, what the measure reads for two replicas as loaded whose calls are independent of
+    each other (the floor a placement that only evens out the load can reach)."""
     rows = [s for s in samples if s and all(v is not None for v in s)]
     if not rows:
-        return {"kv_imbalance": None, "kv_usage_mean": None, "kv_mean_gap": None, "samples": 0}
+        return {"kv_imbalance": None, "kv_usage_mean": None, "kv_mean_gap": None,
+                "kv_imbalance_independent": None, "samples": 0}
     spread = [max(r) - min(r) for r in rows]
     means = [round(sum(r[i] for r in rows) / len(rows), 4) for i in range(len(rows[0]))]
     return {"kv_imbalance": round(sum(spread) / len(spread), 4), "kv_usage_mean": means,
-            "kv_mean_gap": round(max(means) - min(means), 4), "samples": len(rows)}
+            "kv_mean_gap": round(max(means) - min(means), 4),
+            "kv_imbalance_independent": _independent(rows), "samples": len(rows)}
+
+
+def _independent(rows: list[list[float]]) -> float | None:
+    if len(rows[0]) != 2:
+        return None
+    a, b = [r[0] for r in rows], [r[1] for r in rows]
+    return round(sum(abs(x - y) for x in a for y in b) / (len(a) * len(b)), 4)

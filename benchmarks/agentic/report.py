@@ -111,13 +111,14 @@ def table(points: list[dict]) -> str:
                      + f" {_cell(loop_ms_per_call(m, f['calls'])):>12}")
     fleet = [p for p in points if "kv_imbalance" in p["figures"]]
     if fleet:
-        lines += ["", f"{'fleet':8} {'N':>4} {'system':20} {'imbalance':>10} {'usage':>14} "
-                  f"{'mean gap':>9} {'migrations':>10}"]
+        lines += ["", f"{'fleet':8} {'N':>4} {'system':20} {'imbalance':>10} {'independent':>12} "
+                  f"{'usage':>14} {'mean gap':>9} {'migrations':>10}"]
         for p in fleet:
             f = p["figures"]
             usage = "/".join(_cell(u) for u in f.get("kv_usage_mean") or [])
             lines.append(f"{p['mode']:8} {p['concurrency']:>4} {p['system']:20} "
-                         f"{_cell(f['kv_imbalance']):>10} {usage:>14} "
+                         f"{_cell(f['kv_imbalance']):>10} "
+                         f"{_cell(f.get('kv_imbalance_independent')):>12} {usage:>14} "
                          f"{_cell(f.get('kv_mean_gap')):>9} {_cell(f.get('migrations')):>10}")
     return "\n".join(lines)
 

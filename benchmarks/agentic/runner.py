@@ -192,7 +192,8 @@ async def play_point(url: str, system: System, args, n: int, replayed, scheds,
             "scheduler_cpu_ms_per_call": round(1000 * (cpu1 - cpu0) / figures["calls"], 1)
             if figures["calls"] else None,
             "calls": [dataclasses.astuple(c) for c in rec.calls],
-            "programs": [dataclasses.astuple(p) for p in rec.programs]}
+            "programs": [dataclasses.astuple(p) for p in rec.programs],
+            **({"kv_usage_samples": usage} if len(replica_urls) > 1 else {})}
 
 
 async def router_counters(http, url: str, system: System) -> dict | None:

@@ -53,11 +53,15 @@ def test_fleet_imbalance_is_the_time_mean_of_the_spread_and_skips_partial_sample
     from benchmarks.agentic.fleet import imbalance
 
     got = imbalance([[0.5, 0.1], [0.2, 0.4], [None, 0.3], [0.3, 0.3]])
+    # every pair of A's (0.5, 0.2, 0.3) and B's (0.1, 0.4, 0.3) samples
+    pairs = [0.4, 0.1, 0.2, 0.1, 0.2, 0.1, 0.2, 0.1, 0.0]
     assert got == {"kv_imbalance": round((0.4 + 0.2 + 0.0) / 3, 4),
                    "kv_usage_mean": [round(1.0 / 3, 4), round(0.8 / 3, 4)],
-                   "kv_mean_gap": round(round(1.0 / 3, 4) - round(0.8 / 3, 4), 4), "samples": 3}
+                   "kv_mean_gap": round(round(1.0 / 3, 4) - round(0.8 / 3, 4), 4),
+                   "kv_imbalance_independent": round(sum(pairs) / 9, 4), "samples": 3}
+    assert imbalance([[0.1, 0.2, 0.6]])["kv_imbalance_independent"] is None
     assert imbalance([]) == {"kv_imbalance": None, "kv_usage_mean": None, "kv_mean_gap": None,
-                             "samples": 0}
+                             "kv_imbalance_independent": None, "samples": 0}
 
 
 def test_the_kv_usage_sample_asks_every_replica_at_once():
