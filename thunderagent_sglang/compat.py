@@ -95,6 +95,11 @@ HICACHE_MHA_HOST_POOL = Symbol(
     "sglang.srt.mem_cache.pool_host.mha:MHATokenToKVPoolHost",
     "the host KV pool whose 'direct' io backend calls transfer_kv_direct",
 )
+HICACHE_HOST_POOL_BASE = Symbol(
+    "sglang.srt.mem_cache.pool_host.base:HostKVCache",
+    "host pools keep pin_memory (default True) and pin the storage tier's staging pages "
+    "with it, which needs a CUDA driver; on a CPU it reads False",
+)
 
 # --- debugging -------------------------------------------------------------
 CHECK_ALL_POOLS = Symbol(

@@ -33,6 +33,10 @@ FEATURES: tuple[Feature, ...] = (
     Feature("HiCache host KV tier", ("--enable-hierarchical-cache",), "tested",
             "On a CPU with --hicache-io-backend direct --hicache-mem-layout "
             "layer_first (our pure-torch transfer)."),
+    Feature("HiCache storage tier (file backend)", ("--hicache-storage-backend",), "tested",
+            "--hicache-storage-backend file on a directory (SGLANG_HICACHE_FILE_BACKEND_"
+            "STORAGE_DIR) two replicas share: CI's router replicas; a program moved to the "
+            "other replica loads the KV it computed from storage. Other backends untested."),
     Feature("OpenAI chat/completions, native /generate, streaming", (), "tested",
             "All answer on the demo model in CI."),
     Feature("Speculative decoding", ("--speculative-algorithm",), "untested",

@@ -20,7 +20,13 @@ import requests
 from tests.integration.router_process import RouterProcess
 from tests.integration.server import REPO, Server, free_port, wait_until
 
-REPLICA_ARGS = ["--max-total-tokens", "2048", "--thunderagent-max-pause", "120"]
+# The replicas share a KV storage tier (SGLang's HiCache file backend on one directory): a
+# program moved to the other replica finds the KV it computed on its first in storage.
+STORAGE = ["--page-size", "16", "--enable-hierarchical-cache", "--hicache-io-backend", "direct",
+           "--hicache-mem-layout", "layer_first", "--hicache-write-policy", "write_through",
+           "--hicache-storage-backend", "file", "--hicache-storage-prefetch-policy",
+           "wait_complete"]
+REPLICA_ARGS = ["--max-total-tokens", "2048", "--thunderagent-max-pause", "120", *STORAGE]
 FILLER = [i % 1900 + 50 for i in range(300)]  # with 1600 outputs, most of a 2048-token pool
 
 
@@ -41,8 +47,9 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(request, tmp_path_factory):
     logs = tmp_path_factory.mktemp("router")
-    a = Server("replica-a", REPLICA_ARGS, {}, logs)
-    b = Server("replica-b", REPLICA_ARGS, {}, logs)
+    env = {"SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR": str(logs / "kv-storage")}
+    a = Server("replica-a", REPLICA_ARGS, env, logs)
+    b = Server("replica-b", REPLICA_ARGS, env, logs)
     request.addfinalizer(a.stop)
     request.addfinalizer(b.stop)
     a.wait_ready(), b.wait_ready()
@@ -116,9 +123,10 @@ def held_counts(fleet) -> dict:
 def test_a_waiting_program_moves_to_the_replica_with_room_and_ends_on_the_old_one(fleet,
                                                                                     stream):
     pid = f"mover-{stream}"
-    first = chat(fleet.router.url, pid, "word " * 250) if stream else generate(
+    first = chat(fleet.router.url, pid, "word " * 400) if stream else generate(
         fleet.router.url, pid, list(range(100, 400)))
     assert first.status_code == 200
+    first_tokens = first.json()["usage"]["prompt_tokens"] if stream else 300
     home = record(fleet.router.url, pid)["replica"]
     before = held_counts(fleet)
     filler = threading.Thread(target=generate, args=(home, f"filler-{stream}", FILLER, 1600))
@@ -129,7 +137,7 @@ def test_a_waiting_program_moves_to_the_replica_with_room_and_ends_on_the_old_on
         untagged.append(generate(fleet.router.url, None, [5] * 50))
     untagged_done_while_filling = filler.is_alive()
     if stream:
-        response = chat(fleet.router.url, pid, "word " * 250 + "more", stream=True)
+        response = chat(fleet.router.url, pid, "word " * 400 + "more", stream=True)
         events = [line for line in response.iter_lines() if line]
         assert response.status_code == 200 and events[-1] == b"data: [DONE]"
         assert not any(b"error" in line for line in events), events
@@ -142,6 +150,8 @@ def test_a_waiting_program_moves_to_the_replica_with_room_and_ends_on_the_old_on
     old, new = record(home, pid), record(target, pid)
     assert (old["status"], old["release_cause"], old["steps"]) == ("terminated", "migrated", 1)
     assert (new["status"], new["steps"], new["incarnation"]) == ("active", 1, 1)
+    # its first call's KV came through the shared storage tier, not recomputed (whole pages)
+    assert new["prefill_tokens_cached"] >= first_tokens // 16 * 16 - 16, new
     routed = record(fleet.router.url, pid)
     assert (routed["replica"], routed["moved_from"]) == (target, home)
     after = held_counts(fleet)
@@ -288,7 +298,9 @@ def test_a_killed_replica_is_taken_out_its_call_sent_elsewhere_and_its_programs_
     moved = record(fleet.router.url, on_victim[0])
     assert (moved["replica"], moved["kv_lost_on"], moved["steps"]) == (fleet.a.url, victim.url,
                                                                        2)
-    restarted = Server("replica-b", REPLICA_ARGS, {}, fleet.logs, port=victim.port)
+    restarted = Server("replica-b", REPLICA_ARGS, {
+        "SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR": str(fleet.logs / "kv-storage")},
+        fleet.logs, port=victim.port)
     fleet.b = restarted
     restarted.wait_ready()
     fleet.router.wait_ready(2)

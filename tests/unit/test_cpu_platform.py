@@ -64,3 +64,14 @@ def test_probe_finds_no_working_sgl_kernel_on_this_cpu_machine():
     if torch.cuda.is_available():
         pytest.skip("a GPU machine may have a working sgl_kernel")
     assert cpu_platform.native_sgl_kernel_works() is False
+
+
+def test_a_host_pool_on_a_cpu_never_pins_whatever_its_constructor_was_given():
+    class Pool:  # the shape of SGLang's HostKVCache: __init__ stores pin_memory
+        def __init__(self, pin_memory=True):
+            self.pin_memory = pin_memory
+
+    Pool.pin_memory = cpu_platform.NEVER_PINNED
+    pool = Pool(pin_memory=True)
+    assert pool.pin_memory is False
+    assert torch.zeros(4, pin_memory=pool.pin_memory).is_pinned() is False  # no CUDA needed

@@ -138,6 +138,13 @@ def enable_hicache_on_cpu() -> None:
     mha = compat.import_module(compat.HICACHE_MHA_HOST_MODULE)
     if getattr(mha, "transfer_kv_direct", None) is None:
         mha.transfer_kv_direct = transfer_kv_direct
+    # pinning needs a CUDA driver: every host pool reads pin_memory False (its staging pages
+    # for a storage backend, --hicache-storage-backend, are then plain memory too)
+    compat.resolve(compat.HICACHE_HOST_POOL_BASE).pin_memory = NEVER_PINNED
+
+
+NEVER_PINNED = property(lambda pool: False, lambda pool, value: None,
+                        doc="a CPU host pool: never pinned (set by the pool's __init__, ignored)")
 
 
 # SGLang's memory-occupation routes release and restore device memory through its torch memory
