@@ -53,7 +53,7 @@ def fleet(request, tmp_path_factory):
     request.addfinalizer(a.stop)
     request.addfinalizer(b.stop)
     a.wait_ready(), b.wait_ready()
-    router = RouterProcess([a.url, b.url], logs)
+    router = RouterProcess([a.url, b.url], logs, "--kv-storage-rate", "8000")
     request.addfinalizer(router.stop)
     return Fleet(a, b, router.wait_ready(2), logs)
 

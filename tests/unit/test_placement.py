@@ -59,6 +59,23 @@ def test_a_waiting_program_moves_to_a_replica_with_room_when_re_prefill_is_cheap
     assert plan_moves(loads, [waiting("p", "a", 300, reusable=300, waited=2.5)], 300) == []
 
 
+def test_with_a_shared_kv_storage_tier_a_move_costs_loading_not_recomputing():
+    loads = [load("a", 900, waiting_tokens=300, prefill_tokens_per_s=100.0),
+             load("b", 200, prefill_tokens_per_s=100.0)]
+    # all of it still on its replica: recomputing 300 elsewhere (3 s) beats no wait of 2.5 s,
+    # but loading it from storage (300 / 1000 = 0.3 s) does
+    stays = [waiting("p", "a", 300, reusable=300, waited=2.5)]
+    assert plan_moves(loads, stays, 300) == []
+    assert plan_moves(loads, stays, 300, storage_tokens_per_s=1000.0) == [
+        Move("p", "a", "b", stay_s=2.5, move_s=0.3)]
+    # just started waiting: loading its 300 tokens there (0.3 s) costs more than 0.1 s + 0
+    assert plan_moves(loads, [waiting("p", "a", 300, reusable=300, waited=0.1)], 300,
+                      storage_tokens_per_s=1000.0) == []
+    # what its replica lost is loaded at home too: 0.05 + 200 / 1000 = 0.25 s < 0.3 s
+    assert plan_moves(loads, [waiting("p", "a", 300, reusable=100, waited=0.05)], 300,
+                      storage_tokens_per_s=1000.0) == []
+
+
 def test_no_move_when_its_own_replica_has_room_none_has_or_it_waited_too_long():
     roomy = [load("a", 500, waiting_tokens=300), load("b", 0)]
     assert plan_moves(roomy, [waiting("p", "a", 300, waited=100)], 300) == []
@@ -122,3 +139,12 @@ def test_backend_urls_are_normalised_named_and_flags_checked():
 def test_programs_placed_since_the_last_poll_spread_a_burst():
     loads = [load("a", 0, placed=1), load("b", 0)]
     assert place_new(loads, {}) == "b"
+
+
+@pytest.mark.parametrize("bad", ["-1", "inf", "nan"])
+def test_the_shared_storage_rate_is_a_finite_rate(bad):
+    assert from_args(["--backends", "http://a:1"]).kv_storage_rate == 0.0
+    assert from_args(["--backends", "http://a:1", "--kv-storage-rate", "8000"]
+                     ).kv_storage_rate == 8000.0
+    with pytest.raises(SettingsError, match="--kv-storage-rate"):
+        from_args(["--backends", "http://a:1", "--kv-storage-rate", bad])

@@ -97,19 +97,24 @@ class Move:
 
 
 def plan_moves(loads: list[ReplicaLoad], waiting: list[Waiting], max_wait_s: float,
-               min_wait_s: float = 0.0) -> list[Move]:
+               min_wait_s: float = 0.0, storage_tokens_per_s: float = 0.0) -> list[Move]:
     """Which waiting programs move, and where. In restore order (higher priority, then
     smallest first), a program moves when its own replica cannot take it now, another can
     (its free capacity covers the program's whole context), and re-prefilling there costs less
     than staying: the time it has already waited (what it can expect to wait again: a wait's
     expected remainder grows with its age under heavy-tailed tool times) plus recomputing what
     its replica no longer holds. One that has waited ``max_wait_s`` stays (its replica
-    resumes it by force), so the two levels' holds stay within one bound."""
+    resumes it by force), so the two levels' holds stay within one bound.
+
+    ``storage_tokens_per_s``: the replicas share a KV storage tier (SGLang's HiCache storage,
+    written through) that loads this fast: a program's KV is in storage wherever it ran, so
+    moving it costs loading its context there, and staying costs loading what its replica
+    no longer holds, instead of recomputing either."""
     free = {r.name: r.free_tokens for r in loads if r.ready}
     for w in waiting:  # its own demand is in its replica's queue: not in the way of itself
         if w.replica in free:
             free[w.replica] += w.context_tokens
-    rates = {r.name: r.prefill_rate for r in loads}
+    rates = {r.name: storage_tokens_per_s or r.prefill_rate for r in loads}
     moves = []
     for w in sorted(waiting, key=lambda w: (-w.priority, w.context_tokens, w.program_id)):
         if not min_wait_s <= w.waited_s < max_wait_s or w.replica not in rates:

@@ -143,7 +143,8 @@ class Router:
         if self.settings.migration and waiting:
             loads = self.fleet.loads()
             moves = placement.plan_moves(loads, waiting, self.settings.max_wait_s,
-                                         min_wait_s=self.settings.poll_interval_s)
+                                         min_wait_s=self.settings.poll_interval_s,
+                                         storage_tokens_per_s=self.settings.kv_storage_rate)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("router: waiting %s; free %s; moves %s",
                           [(w.program_id, w.context_tokens, round(w.waited_s, 1)) for w in waiting],

@@ -33,6 +33,7 @@ class Settings:
     backend_admin_key: str | None = None
     migration: bool = True
     max_wait_s: float = 300.0
+    kv_storage_rate: float = 0.0  # tokens/s of a KV storage tier the replicas share; 0: none
     max_attempts: int = 3
     connect_timeout_s: float = 5.0
     id_sources: tuple[str, ...] = DEFAULT_ID_SOURCES
@@ -123,6 +124,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait", type=float, default=Settings.max_wait_s, metavar="SECONDS",
                    help="no program is moved after waiting this long: set it to the replicas' "
                    "--thunderagent-max-pause (default 300), which then resumes it by force")
+    p.add_argument("--kv-storage-rate", type=float, default=0.0, metavar="TOKENS_PER_S",
+                   help="the replicas share a KV storage tier (each started with "
+                   "--hicache-storage-backend on one store, e.g. file on a shared directory) "
+                   "that loads this many tokens per second: a move then costs loading the "
+                   "program's KV there instead of recomputing it (default 0: no shared tier)")
     p.add_argument("--id-sources", default=",".join(DEFAULT_ID_SOURCES), metavar="LIST",
                    help="where a call's program id is read, as the server's "
                    "--thunderagent-id-sources")
@@ -136,6 +142,9 @@ def from_args(argv: list[str] | None = None) -> Settings:
     for name in ("poll_interval", "down_after", "silent_after", "max_wait"):
         if not getattr(args, name) > 0:
             raise SettingsError(f"--{name.replace('_', '-')} must be a positive number")
+    if not 0 <= args.kv_storage_rate < float("inf"):
+        raise SettingsError("--kv-storage-rate must be a number of tokens per second, 0 or "
+                            "more (0: the replicas share no KV storage)")
     if not 0 <= args.port < 65536:
         raise SettingsError("--port must be in 0..65535")
     backend_key = args.backend_api_key or args.api_key
@@ -150,4 +159,5 @@ def from_args(argv: list[str] | None = None) -> Settings:
         silent_after_s=args.silent_after, api_key=args.api_key,
         backend_api_key=backend_key, backend_admin_key=args.backend_admin_key or backend_key,
         migration=args.migration == "on", max_wait_s=args.max_wait,
+        kv_storage_rate=args.kv_storage_rate,
         id_sources=parse_id_sources(args.id_sources), log_level=args.log_level)
