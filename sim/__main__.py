@@ -1,7 +1,7 @@
 """``python -m sim run``: simulate agent programs on one engine, each system in turn.
 
     python -m sim run [--systems plain ours limit] [--slots 16] [--minutes 10] [--seed 0]
-        [--capacity 16384] [--block 256] [--cost benchmarks/results/sim/validation.json]
+        [--capacity 16384] [--block 32] [--cost benchmarks/results/sim/validation.json]
     python -m sim replay FILE
     python -m sim project [--workloads ...] [--loads ...]   (sim/project.py: GPU projections)
     python -m sim fleet-validate [--fleet DIR] [--out ...]  (sim/fleet_validate.py: replicas)
@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--minutes", type=float, default=10.0, help="simulated minutes")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--capacity", type=int, default=16384, help="KV pool, tokens")
-    run.add_argument("--block", type=int, default=256, help="cache block, tokens")
+    run.add_argument("--block", type=int, default=32,
+                     help="cache block, tokens (default 32: the block the validation fitted "
+                     "its costs at)")
     run.add_argument("--seeds", type=int, default=1,
                      help="run seeds --seed .. --seed + N - 1 and print their mean too")
     run.add_argument("--half-life", type=float, help="ours: the decay half-life, s")
@@ -159,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"command": "python -m sim " + " ".join(
             argv if argv is not None else sys.argv[1:]), "settings": settings,
-            "decay": "off" if args.no_decay else args.decay, "rows": rows,
+            "decay": "off" if args.no_decay else args.decay, "block": args.block,
+            "capacity": args.capacity, "minutes": args.minutes, "rows": rows,
             "means": means}, indent=1) + "\n")
         print(f"saved {args.out}")
     return 0
