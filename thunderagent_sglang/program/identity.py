@@ -7,7 +7,6 @@ headers and JSON body fields, in a configurable precedence. Bad input raises, ne
 from __future__ import annotations
 
 import math
-
 import os
 import re
 from collections.abc import Mapping
@@ -220,7 +219,8 @@ def extract_identity(
     headers: Mapping[str, str], body: Mapping[str, Any] | None, sources: tuple[str, ...] = DEFAULT_ID_SOURCES
 ) -> Identity:
     """Read a request's program identity; raise InvalidProgramId/InvalidFinalMarker on bad marks
-    (a bad X-Program-Priority raises InvalidFinalMarker too: a malformed mark, HTTP 400).
+    (a bad X-Program-Priority or X-ThunderAgent-Held-S raises InvalidFinalMarker too: a
+    malformed mark, HTTP 400).
 
     The first present source in ``sources`` wins; every present source is validated, and lower
     ones carrying a different id are listed in ``conflicts``. Header names match case-insensitively.
