@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import platform
 from importlib import metadata
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -60,9 +62,26 @@ def cpu_seconds(proc: psutil.Process | None) -> float:
     return times.user + times.system
 
 
+AGE_SERIES = "thunderagent_stats_age_seconds"
+FRESH_S = 1.0  # our figures this old at most: the scheduler answered for this sample
+FRESH_WITHIN_S = 60.0
+
+
 async def sample_metrics(http: httpx.AsyncClient, url: str) -> dict[str, float]:
     """Our counters (and SGLang's scheduler-time series, when on) from ``GET /metrics``,
-    keyed like ``name{label="v"}``; {} if none."""
+    keyed like ``name{label="v"}``; {} if none. Our server serves its scheduler's last
+    figures when the scheduler is busy (with their age): asked again until they are fresh
+    (up to a minute), so a window's end is not read as its start."""
+    deadline = time.monotonic() + FRESH_WITHIN_S
+    while True:
+        out = await _metrics_once(http, url)
+        if out.get(AGE_SERIES, 0.0) <= FRESH_S or time.monotonic() > deadline:
+            out.pop(AGE_SERIES, None)
+            return out
+        await asyncio.sleep(0.2)
+
+
+async def _metrics_once(http: httpx.AsyncClient, url: str) -> dict[str, float]:
     try:
         reply = await http.get(f"{url}/metrics", timeout=30)
     except httpx.HTTPError:
@@ -72,7 +91,8 @@ async def sample_metrics(http: httpx.AsyncClient, url: str) -> dict[str, float]:
     out = {}
     for family in text_string_to_metric_families(reply.text):
         for sample in family.samples:
-            if sample.name in OUR_SERIES or sample.name in SGLANG_SERIES:
+            if sample.name in OUR_SERIES or sample.name in SGLANG_SERIES \
+                    or sample.name == AGE_SERIES:
                 labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items())
                                   if k in KEPT_LABELS)
                 key = sample.name + (f"{{{labels}}}" if labels else "")

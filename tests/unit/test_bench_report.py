@@ -88,3 +88,25 @@ def test_the_kv_usage_sample_asks_every_replica_at_once():
             return await kv_usage(http, ["http://a", "http://b", "http://c"])
 
     assert asyncio.run(go()) == [0.5, 0.25, None]
+
+
+def test_a_metrics_sample_waits_for_the_schedulers_fresh_figures():
+    import asyncio
+
+    import httpx
+
+    from benchmarks.agentic.server import sample_metrics
+
+    replies = iter([
+        "thunderagent_pauses_total 3.0\nthunderagent_stats_age_seconds 4.2\n",  # busy: stale
+        "thunderagent_pauses_total 7.0\nthunderagent_stats_age_seconds 0.0\n",
+    ])
+
+    async def go():
+        def handler(request):
+            return httpx.Response(200, text=next(replies))
+
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+            return await sample_metrics(http, "http://server")
+
+    assert asyncio.run(go()) == {"thunderagent_pauses_total": 7.0}
