@@ -165,32 +165,33 @@ def test_a_waiting_program_moves_to_the_replica_with_room_and_ends_on_the_old_on
 def test_a_call_a_router_held_before_is_resumed_by_force_by_that_wait(fleet):
     """A replica counts X-ThunderAgent-Held-S (what a router sends with a handed-back call)
     toward its max pause (120 s here): a new program held behind a filler is resumed by force
-    within seconds, not after 120. Both replicas are filled, so the router moves nothing."""
+    within 20 s, not after 120. Both replicas are filled, so the router moves nothing."""
     before = held_counts(fleet)[fleet.a.url]
     fillers = [generate(server.url, f"credit-filler-{i}", FILLER, 1600, stream=True)
                for i, server in enumerate((fleet.a, fleet.b))]
-    for i, server in enumerate((fleet.a, fleet.b)):
-        wait_until(lambda: record(server.url, f"credit-filler-{i}").get("phase") == "reasoning",
-                   "the filler runs", 30)
-    answers = []
-    held = threading.Thread(target=lambda: answers.append(generate(
-        fleet.a.url, "credited", list(range(100, 400)), **{"X-ThunderAgent-Held-S": "118"})))
-    held.start()
-    wait_until(lambda: held_counts(fleet)[fleet.a.url]["force_resumes"] > before[
-        "force_resumes"], "the credited call resumed by force", 20)
-    assert all(record(s.url, f"credit-filler-{i}")["in_flight"] == 1
-               for i, s in enumerate((fleet.a, fleet.b)))  # it waited seconds, not max pause
-    for response in fillers:
-        response.close()  # the fillers are aborted
-    held.join()
+    answers, held = [], None
+    try:
+        for i, server in enumerate((fleet.a, fleet.b)):
+            wait_until(lambda: record(server.url, f"credit-filler-{i}").get("phase")
+                       == "reasoning", "the filler runs", 30)
+        held = threading.Thread(target=lambda: answers.append(generate(
+            fleet.a.url, "credited", list(range(100, 400)),
+            **{"X-ThunderAgent-Held-S": "118"})))
+        held.start()
+        wait_until(lambda: held_counts(fleet)[fleet.a.url]["force_resumes"] > before[
+            "force_resumes"], "the credited call resumed by force", 20)
+    finally:
+        for response in fillers:
+            response.close()  # the fillers are aborted
+        if held is not None:
+            held.join()
+        release_all(fleet, ["credit-filler-0", "credit-filler-1", "credited"])
     after = held_counts(fleet)[fleet.a.url]
     assert answers[0].status_code == 200, answers[0].text
-    assert record(fleet.a.url, "credited")["steps"] == 1
     assert (after["held_requests"] - before["held_requests"],
             after["force_resumes"] - before["force_resumes"]) == (2, 1)  # the filler's too
     bad = generate(fleet.a.url, "credited", [1, 2], **{"X-ThunderAgent-Held-S": "-1"})
     assert bad.status_code == 400 and "X-ThunderAgent-Held-S" in bad.text
-    release_all(fleet, ["credit-filler-0", "credit-filler-1", "credited"])
 
 
 def test_bad_input_gets_the_servers_own_answers(fleet):
