@@ -165,7 +165,8 @@ def test_a_waiting_program_moves_to_the_replica_with_room_and_ends_on_the_old_on
 def test_a_call_a_router_held_before_is_resumed_by_force_by_that_wait(fleet):
     """A replica counts X-ThunderAgent-Held-S (what a router sends with a handed-back call)
     toward its max pause (120 s here): a new program held behind a filler is resumed by force
-    within 20 s, not after 120. Both replicas are filled, so the router moves nothing."""
+    within 60 s (2 s when the machine is quiet), not after 120. Both replicas are filled, so
+    the router moves nothing."""
     before = held_counts(fleet)[fleet.a.url]
     fillers = [generate(server.url, f"credit-filler-{i}", FILLER, 1600, stream=True)
                for i, server in enumerate((fleet.a, fleet.b))]
@@ -179,7 +180,7 @@ def test_a_call_a_router_held_before_is_resumed_by_force_by_that_wait(fleet):
             **{"X-ThunderAgent-Held-S": "118"})))
         held.start()
         wait_until(lambda: held_counts(fleet)[fleet.a.url]["force_resumes"] > before[
-            "force_resumes"], "the credited call resumed by force", 20)
+            "force_resumes"], "the credited call resumed by force", 60)
     finally:
         for response in fillers:
             response.close()  # the fillers are aborted

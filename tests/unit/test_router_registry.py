@@ -156,3 +156,35 @@ def test_gone_means_refusing_connections_within_the_watch():
         return alive, dying, dead
 
     assert asyncio.run(probe()) == (False, True, True)
+
+
+def test_a_program_moved_here_is_not_moved_again_before_a_call_ran_here():
+    """Two replicas that fill in turn passed one program back and forth until its call got
+    a 502 (three hand-backs, seen in a fleet benchmark): a moved program waits on its new
+    replica until one call has run there."""
+    import asyncio
+
+    settings = from_args(["--backends", "a=http://a:1,b=http://b:1"])
+    router = Router(settings)
+    a, b = router.fleet.replicas["http://a:1"], router.fleet.replicas["http://b:1"]
+    for replica, footprint in ((a, 0), (b, 900)):
+        replica.ready = True
+        replica.view = {"scheduler": {"capacity_tokens": 1000, "high_tokens": 900,
+                                      "low_tokens": 800, "footprint_tokens": footprint}}
+    moved = []
+
+    async def move(m):
+        moved.append((m.program_id, m.source, m.target))
+    router.move = move
+    router.state.placement["p"] = b.url
+    router.state.moved["p"] = a.url  # it came from a
+    waiting = {"status": "waiting", "waiting": 1, "context_tokens": 300}
+    b.records = {"p": dict(waiting)}  # held on b, nothing run there: it stays
+    router.state.waiting_since["p"] = router.clock() - 5
+    asyncio.run(router.placement_round())
+    assert moved == []
+    assert "p" not in router.state.waiting_since  # its wait counts once it may move
+    b.records = {"p": {**waiting, "status": "paused", "steps": 1}}  # it ran here since
+    router.state.waiting_since["p"] = router.clock() - 5
+    asyncio.run(router.placement_round())
+    assert moved == [("p", b.url, a.url)]

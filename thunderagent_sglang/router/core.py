@@ -128,7 +128,8 @@ class Router:
                         stray.append((replica, pid))
                     continue
                 if record.get("waiting") and record.get("status") in ("paused", "waiting") \
-                        and not record.get("operator_paused"):
+                        and not record.get("operator_paused") \
+                        and not self._moved_here_unrun(pid, record):
                     since = self.state.waiting_since.setdefault(pid, now)
                     still_waiting.add(pid)
                     waiting.append(placement.Waiting(
@@ -150,6 +151,12 @@ class Router:
                           [(w.program_id, w.context_tokens, round(w.waited_s, 1)) for w in waiting],
                           {r.name: round(r.free_tokens) for r in loads}, moves)
             await asyncio.gather(*(self.move(m) for m in moves))
+
+    def _moved_here_unrun(self, pid: str, record: dict) -> bool:
+        """Moved to this replica and no call run here yet: it stays until one has run (else
+        two full replicas would pass it back and forth, each move priced as a re-prefill
+        either way, until its call gives up after ``max_attempts`` hand-backs)."""
+        return pid in self.state.moved and not record.get("steps")
 
     async def _migrate_call(self, url: str, program_id: str) -> httpx.Response | None:
         try:
