@@ -15,7 +15,6 @@ source. Every fleet system serves with ``--enable-metrics`` (the proxy reads SGL
 from __future__ import annotations
 
 import asyncio
-
 import os
 import subprocess
 import time

@@ -6,7 +6,6 @@ headers and JSON body fields, in a configurable precedence. Bad input raises, ne
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -180,16 +179,23 @@ _PRIORITY_RANGE = 1 << 31
 
 
 def _priority(headers: dict[str, Any]) -> int | None:
-    raw = headers.get(PRIORITY_HEADER)
+    return _number_header(headers, PRIORITY_HEADER, "X-Program-Priority", int,
+                          lambda v: -_PRIORITY_RANGE <= v < _PRIORITY_RANGE,
+                          "an integer in [-2^31, 2^31)")
+
+
+def _number_header(headers: dict[str, Any], key: str, label: str, parse, valid,
+                   rule: str):
+    """A header's number, or None when absent; a malformed mark (HTTP 400) otherwise."""
+    raw = headers.get(key)
     if raw is None:
         return None
     try:
-        value = int(str(raw).strip())
+        value = parse(str(raw).strip())
     except ValueError:
         value = None
-    if value is None or not -_PRIORITY_RANGE <= value < _PRIORITY_RANGE:
-        raise InvalidFinalMarker("X-Program-Priority", "X-Program-Priority must be an integer in "
-                                 f"[-2^31, 2^31), got {raw!r}")
+    if value is None or not valid(value):
+        raise InvalidFinalMarker(label, f"{label} must be {rule}, got {raw!r}")
     return value
 
 
@@ -202,17 +208,9 @@ def _held_s(headers: dict[str, Any]) -> float | None:
     """``X-ThunderAgent-Held-S``: how long a router has held this call already (it was handed
     back by a replica its program moved off), counted toward ``--thunderagent-max-pause``
     here. Whether the sender may say so is the server's check (the admin key)."""
-    raw = headers.get(HELD_HEADER)
-    if raw is None:
-        return None
-    try:
-        value = float(str(raw).strip())
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value <= MAX_HELD_S:  # NaN and infinities fail too
-        raise InvalidFinalMarker("X-ThunderAgent-Held-S", "X-ThunderAgent-Held-S must be a "
-                                 f"number of seconds in [0, {MAX_HELD_S:g}], got {raw!r}")
-    return value
+    return _number_header(headers, HELD_HEADER, "X-ThunderAgent-Held-S", float,
+                          lambda v: 0.0 <= v <= MAX_HELD_S,  # NaN and infinities fail
+                          f"a number of seconds in [0, {MAX_HELD_S:g}]")
 
 
 def extract_identity(
