@@ -7,7 +7,7 @@
 - ``Router``: ours, the router's own pure policy (``policy.placement``) over replicas running
   ``sim.policies.Thunder``: a new program goes where ``place_new`` says, a program stays on its
   replica, and each poll ``plan_moves`` moves waiting programs (released on the old replica,
-  their held calls sent to the new one). Its view of a replica is exact and fresh at each
+  their held calls sent to the new one; not moved again before a call of it finished there). Its view of a replica is exact and fresh at each
   decision, where the real router's is its last poll (0.5 s).
 - ``ProxyFront``: the published ThunderAgent proxy's ``tr`` rules (ThunderAgent-org/
   ThunderAgent at a7eef77, ``scheduler/router.py`` and ``backend/state.py``), over plain
@@ -66,6 +66,7 @@ class Router(Gateway):
         self.poll_s, self.max_wait_s, self.migration = poll_s, max_wait_s, migration
         self.placement: dict[str, str] = {}
         self.waiting_since: dict[str, float] = {}
+        self.moved_unrun: set[str] = set()  # moved, no call of it finished on its new replica
         self.rates: dict[str, float | None] = {}
         self.next_poll = 0.0
 
@@ -94,9 +95,15 @@ class Router(Gateway):
             self.placement[call.program_id] = name
         self._send(name, call, now)
 
+    def finished(self, replica, call, now: float) -> None:
+        super().finished(replica, call, now)
+        if self.placement.get(call.program_id) == replica.name:
+            self.moved_unrun.discard(call.program_id)
+
     def ended(self, program_id: str, now: float) -> None:
         self.placement.pop(program_id, None)
         self.waiting_since.pop(program_id, None)
+        self.moved_unrun.discard(program_id)
 
     def next_time(self) -> float:
         return self.next_poll if self.migration else float("inf")
@@ -108,12 +115,13 @@ class Router(Gateway):
             policy = replica.policy
             for pid, p in policy.programs.items():
                 if p.held and p.status == PAUSED and pid in policy.ledger:
-                    since = self.waiting_since.setdefault(pid, now)
+                    may_move = pid not in self.moved_unrun
+                    waited = now - self.waiting_since.setdefault(pid, now) if may_move else 0.0
                     reusable = replica.cache.match(p.held[0].prompt_keys) * replica.block
                     waiting.append(placement.Waiting(pid, replica.name,
                                                      policy.ledger.context_tokens(pid),
-                                                     reusable, now - since))
-        still = {w.program_id for w in waiting}
+                                                     reusable, waited, may_move=may_move))
+        still = {w.program_id for w in waiting if w.may_move}
         for pid in [p for p in self.waiting_since if p not in still]:
             del self.waiting_since[pid]
         loads = [self.load(r) for r in self.fleet.replicas]
@@ -127,6 +135,7 @@ class Router(Gateway):
         self.calls[source.name] -= len(held)
         self.placement[move.program_id] = target.name
         self.waiting_since.pop(move.program_id, None)
+        self.moved_unrun.add(move.program_id)
         self.fleet.stats.migrations += 1
         for call in held:
             self._send(target.name, call, now)

@@ -46,8 +46,8 @@ def test_untagged_calls_follow_the_cache_unless_that_replica_is_much_busier():
     assert place_untagged([load("a", 0, calls=1), load("b", 500, calls=1)], {}, 0) == "a"
 
 
-def waiting(pid, replica, context, reusable=0, waited=10.0, priority=0):
-    return Waiting(pid, replica, context, reusable, waited, priority)
+def waiting(pid, replica, context, reusable=0, waited=10.0, priority=0, may_move=True):
+    return Waiting(pid, replica, context, reusable, waited, priority, may_move)
 
 
 def test_a_waiting_program_moves_to_a_replica_with_room_when_re_prefill_is_cheaper():
@@ -96,6 +96,25 @@ def test_moves_take_the_smallest_first_and_do_not_overfill_the_target():
         loads, [waiting("low", "a", 150, waited=100),
                 waiting("high", "a", 450, waited=100, priority=1)], 300)] == [
         ("high", "b"), ("low", "c")]
+
+
+def test_a_program_that_may_not_move_stays_and_counts_as_next_on_its_own_replica():
+    rates = {"prefill_tokens_per_s": 100.0}
+    # a's queue holds m (400) and q (300); without them a has 400 free: room for q, not m.
+    # The replica resumes the smaller first, so q stays (m cannot move and does not fit).
+    loads = [load("a", 600, waiting_tokens=700, **rates), load("b", 0, **rates)]
+    moved_here = waiting("m", "a", 400, waited=0.0, may_move=False)
+    assert plan_moves(loads, [moved_here, waiting("q", "a", 300, waited=100)], 300) == []
+    # a smaller one that may not move takes its replica's room first: the other moves
+    loads = [load("a", 750, waiting_tokens=550, **rates), load("b", 0, **rates)]
+    assert [(m.program_id, m.target) for m in plan_moves(
+        loads, [waiting("m", "a", 250, waited=0.0, may_move=False),
+                waiting("q", "a", 300, waited=100)], 300)] == [("q", "b")]
+    # one that may not move is never moved, however long it waited and cheap the move
+    lone = [load("a", 1000, waiting_tokens=250, **rates), load("b", 0, **rates)]
+    assert plan_moves(lone, [waiting("m", "a", 250, waited=100, may_move=False)], 300) == []
+    assert [m.program_id for m in plan_moves(lone, [waiting("m", "a", 250, waited=100)],
+                                             300)] == ["m"]
 
 
 def test_prefix_keys_chain_whole_chunks_and_affinity_counts_leading_matches():

@@ -53,11 +53,26 @@ def test_our_router_moves_a_program_held_on_a_full_replica_to_the_one_with_room(
     one 40-token program at a time, so p1 is held there; at the first poll after it waited,
     r1 (empty) can take it and re-prefilling there beats waiting: it is released on r0 and its
     calls run on r1."""
-    router = Router()
+    seen = []
+
+    class Watched(Router):
+        def _move(self, move, now):
+            super()._move(move, now)
+            seen.append((move.program_id, "moved", move.program_id in self.moved_unrun))
+
+        def finished(self, replica, call, now):
+            super().finished(replica, call, now)
+            seen.append((call.program_id, replica.name, call.program_id in self.moved_unrun))
+
+    router = Watched()
     router.placement = {"p0": "r0", "p1": "r0"}
     f = fleet(router, Thunder, [program("p0", 40, 0), program("p1", 40, 1000)], capacity=64)
     stats = f.run(100.0)
     assert stats.migrations == 1
+    # p1 may move again only once a call of it has finished on r1 (and it is gone when it ends)
+    assert [e for e in seen if e[0] == "p1"] == [("p1", "moved", True), ("p1", "r1", False),
+                                                 ("p1", "r1", False)]
+    assert router.moved_unrun == set()
     assert finished_on(f) == [2, 2]
     assert {c[1] for c in f.replicas[1].stats.calls} == {40, 46}  # p1's two prompts
     assert "p1" not in f.replicas[0].policy.programs

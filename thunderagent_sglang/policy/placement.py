@@ -85,6 +85,7 @@ class Waiting:
     reusable_tokens: int  # its KV still on its replica (device and host)
     waited_s: float  # since the router first saw it waiting
     priority: int = 0
+    may_move: bool = True  # False: moved here and no call of it has run here yet
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,10 @@ def plan_moves(loads: list[ReplicaLoad], waiting: list[Waiting], max_wait_s: flo
     than staying: the time it has already waited (what it can expect to wait again: a wait's
     expected remainder grows with its age under heavy-tailed tool times) plus recomputing what
     its replica no longer holds. One that has waited ``max_wait_s`` stays (its replica
-    resumes it by force), so the two levels' holds stay within one bound.
+    resumes it by force), so the two levels' holds stay within one bound. One that may not
+    move (``may_move`` False: moved to its replica, no call of it run there yet; else two
+    replicas that fill in turn pass it back and forth) stays, and its own replica's room
+    counts it as next there like any program that stays.
 
     ``storage_tokens_per_s``: the replicas share a KV storage tier (SGLang's HiCache storage,
     written through) that loads this fast: a program's KV is in storage wherever it ran, so
@@ -117,6 +121,10 @@ def plan_moves(loads: list[ReplicaLoad], waiting: list[Waiting], max_wait_s: flo
     rates = {r.name: storage_tokens_per_s or r.prefill_rate for r in loads}
     moves = []
     for w in sorted(waiting, key=lambda w: (-w.priority, w.context_tokens, w.program_id)):
+        if not w.may_move:
+            if free.get(w.replica, 0) >= w.context_tokens:
+                free[w.replica] -= w.context_tokens  # its own replica takes it next
+            continue
         if not min_wait_s <= w.waited_s < max_wait_s or w.replica not in rates:
             continue
         if free.get(w.replica, 0) >= w.context_tokens:

@@ -128,15 +128,17 @@ class Router:
                         stray.append((replica, pid))
                     continue
                 if record.get("waiting") and record.get("status") in ("paused", "waiting") \
-                        and not record.get("operator_paused") \
-                        and not self._moved_here_unrun(pid, record):
-                    since = self.state.waiting_since.setdefault(pid, now)
-                    still_waiting.add(pid)
+                        and not record.get("operator_paused"):
+                    may_move = not self._moved_here_unrun(pid, record)
+                    waited_s = 0.0  # its wait counts once it may move
+                    if may_move:
+                        waited_s = now - self.state.waiting_since.setdefault(pid, now)
+                        still_waiting.add(pid)
                     waiting.append(placement.Waiting(
                         pid, replica.url, int(record.get("context_tokens") or 0),
                         int(record.get("resident_tokens") or 0)
                         + int(record.get("host_tokens") or 0),
-                        now - since, int(record.get("priority") or 0)))
+                        waited_s, int(record.get("priority") or 0), may_move))
         for pid in [p for p in self.state.waiting_since if p not in still_waiting]:
             del self.state.waiting_since[pid]
         for replica, pid in stray:  # live on a replica it is not placed on: end it there
