@@ -32,6 +32,7 @@ class System:
     is_limit: bool = False
     front: str | None = None  # fleet mode: router | smg | proxy in front of the replicas
     id_in_body: bool = False  # the program id as body field program_id (the proxy reads no header)
+    by_default: bool = True  # run when no --systems are named (the ablation's are not)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,14 +65,32 @@ def systems(pools: Pools) -> list[System]:
                (*device, *host, "--thunderagent-offload", "auto"), {}, ours=True),
         System("limit", "no eviction (limit)", ("--max-total-tokens", str(pools.limit_tokens)),
                PLAIN, ours=False, is_limit=True),
+        *ablations(device, host),
     ]
 
 
+# The ablation: ours with offload, one mechanism (on by default) switched off in turn.
+# ours-offload-off and ours-sched-off are the ablation of offload and of the scheduler.
+ABLATIONS = (
+    ("tool-offload", "keep/offload/drop at tool boundaries", "--thunderagent-tool-offload", "off"),
+    ("prefetch", "timed load-back (on-call instead)", "--thunderagent-prefetch", "on-call"),
+    ("superseded", "superseded states first", "--thunderagent-superseded-first", "off"),
+    ("decay-auto", "decay only where it pays (decay on instead)", "--thunderagent-decay", "on"),
+)
+
+
+def ablations(device: tuple[str, ...], host: tuple[str, ...]) -> list[System]:
+    return [System(f"ours-no-{name}", f"ThunderAgent + offload, without {what}",
+                   (*device, *host, "--thunderagent-offload", "auto", flag, value), {}, ours=True,
+                   by_default=False)
+            for name, what, flag, value in ABLATIONS]
+
+
 def by_name(pools: Pools, names: list[str] | None) -> list[System]:
-    """The named systems in table order (all when ``names`` is empty)."""
+    """The named systems in table order (all but the ablation's when ``names`` is empty)."""
     table = systems(pools)
     if not names:
-        return table
+        return [s for s in table if s.by_default]
     known = {s.name for s in table}
     unknown = [n for n in names if n not in known]
     if unknown:

@@ -1,0 +1,30 @@
+"""The runner's table of systems: the ablation's variants (ours with offload, one mechanism off)
+run only when named, each differing from ours-offload-auto by its one flag."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.agentic.systems import ABLATIONS, Pools, by_name
+
+POOLS = Pools(device_tokens=16384, host_ratio=1.0, limit_tokens=262144,
+              write_policy="write_back")
+
+
+def test_the_default_set_leaves_the_ablation_out():
+    assert [s.name for s in by_name(POOLS, None)] == [
+        "plain", "plain-priority", "plain-hicache", "ours-sched-off", "ours-offload-off",
+        "ours-offload-auto", "limit"]
+
+
+@pytest.mark.parametrize("name, flag, value", [(n, f, v) for n, _, f, v in ABLATIONS])
+def test_each_ablation_is_ours_with_offload_and_one_switch_off(name, flag, value):
+    full, = by_name(POOLS, ["ours-offload-auto"])
+    variant, = by_name(POOLS, [f"ours-no-{name}"])
+    assert variant.args == (*full.args, flag, value) and variant.ours and not variant.by_default
+    assert flag not in full.args
+
+
+def test_an_unknown_system_is_refused_naming_it():
+    with pytest.raises(SystemExit, match="ours-no-such"):
+        by_name(POOLS, ["ours-no-such"])
