@@ -620,3 +620,73 @@ def test_a_call_a_router_held_before_counts_that_wait_toward_max_pause(held_befo
     clock.now += 60  # 310 s held in all with the router's wait; 60 s here
     runtime.tick()
     assert engine.queued == ["a-1", *admitted]
+
+
+def test_a_finish_skips_the_decision_only_when_it_could_change_nothing():
+    """The decision after a batch's finished calls reads every live program: it is skipped
+    (O(1)) while nothing is marked, held or paused and all counted demand plus every running
+    call's headroom stays at or below high; otherwise it runs."""
+    runtime, clock, _ = make_runtime(capacity=1000)  # high 950, low 850
+    scheduler, engine = runtime.scheduler, Engine()
+
+    def finish(rid, pid, prompt, mark=False):
+        """(skipped, decided) at this call's finish; each program's tokens its own."""
+        tokens = range(1000 * (ord(pid) - ord("a")), 1000 * (ord(pid) - ord("a")) + prompt)
+        arrive(runtime, engine, recv(rid, pid, tokens, max_new=4))
+        if mark:
+            scheduler.marked.add(pid)
+        before = dict(scheduler.counters)
+        runtime.on_stream_output(None, None, [finished(rid, tokens, range(4))], False)
+        return tuple(scheduler.counters[k] - before[k]
+                     for k in ("finish_checks_skipped", "decisions"))
+
+    assert finish("r1", "a", 300) == (1, 0)  # 303 held by a: nothing to decide
+    # a marked program: decided (here the mark is cleared, the pool being under low)
+    assert finish("r2", "a", 304, mark=True) == (0, 1)
+    assert not scheduler.marked and runtime.table.get("a").status is Status.ACTIVE
+    assert finish("r3", "b", 600) == (1, 0)  # 307 + 603 = 910 <= 950: skipped again
+    # b grows to 663: 307 + 663 = 970 > 950, decided: the smallest acting program pauses
+    assert finish("r4", "b", 660) == (0, 1)
+    assert runtime.table.get("a").status is Status.PAUSED
+    assert runtime.ledger.demand_tokens() == 663
+    assert finish("r5", "b", 664) == (0, 1)  # a program is paused: decided
+
+
+def test_whenever_a_finish_is_skipped_the_decision_would_have_been_empty():
+    """Seeded random programs growing, finishing and ticking on a small pool: at every point
+    where the finish would be skipped, the full decision on the same state does nothing."""
+    import random
+
+    from thunderagent_sglang.policy.footprint import ledger_footprint
+    from thunderagent_sglang.policy.scheduling import decide
+
+    rng = random.Random(7)
+    runtime, clock, _ = make_runtime(capacity=2000)
+    scheduler, engine = runtime.scheduler, Engine()
+    sizes, skipped_states = {}, 0
+    for step in range(300):
+        pid = f"p{rng.randrange(6)}"
+        program = runtime.table.live_program(pid)
+        if program is not None and rng.random() < 0.15:  # it ends; a new one takes its id
+            handle(runtime, program_ipc.ReleaseProgram(program_id=pid))
+            sizes.pop(pid, None)
+            continue
+        if program is not None and (program.in_flight or program.status is Status.PAUSED):
+            clock.now += 0.3
+            runtime.tick()
+            continue
+        sizes[pid] = sizes.get(pid, rng.randrange(50, 300)) + rng.randrange(0, 120)
+        tokens = range(10_000 * int(pid[1:]), 10_000 * int(pid[1:]) + sizes[pid])
+        rid = f"r{step}"
+        arrive(runtime, engine, recv(rid, pid, tokens, max_new=4))
+        if rid in engine.queued:  # admitted (not held): it runs and finishes
+            runtime.on_stream_output(None, None, [finished(rid, tokens, range(4))], False)
+        if scheduler._nothing_to_decide():
+            skipped_states += 1
+            views = scheduler.snapshot(clock.now)
+            decision = decide(views, scheduler.config, ledger_footprint(runtime.ledger),
+                              untagged_tokens=runtime.running_headroom(None))
+            assert not (decision.pause or decision.mark or decision.unmark or decision.resume)
+        clock.now += rng.choice((0.05, 0.3, 1.0))
+    counters = scheduler.counters
+    assert skipped_states >= 20 and counters["decisions"] > 20 and counters["held_requests"] > 0

@@ -45,7 +45,8 @@ class ProgramScheduler:
         self.counters = {"held_requests": 0, "held_aborted": 0, "held_shutdown": 0,
                          "held_refused": 0, "held_migrated": 0,
                          "decisions": 0, "force_resumes": 0, "marks": 0,
-                         "retraction_orders": 0, "decay_switches": 0, "admission_changes": 0}
+                         "retraction_orders": 0, "decay_switches": 0, "admission_changes": 0,
+                         "finish_checks_skipped": 0}
         self.last_tick = 0.0
         self.last_footprint = 0.0
         # --thunderagent-admission feedback: the factor on the pool, and its period's measures
@@ -185,6 +186,26 @@ class ProgramScheduler:
         if now - self.last_tick >= self.cfg.tick_s:
             self.last_tick = now
             self.check("tick")
+
+    def check_finish(self) -> None:
+        """After a batch in which calls finished. The decision reads every live program; it
+        can change something only while a program is marked (it pauses at its tool
+        boundary), a call is held or a program paused (room may have come), or what every
+        counted program holds, each in full, plus every running call's headroom passes the
+        high watermark (the measure of the counted set is at most that). Otherwise it is
+        skipped, so a finish costs O(1) in the number of live programs; the tick decides
+        every ``tick_s`` as ever."""
+        if self.enabled and self.config is not None and not self.frozen \
+                and self._nothing_to_decide():
+            self.counters["finish_checks_skipped"] += 1
+            return
+        self.check("finish")
+
+    def _nothing_to_decide(self) -> bool:
+        runtime = self.runtime
+        return (not self.marked and not self.held.count() and not runtime.table.paused_count()
+                and runtime.ledger.demand_tokens() + runtime.all_running_headroom()
+                <= self.config.high_tokens)
 
     def check(self, event: str) -> None:
         """Run the policy on the current snapshot and apply its decision."""

@@ -277,6 +277,10 @@ class ProgramRuntime(SchedulerHooks):
         """Tokens the calls of a program (None: untagged) in the engine may still add."""
         return self._headroom.get(program_id, 0)
 
+    def all_running_headroom(self) -> int:
+        """Tokens every call in the engine may still add. O(programs with a call in it)."""
+        return sum(self._headroom.values())
+
     def set_prompt(self, program_id: str, recv_req) -> BlockChain | None:
         """A call's prompt is its program's context from now on (demand, shared prefixes
         once). Only new tokens are hashed when it extends the program's last sequence."""

@@ -119,7 +119,7 @@ class SchedulerHooks:
                 if program is not None:
                     programs.append(program)
         if ended:
-            self.scheduler.check("finish")
+            self.scheduler.check_finish()
         if programs:
             guard(self.tool_boundaries, programs)
 

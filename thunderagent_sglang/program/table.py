@@ -348,6 +348,10 @@ class ProgramTable:
         """The JSON record of ``program`` (keys RECORD_KEYS), times settled up to now."""
         return program_record(program, self.clock())
 
+    def paused_count(self) -> int:
+        """Live programs paused now (by the scheduler or an operator). O(1)."""
+        return self._status_counts[Status.PAUSED]
+
     def live_count_by(self) -> dict:
         """Live program counts by status and by phase."""
         return {
