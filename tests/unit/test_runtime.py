@@ -622,39 +622,40 @@ def test_a_call_a_router_held_before_counts_that_wait_toward_max_pause(held_befo
     assert engine.queued == ["a-1", *admitted]
 
 
-def test_a_finish_skips_the_decision_only_when_it_could_change_nothing():
-    """The decision after a batch's finished calls reads every live program: it is skipped
-    (O(1)) while nothing is marked, held or paused and all counted demand plus every running
-    call's headroom stays at or below high; otherwise it runs."""
+def test_a_call_skips_the_decision_only_when_it_could_change_nothing():
+    """The decision at a tagged call's arrival and after its finish reads every live program:
+    it is skipped (O(1)) while nothing is marked, held or paused and all counted demand plus
+    every running call's headroom stays at or below high; otherwise it runs."""
     runtime, clock, _ = make_runtime(capacity=1000)  # high 950, low 850
     scheduler, engine = runtime.scheduler, Engine()
 
-    def finish(rid, pid, prompt, mark=False):
-        """(skipped, decided) at this call's finish; each program's tokens its own."""
+    def call(rid, pid, prompt, mark=False):
+        """(skipped, decided) over this call's arrival and finish; programs' tokens distinct."""
         tokens = range(1000 * (ord(pid) - ord("a")), 1000 * (ord(pid) - ord("a")) + prompt)
+        before = dict(scheduler.counters)
         arrive(runtime, engine, recv(rid, pid, tokens, max_new=4))
         if mark:
             scheduler.marked.add(pid)
-        before = dict(scheduler.counters)
         runtime.on_stream_output(None, None, [finished(rid, tokens, range(4))], False)
-        return tuple(scheduler.counters[k] - before[k]
-                     for k in ("finish_checks_skipped", "decisions"))
+        return tuple(scheduler.counters[k] - before[k] for k in ("checks_skipped", "decisions"))
 
-    assert finish("r1", "a", 300) == (1, 0)  # 303 held by a: nothing to decide
-    # a marked program: decided (here the mark is cleared, the pool being under low)
-    assert finish("r2", "a", 304, mark=True) == (0, 1)
+    # a new program's call is held, then decided (admitted); after it nothing to decide
+    assert call("r1", "a", 300) == (1, 1)
+    # a's next call arrives with nothing to decide; marked while it runs, its finish is
+    # decided (the mark is cleared, the pool being under low)
+    assert call("r2", "a", 304, mark=True) == (1, 1)
     assert not scheduler.marked and runtime.table.get("a").status is Status.ACTIVE
-    assert finish("r3", "b", 600) == (1, 0)  # 307 + 603 = 910 <= 950: skipped again
-    # b grows to 663: 307 + 663 = 970 > 950, decided: the smallest acting program pauses
-    assert finish("r4", "b", 660) == (0, 1)
+    assert call("r3", "b", 600) == (1, 1)  # 307 + 603 = 910 <= 950 after its finish
+    # b grows to 660: 307 + 660 + 4 of headroom > 950 at its arrival: the smallest acting
+    # program pauses; with a paused, its finish is decided too
+    assert call("r4", "b", 660) == (0, 2)
     assert runtime.table.get("a").status is Status.PAUSED
     assert runtime.ledger.demand_tokens() == 663
-    assert finish("r5", "b", 664) == (0, 1)  # a program is paused: decided
 
 
-def test_whenever_a_finish_is_skipped_the_decision_would_have_been_empty():
-    """Seeded random programs growing, finishing and ticking on a small pool: at every point
-    where the finish would be skipped, the full decision on the same state does nothing."""
+def test_whenever_a_check_is_skipped_the_decision_would_have_been_empty():
+    """Seeded random programs growing, finishing, ending and ticking on a small pool: at every
+    point where a check would be skipped, the full decision on the same state does nothing."""
     import random
 
     from thunderagent_sglang.policy.footprint import ledger_footprint
@@ -664,6 +665,16 @@ def test_whenever_a_finish_is_skipped_the_decision_would_have_been_empty():
     runtime, clock, _ = make_runtime(capacity=2000)
     scheduler, engine = runtime.scheduler, Engine()
     sizes, skipped_states = {}, 0
+
+    def empty_if_skipped() -> int:
+        if not scheduler._nothing_to_decide():
+            return 0
+        views = scheduler.snapshot(clock.now)
+        decision = decide(views, scheduler.config, ledger_footprint(runtime.ledger),
+                          untagged_tokens=runtime.running_headroom(None))
+        assert not (decision.pause or decision.mark or decision.unmark or decision.resume)
+        return 1
+
     for step in range(300):
         pid = f"p{rng.randrange(6)}"
         program = runtime.table.live_program(pid)
@@ -679,14 +690,10 @@ def test_whenever_a_finish_is_skipped_the_decision_would_have_been_empty():
         tokens = range(10_000 * int(pid[1:]), 10_000 * int(pid[1:]) + sizes[pid])
         rid = f"r{step}"
         arrive(runtime, engine, recv(rid, pid, tokens, max_new=4))
+        skipped_states += empty_if_skipped()  # its call running
         if rid in engine.queued:  # admitted (not held): it runs and finishes
             runtime.on_stream_output(None, None, [finished(rid, tokens, range(4))], False)
-        if scheduler._nothing_to_decide():
-            skipped_states += 1
-            views = scheduler.snapshot(clock.now)
-            decision = decide(views, scheduler.config, ledger_footprint(runtime.ledger),
-                              untagged_tokens=runtime.running_headroom(None))
-            assert not (decision.pause or decision.mark or decision.unmark or decision.resume)
+        skipped_states += empty_if_skipped()
         clock.now += rng.choice((0.05, 0.3, 1.0))
     counters = scheduler.counters
-    assert skipped_states >= 20 and counters["decisions"] > 20 and counters["held_requests"] > 0
+    assert skipped_states >= 40 and counters["decisions"] > 20 and counters["held_requests"] > 0

@@ -46,7 +46,7 @@ class ProgramScheduler:
                          "held_refused": 0, "held_migrated": 0,
                          "decisions": 0, "force_resumes": 0, "marks": 0,
                          "retraction_orders": 0, "decay_switches": 0, "admission_changes": 0,
-                         "finish_checks_skipped": 0}
+                         "checks_skipped": 0}
         self.last_tick = 0.0
         self.last_footprint = 0.0
         # --thunderagent-admission feedback: the factor on the pool, and its period's measures
@@ -187,19 +187,19 @@ class ProgramScheduler:
             self.last_tick = now
             self.check("tick")
 
-    def check_finish(self) -> None:
-        """After a batch in which calls finished. The decision reads every live program; it
-        can change something only while a program is marked (it pauses at its tool
-        boundary), a call is held or a program paused (room may have come), or what every
-        counted program holds, each in full, plus every running call's headroom passes the
-        high watermark (the measure of the counted set is at most that). Otherwise it is
-        skipped, so a finish costs O(1) in the number of live programs; the tick decides
-        every ``tick_s`` as ever."""
+    def check_if_needed(self, event: str) -> None:
+        """At a tagged call's arrival and after a batch in which calls finished. The decision
+        reads every live program; it can change something only while a program is marked (it
+        pauses at its tool boundary), a call is held or a program paused (room may have
+        come), or what every counted program holds, each in full, plus every running call's
+        headroom passes the high watermark (the measure of the counted set is at most that).
+        Otherwise it is skipped, so a call costs O(1) in the number of live programs; the
+        tick decides every ``tick_s`` as ever."""
         if self.enabled and self.config is not None and not self.frozen \
                 and self._nothing_to_decide():
-            self.counters["finish_checks_skipped"] += 1
+            self.counters["checks_skipped"] += 1
             return
-        self.check("finish")
+        self.check(event)
 
     def _nothing_to_decide(self) -> bool:
         runtime = self.runtime

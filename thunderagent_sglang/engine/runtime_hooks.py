@@ -73,7 +73,7 @@ class SchedulerHooks:
                                   max_new)
         held = guard(self._maybe_hold, arrival, recv_req, max_new, admit)
         result = None if held else admit()
-        guard(self.scheduler.check, "arrival")
+        guard(self.scheduler.check_if_needed, "arrival")
         if held:  # a new program's call the decision left waiting beyond the bound: 429
             guard(self.scheduler.refuse_over_bound, recv_req.rid)
         return result
@@ -119,7 +119,7 @@ class SchedulerHooks:
                 if program is not None:
                     programs.append(program)
         if ended:
-            self.scheduler.check_finish()
+            self.scheduler.check_if_needed("finish")
         if programs:
             guard(self.tool_boundaries, programs)
 
