@@ -7,8 +7,9 @@
 - ``Router``: ours, the router's own pure policy (``policy.placement``) over replicas running
   ``sim.policies.Thunder``: a new program goes where ``place_new`` says, a program stays on its
   replica, and each poll ``plan_moves`` moves waiting programs (released on the old replica,
-  their held calls sent to the new one; not moved again before a call of it finished there). Its view of a replica is exact and fresh at each
-  decision, where the real router's is its last poll (0.5 s).
+  their held calls sent to the new one; not moved again before a call of it finished there).
+  Its view of a replica is exact and fresh at each decision, where the real router's is its
+  last poll (0.5 s).
 - ``ProxyFront``: the published ThunderAgent proxy's ``tr`` rules (ThunderAgent-org/
   ThunderAgent at a7eef77, ``scheduler/router.py`` and ``backend/state.py``), over plain
   replicas: each program's whole context plus 100 tokens counted on its backend (no shared

@@ -188,3 +188,49 @@ def test_a_program_moved_here_is_not_moved_again_before_a_call_ran_here():
     router.state.waiting_since["p"] = router.clock() - 5
     asyncio.run(router.placement_round())
     assert moved == [("p", b.url, a.url)]
+
+
+def test_a_stray_is_ended_in_the_background_once_and_the_round_does_not_wait_for_it():
+    """A program listed on a replica it is not placed on (a poll taken before its move) is
+    ended there; a busy replica can take seconds to answer, and meanwhile the round goes on
+    (here: a waiting program on the other replica is moved) and starts no second end."""
+    import asyncio
+
+    settings = from_args(["--backends", "a=http://a:1,b=http://b:1"])
+    router = Router(settings)
+    a, b = router.fleet.replicas["http://a:1"], router.fleet.replicas["http://b:1"]
+    for replica, footprint in ((a, 0), (b, 900)):
+        replica.ready = True
+        replica.view = {"scheduler": {"capacity_tokens": 1000, "high_tokens": 900,
+                                      "low_tokens": 800, "footprint_tokens": footprint}}
+    ended, moved, answer = [], [], None
+
+    async def migrate_call(url, pid):
+        ended.append((url, pid))
+        await answer.wait()  # the replica is busy
+        return None
+
+    async def move(m):
+        moved.append((m.program_id, m.source, m.target))
+
+    async def rounds():
+        nonlocal answer
+        answer = asyncio.Event()
+        router._migrate_call, router.move = migrate_call, move
+        router.state.placement.update({"s": a.url, "w": b.url})
+        a.records = {"s": {"status": "active"}}
+        b.records = {"s": {"status": "active"},  # stale: s moved to a
+                     "w": {"status": "waiting", "waiting": 1, "context_tokens": 300,
+                           "steps": 1}}
+        router.state.waiting_since["w"] = router.clock() - 5
+        await asyncio.wait_for(router.placement_round(), 1.0)
+        await asyncio.wait_for(router.placement_round(), 1.0)  # the end is still in flight
+        await asyncio.sleep(0)
+        pending = len(router._ending)
+        answer.set()
+        await asyncio.sleep(0.05)
+        return pending
+
+    assert asyncio.run(rounds()) == 1
+    assert ended == [(b.url, "s")] and router._ending == {}
+    assert moved[0] == ("w", b.url, a.url)

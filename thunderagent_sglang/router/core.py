@@ -36,6 +36,7 @@ class Router:
         self._admin = ({"Authorization": f"Bearer {settings.backend_admin_key}"}
                        if settings.backend_admin_key else {})
         self._task: asyncio.Task | None = None
+        self._ending: dict[tuple[str, str], asyncio.Task] = {}  # (replica, program) -> its end
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -46,6 +47,8 @@ class Router:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        for task in list(self._ending.values()):
+            task.cancel()
         await self.client.aclose()
 
     def _replica_down(self, replica: Replica) -> None:
@@ -142,7 +145,7 @@ class Router:
         for pid in [p for p in self.state.waiting_since if p not in still_waiting]:
             del self.state.waiting_since[pid]
         for replica, pid in stray:  # live on a replica it is not placed on: end it there
-            await self._end_stray(replica, pid)
+            self._end_stray_soon(replica, pid)
         if self.settings.migration and waiting:
             loads = self.fleet.loads()
             moves = placement.plan_moves(loads, waiting, self.settings.max_wait_s,
@@ -164,9 +167,19 @@ class Router:
         try:
             return await self.client.post(f"{url}/programs/{quote(program_id, safe='')}/migrate",
                                           headers=self._admin, timeout=10)
-        except httpx.HTTPError as exc:
-            log.warning("router: could not move %s off %s: %s", program_id, url, exc)
+        except httpx.HTTPError as exc:  # a timeout's text is empty: name its type
+            log.warning("router: could not move %s off %s: %s: %s", program_id, url,
+                        type(exc).__name__, exc)
             return None
+
+    def _end_stray_soon(self, replica: Replica, program_id: str) -> None:
+        """End it in the background, once at a time: a busy replica can take seconds to
+        answer, and the round (moves of waiting programs) must not wait for it."""
+        key = (replica.url, program_id)
+        if key in self._ending:
+            return
+        task = self._ending[key] = asyncio.create_task(self._end_stray(replica, program_id))
+        task.add_done_callback(lambda _: self._ending.pop(key, None))
 
     async def _end_stray(self, replica: Replica, program_id: str) -> None:
         response = await self._migrate_call(replica.url, program_id)
