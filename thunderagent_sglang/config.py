@@ -38,7 +38,8 @@ DEFAULT_EVENT_RING = 10_000
 # Acting programs' KV value halves every this many seconds of tool time: the
 # paper's f(t) = 2^-t per 5 s tick. Measured against 15 s (benchmarks/results/agentic/tune).
 DEFAULT_DECAY_HALF_LIFE_S = 5.0
-# The program scheduler's check runs on every arrival and finish, and on this tick.
+# The program scheduler's check runs on this tick, and on every arrival and finish that
+# could change a decision (ProgramScheduler.check_if_needed).
 # Measured (benchmarks/results/agentic/tune): a 2 s tick lost throughput and hit rate, and
 # watermarks 1.0/0.9 lost hit rate, against these; 0.90/0.80 was equal.
 DEFAULT_TICK_S = 0.5
