@@ -29,10 +29,10 @@ ARGS = ["--max-total-tokens", str(POOL), "--context-length", str(POOL), "--page-
 ACTING_TOKENS, HELD_TOKENS = 400, 300  # 2 x 400 + 300 (+ outputs) > high (0.95 x 1024)
 
 
-def generate(server, pid: str, tokens: list[int]) -> requests.Response:
+def generate(server, pid: str, tokens: list[int], timeout_s: float = 300) -> requests.Response:
     return requests.post(f"{server.url}/generate", headers={"X-Program-Id": pid}, json={
         "input_ids": tokens, "sampling_params": {"max_new_tokens": 4, "temperature": 0,
-                                                 "ignore_eos": True}}, timeout=300)
+                                                 "ignore_eos": True}}, timeout=timeout_s)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,8 @@ def run(tmp_path_factory):
             assert generate(server, pid, list(range(base, base + ACTING_TOKENS))).status_code \
                 == 200
         started = time.monotonic()
-        held = generate(server, "held-c", list(range(1000, 1000 + HELD_TOKENS)))
+        # held until the pool is scaled: fails here (a timeout) if it never is
+        held = generate(server, "held-c", list(range(1000, 1000 + HELD_TOKENS)), timeout_s=60)
         waited = time.monotonic() - started
         listing = requests.get(f"{server.url}/programs", timeout=30).json()
         return {"held": held, "waited": waited, "listing": listing,
