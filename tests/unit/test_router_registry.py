@@ -158,19 +158,24 @@ def test_gone_means_refusing_connections_within_the_watch():
     assert asyncio.run(probe()) == (False, True, True)
 
 
+def empty_a_and_full_b():
+    """A router over two ready replicas: a empty, b at its high watermark (900 of 1000)."""
+    router = Router(from_args(["--backends", "a=http://a:1,b=http://b:1"]))
+    a, b = router.fleet.replicas["http://a:1"], router.fleet.replicas["http://b:1"]
+    for replica, footprint in ((a, 0), (b, 900)):
+        replica.ready = True
+        replica.view = {"scheduler": {"capacity_tokens": 1000, "high_tokens": 900,
+                                      "low_tokens": 800, "footprint_tokens": footprint}}
+    return router, a, b
+
+
 def test_a_program_moved_here_is_not_moved_again_before_a_call_ran_here():
     """Two replicas that fill in turn passed one program back and forth until its call got
     a 502 (three hand-backs, seen in a fleet benchmark): a moved program waits on its new
     replica until one call has run there."""
     import asyncio
 
-    settings = from_args(["--backends", "a=http://a:1,b=http://b:1"])
-    router = Router(settings)
-    a, b = router.fleet.replicas["http://a:1"], router.fleet.replicas["http://b:1"]
-    for replica, footprint in ((a, 0), (b, 900)):
-        replica.ready = True
-        replica.view = {"scheduler": {"capacity_tokens": 1000, "high_tokens": 900,
-                                      "low_tokens": 800, "footprint_tokens": footprint}}
+    router, a, b = empty_a_and_full_b()
     moved = []
 
     async def move(m):
@@ -196,13 +201,7 @@ def test_a_stray_is_ended_in_the_background_once_and_the_round_does_not_wait_for
     (here: a waiting program on the other replica is moved) and starts no second end."""
     import asyncio
 
-    settings = from_args(["--backends", "a=http://a:1,b=http://b:1"])
-    router = Router(settings)
-    a, b = router.fleet.replicas["http://a:1"], router.fleet.replicas["http://b:1"]
-    for replica, footprint in ((a, 0), (b, 900)):
-        replica.ready = True
-        replica.view = {"scheduler": {"capacity_tokens": 1000, "high_tokens": 900,
-                                      "low_tokens": 800, "footprint_tokens": footprint}}
+    router, a, b = empty_a_and_full_b()
     ended, moved, answer = [], [], None
 
     async def migrate_call(url, pid):

@@ -195,8 +195,7 @@ class ProgramScheduler:
         headroom passes the high watermark (the measure of the counted set is at most that).
         Otherwise it is skipped, so a call costs O(1) in the number of live programs; the
         tick decides every ``tick_s`` as ever."""
-        if self.enabled and self.config is not None and not self.frozen \
-                and self._nothing_to_decide():
+        if self._deciding() and self._nothing_to_decide():
             self.counters["checks_skipped"] += 1
             return
         self.check(event)
@@ -207,9 +206,14 @@ class ProgramScheduler:
                 and runtime.ledger.demand_tokens() + runtime.all_running_headroom()
                 <= self.config.high_tokens)
 
+    def _deciding(self) -> bool:
+        """Decisions are made: the scheduler is on, knows the pool, and SGLang's memory is
+        not released."""
+        return self.enabled and self.config is not None and not self.frozen
+
     def check(self, event: str) -> None:
         """Run the policy on the current snapshot and apply its decision."""
-        if not self.enabled or self.config is None or self.frozen:
+        if not self._deciding():
             return
         try:
             now = self.runtime.clock()
