@@ -271,7 +271,7 @@ def test_a_killed_replica_is_taken_out_its_call_sent_elsewhere_and_its_programs_
     """Last: it kills replica b and starts it again on the same port."""
     pids = [f"victim-{i}" for i in range(4)]
     # prompts of their own: a shared one would make the longest-prefix tie-break gather them
-    prompts = {pid: [9 + i] * 60 for i, pid in enumerate(pids)}
+    prompts = {pid: [900 + i] * 60 for i, pid in enumerate(pids)}  # prefixes no other test used
     for pid in pids:
         assert generate(fleet.router.url, pid, prompts[pid]).status_code == 200
     victim = fleet.b
@@ -310,3 +310,19 @@ def test_a_killed_replica_is_taken_out_its_call_sent_elsewhere_and_its_programs_
     assert fresh.status_code == 200
     assert record(fleet.router.url, "after-restart")["replica"] == victim.url  # the emptier one
     restarted.stop()
+
+
+@pytest.fixture(autouse=True)
+def _diag(request, fleet):
+    yield
+    import time as _t
+    for _ in range(3):
+        for s in (fleet.a, fleet.b):
+            try:
+                v = requests.get(f"{s.url}/programs").json()
+            except Exception:
+                continue
+            print("\nDIAGF", request.node.name[:30], s.url, v["scheduler"],
+                  [(r["program_id"], r["status"], r["context_tokens"], r["in_flight"], r["waiting"])
+                   for r in v["programs"] if r["status"] != "terminated"])
+        _t.sleep(1)

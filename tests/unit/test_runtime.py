@@ -531,10 +531,27 @@ def test_the_listed_measure_drops_to_zero_once_no_tagged_program_is_live():
     arrive(runtime, engine, recv("r1", "p", range(64), max_new=16))
     assert runtime.scheduler.stats()["footprint_tokens"] == 64 + 16
     runtime.on_stream_output(None, None, [finished("r1", range(64), range(4))], False)
-    handle(runtime, program_ipc.ReleaseProgram(program_id="p"))
-    runtime.scheduler.check("tick")
+    before = dict(runtime.scheduler.counters)
+    handle(runtime, program_ipc.ReleaseProgram(program_id="p"))  # no tick: shown at once
     listed = handle(runtime, program_ipc.ListPrograms()).body["scheduler"]
     assert listed["footprint_tokens"] == 0
+    assert (listed["checks_skipped"] - before["checks_skipped"],
+            listed["decisions"] - before["decisions"]) == (1, 0)
+
+
+def test_a_release_resumes_a_paused_program_at_once_not_at_the_next_tick():
+    runtime, _, _ = make_runtime(capacity=1000)  # high 950, low 850
+    engine = Engine()
+    for rid, pid, prompt in (("r1", "a", 300), ("r2", "b", 600), ("r3", "b", 660)):
+        tokens = range(1000 * (ord(pid) - ord("a")), 1000 * (ord(pid) - ord("a")) + prompt)
+        arrive(runtime, engine, recv(rid, pid, tokens, max_new=4))
+        runtime.on_stream_output(None, None, [finished(rid, tokens, range(4))], False)
+    assert runtime.table.get("a").status is Status.PAUSED  # b grew past high
+    decisions = runtime.scheduler.counters["decisions"]
+    handle(runtime, program_ipc.ReleaseProgram(program_id="b"))
+    assert runtime.table.get("a").status is Status.ACTIVE
+    assert runtime.scheduler.counters["decisions"] == decisions + 1
+    assert runtime.scheduler.stats()["footprint_tokens"] == 303  # a: what has KV
 
 
 def test_a_programs_view_carries_its_attained_service():

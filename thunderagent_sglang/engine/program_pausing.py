@@ -194,17 +194,23 @@ class ProgramScheduler:
         come), or what every counted program holds, each in full, plus every running call's
         headroom passes the high watermark (the measure of the counted set is at most that).
         Otherwise it is skipped, so a call costs O(1) in the number of live programs; the
-        tick decides every ``tick_s`` as ever."""
+        tick decides every ``tick_s`` as ever. A skip still lowers the listed measure to that
+        bound, so a program's end shows at once (a router places by it)."""
         if self._deciding() and self._nothing_to_decide():
             self.counters["checks_skipped"] += 1
+            self.last_footprint = min(self.last_footprint, self._measure_bound())
             return
         self.check(event)
 
+    def _measure_bound(self) -> int:
+        """What every counted program holds, each in full, plus every running call's headroom:
+        the scheduler's measure is at most this."""
+        return self.runtime.ledger.demand_tokens() + self.runtime.all_running_headroom()
+
     def _nothing_to_decide(self) -> bool:
-        runtime = self.runtime
-        return (not self.marked and not self.held.count() and not runtime.table.paused_count()
-                and runtime.ledger.demand_tokens() + runtime.all_running_headroom()
-                <= self.config.high_tokens)
+        return (not self.marked and not self.held.count()
+                and not self.runtime.table.paused_count()
+                and self._measure_bound() <= self.config.high_tokens)
 
     def _deciding(self) -> bool:
         """Decisions are made: the scheduler is on, knows the pool, and SGLang's memory is

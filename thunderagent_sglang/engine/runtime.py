@@ -151,9 +151,12 @@ class ProgramRuntime(SchedulerHooks):
         self.scheduler.release_held(pid)
 
     def release(self, program_id: str, cause: str = "explicit") -> Program:
-        """End a program (after its calls in the engine finish); UnknownProgram."""
+        """End a program (after its calls in the engine finish); UnknownProgram. Its room is
+        decided on at once (paused programs may resume), not at the next tick: an idle CPU
+        scheduler sleeps up to a second between ticks."""
         program = self.table.release(program_id, cause)
         self._ended(program)
+        self.scheduler.check_if_needed("release")
         return program
 
     def migrate(self, program_id: str) -> tuple[Program | None, int]:
