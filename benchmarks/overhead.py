@@ -14,7 +14,9 @@ of 40-70 words per turn (4-6 turns), each reply 8-16 tokens (ignore_eos), so
 contexts grow to a few hundred tokens. Reports per run requests/s and the
 scheduler process's CPU milliseconds per request (the steadier figure on a
 shared machine, and the scheduler-step cost per request), and each system's
-ratio to ``plain``; saves benchmarks/results/overhead.json.
+ratio to ``plain``; saves benchmarks/results/overhead.json. ``--python-floor`` adds a fourth
+server, ``plain-python`` (plain SGLang on its own Python tree core), to tell what of our cost
+any Python tree pays; it saves benchmarks/results/overhead_python_floor.json instead.
 
     .venv/bin/python benchmarks/overhead.py --live-programs 16 256 [--rounds 3] [...]
 
@@ -61,6 +63,11 @@ SYSTEMS = {  # name: (environment, chats tagged as programs)
 }
 EXPECTED_CORE = {"plain": "RustUnifiedTreeCore", "ours": "ProgramTreeCore",
                  "ours-tagged": "ProgramTreeCore"}
+# --python-floor: plain SGLang on its own Python tree core, what any Python tree costs here
+PYTHON_FLOOR = ("plain-python", {"THUNDERAGENT_DISABLE": "1",
+                                 "SGLANG_UNIFIED_RADIX_TREE_CORE_BACKEND": "python"},
+                "UnifiedTreeCore")
+FLOOR_RESULTS = Path(__file__).parent / "results" / "overhead_python_floor.json"
 
 
 def fresh_log_dir() -> Path:
@@ -220,36 +227,44 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=40, help="chats per worker and run")
     parser.add_argument("--live-programs", type=int, nargs="+", metavar="N",
                         help="measure growth with the number of live programs instead")
+    parser.add_argument("--python-floor", action="store_true",
+                        help="add plain SGLang on its Python tree core (a fourth server): "
+                             "what of our overhead any Python tree costs; saves "
+                             "benchmarks/results/overhead_python_floor.json instead")
     args, extra = parser.parse_known_args()
     if args.live_programs:
         return live_program_counts(args, extra)
+    systems, expected, results = dict(SYSTEMS), dict(EXPECTED_CORE), RESULTS
+    if args.python_floor:
+        name, env, core = PYTHON_FLOOR
+        systems[name], expected[name], results = (env, False), core, FLOOR_RESULTS
     log_dir = fresh_log_dir()
     base = ["--enable-cache-report", *extra]
-    servers = {name: Server(name, base, env, log_dir) for name, (env, _) in SYSTEMS.items()}
+    servers = {name: Server(name, base, env, log_dir) for name, (env, _) in systems.items()}
     words = corpus_words()
     rows = []
     try:
         cores = {name: tree_core(server.wait_ready()) for name, server in servers.items()}
         print(json.dumps({"tree_core": cores}), flush=True)
-        if cores != EXPECTED_CORE:
+        if cores != expected:
             raise RuntimeError(f"the servers do not run the caches compared here: {cores}")
         for name, server in servers.items():  # warm-up, not measured
-            run_workload(server, seed=-1, conversations=1, words=words, tagged=SYSTEMS[name][1])
+            run_workload(server, seed=-1, conversations=1, words=words, tagged=systems[name][1])
         for rnd in range(args.rounds):
             order = list(servers) if rnd % 2 == 0 else list(servers)[::-1]
             for name in order:
                 row = {"system": name, "round": rnd,
                        **run_workload(servers[name], seed=rnd, conversations=args.conversations,
-                                      words=words, tagged=SYSTEMS[name][1])}
+                                      words=words, tagged=systems[name][1])}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     finally:
         for server in servers.values():
             server.stop()
-    summary = summarize(rows)
+    summary = summarize(rows, list(systems))
     print(json.dumps(summary, indent=1))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps({
         "machine": {"cpus": psutil.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2**30),
                     "python": platform.python_version(), "platform": platform.platform()},
         "command": " ".join(["benchmarks/overhead.py", *sys.argv[1:]]),
@@ -257,7 +272,7 @@ def main() -> None:
         "runs": rows, "summary": summary}, indent=1))
 
 
-def summarize(rows: list[dict]) -> dict:
+def summarize(rows: list[dict], names: list[str]) -> dict:
     rounds = sorted({r["round"] for r in rows})
 
     def value(key, name, rnd):
@@ -265,8 +280,8 @@ def summarize(rows: list[dict]) -> dict:
 
     def compare(key):
         out = {"median": {name: round(statistics.median(value(key, name, rnd) for rnd in rounds), 3)
-                          for name in SYSTEMS}}
-        for name in SYSTEMS:
+                          for name in names}}
+        for name in names:
             if name == "plain":
                 continue
             ratios = [value(key, name, rnd) / value(key, "plain", rnd) for rnd in rounds]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.agentic.systems import PLAIN, Pools, System
+from benchmarks.agentic.systems import HICACHE, PLAIN, Pools, System
 from tests.integration.router_process import RouterProcess, stop_process
 from tests.integration.server import REPO, Server, free_port
 
@@ -37,9 +37,21 @@ FRONT_READY_S = 120
 SMG_CPU_FLAGS = ("--disable-health-check", "--disable-circuit-breaker")
 
 
+# A KV storage tier the replicas share (SGLang's HiCache file backend on one directory per
+# fleet start), as CI's router tests run it: pages of 16, write-through to the host tier,
+# prefetch waits for a load. It needs a fresh directory (the file backend never deletes).
+STORAGE = ("--page-size", "16", "--hicache-storage-backend", "file",
+           "--hicache-storage-prefetch-policy", "wait_complete")
+STORAGE_DIR_ENV = "SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR"
+# The router's price of loading from it: the middle row (4000 tokens) of
+# benchmarks/results/storage_rate.json on this machine, tokens per second.
+STORAGE_RATE = "6734"
+
+
 def fleet_systems(pools: Pools) -> list[System]:
     device = ("--max-total-tokens", str(pools.device_tokens), "--enable-metrics")
     limit = ("--max-total-tokens", str(pools.limit_tokens), "--enable-metrics")
+    host = (*HICACHE, "--hicache-ratio", f"{pools.host_ratio:g}")
     return [
         System("gateway", "SGLang replicas + SGLang gateway (smg cache_aware)", device, PLAIN,
                ours=False, front="smg"),
@@ -49,13 +61,23 @@ def fleet_systems(pools: Pools) -> list[System]:
                (*device, "--thunderagent-offload", "off"), {}, ours=True, front="router"),
         System("limit", "no eviction (limit) + smg cache_aware", limit, PLAIN, ours=False,
                is_limit=True, front="smg"),
+        # beside the configuration, run only when named: a host tier per replica
+        System("ours-router-offload", "ThunderAgent replicas + offload + our router",
+               (*device, *host, "--hicache-write-policy", pools.write_policy,
+                "--thunderagent-offload", "auto"), {}, ours=True, front="router",
+               by_default=False),
+        System("ours-router-storage",
+               "ThunderAgent replicas + offload + shared KV storage + our router",
+               (*device, *host, "--hicache-write-policy", "write_through", *STORAGE,
+                "--thunderagent-offload", "auto"), {}, ours=True, front="router",
+               by_default=False, front_args=("--kv-storage-rate", STORAGE_RATE)),
     ]
 
 
 def by_name(pools: Pools, names: list[str] | None) -> list[System]:
     table = fleet_systems(pools)
     if not names:
-        return table
+        return [s for s in table if s.by_default]
     unknown = [n for n in names if n not in {s.name for s in table}]
     if unknown:
         raise SystemExit(f"unknown fleet system(s) {unknown}; choose from "
@@ -95,9 +117,12 @@ class Fleet:
 def start(system: System, n: int, model_dir: Path, log_dir: Path, tag: str) -> Fleet:
     log_dir.mkdir(parents=True, exist_ok=True)
     replicas = []
+    shared = {}
+    if "--hicache-storage-backend" in system.args:  # one fresh store for this fleet's replicas
+        shared = {STORAGE_DIR_ENV: str(log_dir / f"kv-storage-{tag}")}
     try:
         for i, cores in enumerate(core_groups(n)):
-            env = {**system.env, "THUNDERAGENT_DEBUG_MEMCHECK": "0",
+            env = {**system.env, **shared, "THUNDERAGENT_DEBUG_MEMCHECK": "0",
                    "SGLANG_CPU_OMP_THREADS_BIND": cores}
             args = ["--model-path", str(model_dir), "--enable-cache-report", *system.args]
             replicas.append(Server(f"{system.name}-{tag}-r{i}", args, env, log_dir,
@@ -115,7 +140,8 @@ def start(system: System, n: int, model_dir: Path, log_dir: Path, tag: str) -> F
 
 def _front(system: System, urls: list[str], model_dir: Path, log_dir: Path, tag: str) -> Fleet:
     if system.front == "router":
-        router = RouterProcess(urls, log_dir, "--log-level", "info", name=f"router-{tag}")
+        router = RouterProcess(urls, log_dir, "--log-level", "info", *system.front_args,
+                               name=f"router-{tag}")
         router.wait_ready(len(urls))
         return Fleet(router.url, [], router, router.url, "router")
     port = free_port()

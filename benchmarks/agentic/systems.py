@@ -33,6 +33,7 @@ class System:
     front: str | None = None  # fleet mode: router | smg | proxy in front of the replicas
     id_in_body: bool = False  # the program id as body field program_id (the proxy reads no header)
     by_default: bool = True  # run when no --systems are named (the ablation's are not)
+    front_args: tuple[str, ...] = ()  # fleet mode: extra flags of the front (our router's)
 
 
 @dataclasses.dataclass(frozen=True)

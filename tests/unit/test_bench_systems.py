@@ -28,3 +28,21 @@ def test_each_ablation_is_ours_with_offload_and_one_switch_off(name, flag, value
 def test_an_unknown_system_is_refused_naming_it():
     with pytest.raises(SystemExit, match="ours-no-such"):
         by_name(POOLS, ["ours-no-such"])
+
+
+def test_the_fleets_default_set_is_the_issues_and_the_tier_systems_run_when_named():
+    from benchmarks.agentic import fleet
+
+    assert [s.name for s in fleet.by_name(POOLS, None)] == [
+        "gateway", "proxy", "ours-router", "limit"]
+    plain, offload, storage = fleet.by_name(
+        POOLS, ["ours-router", "ours-router-offload", "ours-router-storage"])
+    host = ("--enable-hierarchical-cache", "--hicache-io-backend", "direct",
+            "--hicache-mem-layout", "layer_first", "--hicache-ratio", "1")
+    assert offload.args == (*plain.args[:3], *host, "--hicache-write-policy", "write_back",
+                            "--thunderagent-offload", "auto")
+    assert storage.args == (*plain.args[:3], *host, "--hicache-write-policy", "write_through",
+                            *fleet.STORAGE, "--thunderagent-offload", "auto")
+    assert storage.front_args == ("--kv-storage-rate", fleet.STORAGE_RATE)
+    assert (plain.front_args, offload.front_args) == ((), ())
+    assert all(s.front == "router" and s.ours for s in (plain, offload, storage))
