@@ -112,6 +112,10 @@ def test_the_routers_programs_are_the_union_of_the_replicas(fleet):
             for r in merged["programs"]} == expected
     assert [r["replica"] for r in merged["replicas"]] == [fleet.a.url, fleet.b.url]
     release_all(fleet, ["union-1", "union-2", "union-3"])
+    # each release refreshed its replica's view: at once, nothing of them counts against room
+    free = {r["replica"]: r["free_tokens"] for r in fleet.router.status()["replicas"]}
+    assert free == {s.url: requests.get(f"{s.url}/programs").json()["scheduler"]["low_tokens"]
+                    for s in (fleet.a, fleet.b)}
 
 
 def held_counts(fleet) -> dict:

@@ -101,6 +101,9 @@ def _candidates(router: Router, program_id: str) -> list:
     return first + [r for r in ready if r.url != where]
 
 
+ENDING_PATHS = ("/release", "/migrate")  # a program's room is freed on its replica
+
+
 async def on_program(router: Router, request: Request, program_id: str, path: str) -> Response:
     """One program's route: its replica first, then the others; 404 when none knows it."""
     try:
@@ -123,6 +126,10 @@ async def on_program(router: Router, request: Request, program_id: str, path: st
         if upstream.status == 200 and request.method == "GET":
             record = _annotated(router, {**orjson.loads(upstream.head), "replica": replica.url})
             return JSONResponse(record)
+        if upstream.status == 200 and path.endswith(ENDING_PATHS):
+            # the replica's measure dropped at once: the next placement reads it, not a view
+            # up to a poll interval old (a client ending a program often starts the next)
+            await router.fleet.poll_once(replica)
         return Response(upstream.head, status_code=upstream.status,
                         headers=dict(upstream.headers()))
     return _program_error(404, f"unknown program id {program_id!r}")
