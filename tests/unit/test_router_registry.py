@@ -233,3 +233,38 @@ def test_a_stray_is_ended_in_the_background_once_and_the_round_does_not_wait_for
     assert asyncio.run(rounds()) == 1
     assert ended == [(b.url, "s")] and router._ending == {}
     assert moved[0] == ("w", b.url, a.url)
+
+
+def test_a_release_re_reads_its_replica_but_waits_for_a_busy_one_at_most_the_bound():
+    """After a release the router polls that replica before answering; a replica that does
+    not answer within the bound is re-read in the background, and stopping cancels that."""
+    import asyncio
+
+    router, a, b = empty_a_and_full_b()
+    polled, answer = [], None
+
+    async def poll_once(replica):
+        polled.append(replica.url)
+        if replica is b:
+            await answer.wait()  # b is busy
+        replica.view = {**replica.view, "scheduler": {**replica.view["scheduler"],
+                                                      "footprint_tokens": 0}}
+
+    async def run():
+        nonlocal answer
+        answer = asyncio.Event()
+        router.fleet.poll_once = poll_once
+        await asyncio.wait_for(router.refresh(a, wait_s=0.2), 1.0)
+        fresh_a = a.load().free_tokens
+        started = router.clock()
+        await asyncio.wait_for(router.refresh(b, wait_s=0.2), 1.0)
+        waited, left = router.clock() - started, len(router._refreshing)
+        stale_b = b.load().free_tokens
+        await router.stop()
+        await asyncio.sleep(0.05)  # the cancelled poll unwinds
+        return fresh_a, waited, left, stale_b, len(router._refreshing)
+
+    fresh_a, waited, left, stale_b, after_stop = asyncio.run(run())
+    assert polled == [a.url, b.url] and fresh_a == 800
+    assert 0.2 <= waited < 0.5 and left == 1 and stale_b == 800 - 900
+    assert after_stop == 0

@@ -129,7 +129,7 @@ async def on_program(router: Router, request: Request, program_id: str, path: st
         if upstream.status == 200 and path.endswith(ENDING_PATHS):
             # the replica's measure dropped at once: the next placement reads it, not a view
             # up to a poll interval old (a client ending a program often starts the next)
-            await router.fleet.poll_once(replica)
+            await router.refresh(replica)
         return Response(upstream.head, status_code=upstream.status,
                         headers=dict(upstream.headers()))
     return _program_error(404, f"unknown program id {program_id!r}")

@@ -19,6 +19,7 @@ from thunderagent_sglang.router.state import RouterState
 log = logging.getLogger("thunderagent.router")
 GONE_WITHIN_S = 3.0  # how long a replica that dropped a call is watched for its death
 GONE_PROBE_EVERY_S = 0.25
+REFRESH_WAIT_S = 1.0  # the most a release through the router waits to re-read its replica
 
 
 class Router:
@@ -37,6 +38,7 @@ class Router:
                        if settings.backend_admin_key else {})
         self._task: asyncio.Task | None = None
         self._ending: dict[tuple[str, str], asyncio.Task] = {}  # (replica, program) -> its end
+        self._refreshing: set[asyncio.Task] = set()  # polls after a release, left running
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -47,7 +49,7 @@ class Router:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-        for task in list(self._ending.values()):
+        for task in [*self._ending.values(), *self._refreshing]:
             task.cancel()
         await self.client.aclose()
 
@@ -171,6 +173,19 @@ class Router:
             log.warning("router: could not move %s off %s: %s: %s", program_id, url,
                         type(exc).__name__, exc)
             return None
+
+    async def refresh(self, replica: Replica, wait_s: float = REFRESH_WAIT_S) -> None:
+        """Poll ``replica`` now (a program was released there), waiting at most ``wait_s``: a
+        busy CPU replica can take seconds to answer, and the poll then ends in the
+        background."""
+        task = asyncio.create_task(self.fleet.poll_once(replica))
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshing.discard)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), wait_s)
+        except asyncio.TimeoutError:
+            log.debug("router: %s not re-read within %.1f s after a release; the poll goes on",
+                      replica.url, wait_s)
 
     def _end_stray_soon(self, replica: Replica, program_id: str) -> None:
         """End it in the background, once at a time: a busy replica can take seconds to
