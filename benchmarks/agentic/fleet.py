@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.agentic.systems import HICACHE, PLAIN, Pools, System
+from benchmarks.agentic.systems import PLAIN, Pools, System, host_tier
 from tests.integration.router_process import RouterProcess, stop_process
 from tests.integration.server import REPO, Server, free_port
 
@@ -51,7 +51,6 @@ STORAGE_RATE = "6734"
 def fleet_systems(pools: Pools) -> list[System]:
     device = ("--max-total-tokens", str(pools.device_tokens), "--enable-metrics")
     limit = ("--max-total-tokens", str(pools.limit_tokens), "--enable-metrics")
-    host = (*HICACHE, "--hicache-ratio", f"{pools.host_ratio:g}")
     return [
         System("gateway", "SGLang replicas + SGLang gateway (smg cache_aware)", device, PLAIN,
                ours=False, front="smg"),
@@ -63,12 +62,12 @@ def fleet_systems(pools: Pools) -> list[System]:
                is_limit=True, front="smg"),
         # beside the configuration, run only when named: a host tier per replica
         System("ours-router-offload", "ThunderAgent replicas + offload + our router",
-               (*device, *host, "--hicache-write-policy", pools.write_policy,
-                "--thunderagent-offload", "auto"), {}, ours=True, front="router",
+               (*device, *host_tier(pools), "--thunderagent-offload", "auto"), {}, ours=True,
+               front="router",
                by_default=False),
         System("ours-router-storage",
                "ThunderAgent replicas + offload + shared KV storage + our router",
-               (*device, *host, "--hicache-write-policy", "write_through", *STORAGE,
+               (*device, *host_tier(pools, "write_through"), *STORAGE,
                 "--thunderagent-offload", "auto"), {}, ours=True, front="router",
                by_default=False, front_args=("--kv-storage-rate", STORAGE_RATE)),
     ]

@@ -47,10 +47,16 @@ class Pools:
     write_policy: str
 
 
+def host_tier(pools: Pools, write_policy: str | None = None) -> tuple[str, ...]:
+    """SGLang's flags for a host tier of the budget's size (``write_policy``: the runner's by
+    default)."""
+    return (*HICACHE, "--hicache-ratio", f"{pools.host_ratio:g}",
+            "--hicache-write-policy", write_policy or pools.write_policy)
+
+
 def systems(pools: Pools) -> list[System]:
     device = ("--max-total-tokens", str(pools.device_tokens))
-    host = (*HICACHE, "--hicache-ratio", f"{pools.host_ratio:g}",
-            "--hicache-write-policy", pools.write_policy)
+    host = host_tier(pools)
     return [
         System("plain", "SGLang (LRU)", device, PLAIN, ours=False),
         System("plain-priority", "SGLang priority eviction", (*device, *PRIORITY), PLAIN,

@@ -258,11 +258,11 @@ def test_a_release_re_reads_its_replica_but_waits_for_a_busy_one_at_most_the_bou
         fresh_a = a.load().free_tokens
         started = router.clock()
         await asyncio.wait_for(router.refresh(b, wait_s=0.2), 1.0)
-        waited, left = router.clock() - started, len(router._refreshing)
+        waited, left = router.clock() - started, len(router._background)
         stale_b = b.load().free_tokens
         await router.stop()
         await asyncio.sleep(0.05)  # the cancelled poll unwinds
-        return fresh_a, waited, left, stale_b, len(router._refreshing)
+        return fresh_a, waited, left, stale_b, len(router._background)
 
     fresh_a, waited, left, stale_b, after_stop = asyncio.run(run())
     assert polled == [a.url, b.url] and fresh_a == 800

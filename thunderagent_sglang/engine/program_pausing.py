@@ -194,11 +194,9 @@ class ProgramScheduler:
         come), or what every counted program holds, each in full, plus every running call's
         headroom passes the high watermark (the measure of the counted set is at most that).
         Otherwise it is skipped, so a call costs O(1) in the number of live programs; the
-        tick decides every ``tick_s`` as ever. A skip still lowers the listed measure to that
-        bound, so a program's end shows at once (a router places by it)."""
+        tick decides every ``tick_s`` as ever."""
         if self._deciding() and self._nothing_to_decide():
             self.counters["checks_skipped"] += 1
-            self.last_footprint = min(self.last_footprint, self._measure_bound())
             return
         self.check(event)
 
@@ -476,12 +474,18 @@ class ProgramScheduler:
                 "operator_paused": program is not None and program.operator_paused,
                 "priority": self.priority.get(program_id, 0)}
 
+    def listed_footprint(self) -> float:
+        """The measure after the last decision, lowered to its bound now: what ended, finished
+        or was aborted since (with the decision skipped or not yet due) shows at once, as a
+        router places by it. Read, not kept, so no event on the hot path pays for it."""
+        return min(self.last_footprint, self._measure_bound())
+
     def stats(self) -> dict:
         """Counters, and the scheduler's own measure after its last decision (tokens)."""
         cfg = self.config
         return {**self.counters, "held_now": self.held.count(), "marked_now": len(self.marked),
                 "enabled": self.enabled, "draining": self.draining > 0, "frozen": self.frozen,
-                "footprint_tokens": round(self.last_footprint, 1),
+                "footprint_tokens": round(self.listed_footprint(), 1),
                 "decay": cfg.decay if cfg else None,
                 **self.runtime.decode_meter.stats(),
                 "capacity_tokens": cfg.capacity_tokens if cfg else None,

@@ -37,8 +37,8 @@ class Router:
         self._admin = ({"Authorization": f"Bearer {settings.backend_admin_key}"}
                        if settings.backend_admin_key else {})
         self._task: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()  # strays' ends, re-reads: cancelled at stop
         self._ending: dict[tuple[str, str], asyncio.Task] = {}  # (replica, program) -> its end
-        self._refreshing: set[asyncio.Task] = set()  # polls after a release, left running
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -49,7 +49,7 @@ class Router:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-        for task in [*self._ending.values(), *self._refreshing]:
+        for task in list(self._background):
             task.cancel()
         await self.client.aclose()
 
@@ -178,9 +178,7 @@ class Router:
         """Poll ``replica`` now (a program was released there), waiting at most ``wait_s``: a
         busy CPU replica can take seconds to answer, and the poll then ends in the
         background."""
-        task = asyncio.create_task(self.fleet.poll_once(replica))
-        self._refreshing.add(task)
-        task.add_done_callback(self._refreshing.discard)
+        task = self._in_background(self.fleet.poll_once(replica))
         try:
             await asyncio.wait_for(asyncio.shield(task), wait_s)
         except asyncio.TimeoutError:
@@ -193,8 +191,15 @@ class Router:
         key = (replica.url, program_id)
         if key in self._ending:
             return
-        task = self._ending[key] = asyncio.create_task(self._end_stray(replica, program_id))
+        task = self._ending[key] = self._in_background(self._end_stray(replica, program_id))
         task.add_done_callback(lambda _: self._ending.pop(key, None))
+
+    def _in_background(self, coro) -> asyncio.Task:
+        """A task the router does not await to its end; ``stop`` cancels what is left."""
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     async def _end_stray(self, replica: Replica, program_id: str) -> None:
         response = await self._migrate_call(replica.url, program_id)
