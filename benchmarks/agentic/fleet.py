@@ -1,5 +1,6 @@
 """The runner's fleet mode (``--replicas N``): N replicas on this machine, each pinned to its
 own cores, and one front (our router, SGLang's gateway, or the published ThunderAgent proxy).
+A single-engine system with a front (``proxy``) starts here too, as one unpinned replica.
 
 Pinning: replica i runs under ``taskset -c <its cores>`` and with
 ``SGLANG_CPU_OMP_THREADS_BIND=<its cores>`` (SGLang's CPU thread binding), the cores split
@@ -120,12 +121,15 @@ def start(system: System, n: int, model_dir: Path, log_dir: Path, tag: str) -> F
     if "--hicache-storage-backend" in system.args:  # one fresh store for this fleet's replicas
         shared = {STORAGE_DIR_ENV: str(log_dir / f"kv-storage-{tag}")}
     try:
-        for i, cores in enumerate(core_groups(n)):
-            env = {**system.env, **shared, "THUNDERAGENT_DEBUG_MEMCHECK": "0",
-                   "SGLANG_CPU_OMP_THREADS_BIND": cores}
+        for i, cores in enumerate(core_groups(n) if n > 1 else [None]):
+            env = {**system.env, **shared, "THUNDERAGENT_DEBUG_MEMCHECK": "0"}
+            prefix = ()
+            if cores is not None:  # one replica (a front over one server) runs unpinned
+                env["SGLANG_CPU_OMP_THREADS_BIND"] = cores
+                prefix = ("taskset", "-c", cores)
             args = ["--model-path", str(model_dir), "--enable-cache-report", *system.args]
             replicas.append(Server(f"{system.name}-{tag}-r{i}", args, env, log_dir,
-                                   prefix=("taskset", "-c", cores)))
+                                   prefix=prefix))
         for replica in replicas:
             replica.wait_ready()
         fleet = _front(system, [r.url for r in replicas], model_dir, log_dir, tag)

@@ -208,7 +208,7 @@ async def router_counters(http, url: str, system: System) -> dict | None:
 def run_point(system: System, args, n: int, model: Path, replayed) -> dict:
     started = time.time()
     tag = f"{args.mode}-c{n}"
-    if args.replicas > 1:
+    if args.replicas > 1 or system.front:  # a front in front of its replicas
         group = fleet.start(system, args.replicas, model, args.out / "logs", tag)
         try:
             result = asyncio.run(play_point(

@@ -63,6 +63,11 @@ def systems(pools: Pools) -> list[System]:
                ours=False, call_fields={"priority": PROGRAM_PRIORITY}),
         System("plain-hicache", f"SGLang + HiCache ({pools.write_policy.replace('_', '-')})",
                (*device, *host), PLAIN, ours=False),
+        # the published proxy in front of one plain server (as its README runs it; installed
+        # by benchmarks/fleet_baselines.sh): run only when named
+        System("proxy", "SGLang + published ThunderAgent proxy (tr)",
+               (*device, "--enable-metrics"), PLAIN, ours=False, front="proxy",
+               id_in_body=True, by_default=False),
         System("ours-sched-off", "ThunderAgent eviction only (scheduler off)",
                (*device, "--thunderagent-scheduler", "off", "--thunderagent-offload", "off"), {},
                ours=True),

@@ -25,6 +25,14 @@ def test_each_ablation_is_ours_with_offload_and_one_switch_off(name, flag, value
     assert flag not in full.args
 
 
+def test_the_single_engines_proxy_runs_when_named_over_one_plain_server_with_metrics():
+    proxy, = by_name(POOLS, ["proxy"])
+    plain, = by_name(POOLS, ["plain"])
+    assert proxy.args == (*plain.args, "--enable-metrics") and proxy.env == plain.env
+    assert (proxy.front, proxy.id_in_body, proxy.by_default, proxy.ours) == (
+        "proxy", True, False, False)
+
+
 def test_an_unknown_system_is_refused_naming_it():
     with pytest.raises(SystemExit, match="ours-no-such"):
         by_name(POOLS, ["ours-no-such"])

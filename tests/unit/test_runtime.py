@@ -244,6 +244,53 @@ def fake_tree(**cfg):
     return core
 
 
+def test_an_eviction_walk_ranks_each_program_once_and_ranks_as_without_the_memo():
+    from sglang.srt.mem_cache.unified_cache.component_type import ComponentType
+
+    import functools
+
+    from thunderagent_sglang.engine.program_tree import ProgramEvictionStrategy, ProgramTreeCore
+    from thunderagent_sglang.policy.eviction import EvictionClass
+
+    core = fake_tree()
+    core.tag_path("p", "last", 2)  # p: a, b
+    core.tag_path("q", "last", 4)  # q: a, c, d
+    asked = []
+    keys = {"p": (EvictionClass.PAUSED, 32.0), "q": (EvictionClass.ACTING, 48.0)}
+
+    def eviction_key(pid):
+        asked.append(pid)
+        return keys[pid]
+
+    runtime = SimpleNamespace(residency=core.residency, evict_first=None,
+                              eviction_key=eviction_key)
+    core.is_retired = functools.partial(ProgramTreeCore.is_retired, core)
+    base = SimpleNamespace(get_priority=lambda node: node.last_access_time)
+    strategy = ProgramEvictionStrategy(base, runtime, core)
+    leaves = [core.node_by_id(i) for i in (1, 2, 3, 4)]
+    unmemoized = [strategy.get_priority(n) for n in leaves]
+    assert unmemoized == [(EvictionClass.ACTING, 48.0, 10), (EvictionClass.PAUSED, 32.0, 20),
+                          (EvictionClass.ACTING, 48.0, 30), (EvictionClass.ACTING, 48.0, 40)]
+    assert len(asked) == 5  # a (p and q), b, c, d: every tag of every node
+    asked.clear()
+    strategy.begin_walk()
+    assert [strategy.get_priority(n) for n in leaves] == unmemoized
+    assert sorted(asked) == ["p", "q"]  # once per program in the walk
+    keys["q"] = (EvictionClass.REASONING, 48.0)  # changes between walks are read
+    strategy.end_walk()
+    asked.clear()
+    strategy.begin_walk()
+    assert strategy.get_priority(leaves[3]) == (EvictionClass.REASONING, 48.0, 40)
+    strategy.end_walk()
+    leaves[3].component_data[ComponentType.FULL].value = None  # only on the host now
+    assert strategy.get_priority(leaves[3])[:2] == (EvictionClass.REASONING, 0.0)
+    ended = SimpleNamespace(id=9, last_access_time=90, component_data=leaves[0].component_data)
+    core.retired[9] = 90  # an ended program's node, untagged: first
+    assert strategy.get_priority(ended) == (EvictionClass.TERMINATED, 0.0, 90)
+    ended.last_access_time = 95  # used again: untagged KV by recency
+    assert strategy.get_priority(ended) == (EvictionClass.UNTAGGED, 0.0, 95)
+
+
 def test_a_branch_a_program_left_is_retired_unless_something_else_tags_it():
     core = fake_tree()
     core.tag_path("p", "last", 2)  # p's history: a, b

@@ -23,6 +23,7 @@ from thunderagent_sglang.policy.eviction import host_node_key, node_key
 
 FINAL_HEAD = "last"  # the head of a program's latest finished call
 _UNTAGGED_KEY = node_key((), retired=False)  # device and host rank alike (policy.eviction)
+_UNKNOWN = object()
 
 
 def lengths(node) -> tuple[int, int]:
@@ -96,6 +97,25 @@ class ProgramTreeCore(UnifiedTreeCore):
         self.residency.clear()
         self.retired.clear()
         return result
+
+    # ---- eviction walks: each program's key once per walk -------------------------------
+
+    def evict_device_start(self, component_type, request_cnt):
+        self.eviction_strategy.begin_walk()
+        return super().evict_device_start(component_type, request_cnt)
+
+    def evict_device_end(self, component_type):
+        try:
+            return super().evict_device_end(component_type)
+        finally:
+            self.eviction_strategy.end_walk()
+
+    def drive_host_eviction(self, component_type, num_tokens):
+        self.eviction_strategy.begin_walk()
+        try:
+            return super().drive_host_eviction(component_type, num_tokens)
+        finally:
+            self.eviction_strategy.end_walk()
 
     # ---- programs on the tree ------------------------------------------------------------
 
@@ -190,24 +210,43 @@ class ProgramEvictionStrategy:
 
     (program class, program value, SGLang's own priority): with no tagged traffic
     the first two are equal for every node and SGLang's order decides.
+
+    SGLang ranks every evictable leaf when an eviction walk starts; within one walk
+    (``begin_walk`` .. ``end_walk``, which the tree core brackets) each program's key is
+    computed once and read from a memo after, so ranking a leaf costs a few lookups
+    whatever number of leaves a program has.
     """
 
     def __init__(self, base, runtime, tree: ProgramTreeCore):
         self.base = base
         self.runtime = runtime
         self.tree = tree
+        self._walk: dict[str, object] | None = None  # program id -> its key, one walk
+
+    def begin_walk(self) -> None:
+        self._walk = {}
+
+    def end_walk(self) -> None:
+        self._walk = None
+
+    def program_key(self, program_id: str):
+        walk = self._walk
+        if walk is None:
+            return self.runtime.eviction_key(program_id)
+        key = walk.get(program_id, _UNKNOWN)
+        if key is _UNKNOWN:
+            key = walk[program_id] = self.runtime.eviction_key(program_id)
+        return key
 
     def get_priority(self, node):
-        residency = self.runtime.residency
-        tagged = residency.is_tagged(node.id)
-        retired = self.tree.is_retired(node)
-        if not tagged and not retired:  # the common case, fast
+        retired = node.id in self.tree.retired and self.tree.is_retired(node)
+        tags = self.runtime.residency.tag_names(node.id)
+        if not tags and not retired:  # the common case, fast
             return (*_UNTAGGED_KEY, self.base.get_priority(node))
-        tags = residency.tags(node.id)
         first = self.runtime.evict_first
-        if first is not None and tags == frozenset((first,)):
+        if first is not None and tags == [first]:
             return (-1, 0.0, self.base.get_priority(node))
-        keys = [key for key in map(self.runtime.eviction_key, tags) if key is not None]
-        if lengths(node)[0] == 0:  # only in the host tier: ranked for host eviction
+        keys = [key for key in map(self.program_key, tags) if key is not None]
+        if node.component_data[ComponentType.FULL].value is None:  # only in the host tier
             return (*host_node_key(bool(keys), retired), self.base.get_priority(node))
         return (*node_key(keys, retired), self.base.get_priority(node))

@@ -123,6 +123,12 @@ class Residency:
         rec = self._nodes.get(node)
         return rec is not None and bool(rec.progs)
 
+    def tag_names(self, node: int) -> list[str]:
+        """Programs tagging the node, as a list (empty if untagged): ``tags`` without the
+        set, for the eviction ranking's hot path. O(programs on the node)."""
+        rec = self._nodes.get(node)
+        return [p.name for p in rec.progs] if rec is not None else []
+
     def tags(self, node: int) -> frozenset[str]:
         """Programs tagging the node (empty if untagged). O(programs on the node)."""
         rec = self._nodes.get(node)
