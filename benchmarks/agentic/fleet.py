@@ -234,3 +234,28 @@ def _independent(rows: list[list[float]]) -> float | None:
         return None
     a, b = [r[0] for r in rows], [r[1] for r in rows]
     return round(sum(abs(x - y) for x in a for y in b) / (len(a) * len(b)), 4)
+
+
+async def router_view(http: httpx.AsyncClient, url: str) -> dict | None:
+    """Our router's ``GET /router/replicas`` (each replica's view age and poll latencies)."""
+    try:
+        return (await http.get(f"{url}/router/replicas", timeout=10)).json()
+    except Exception:  # noqa: BLE001 - a figure, not the run
+        return None
+
+
+def staleness(samples: list[dict | None], last: dict | None) -> dict:
+    """How old the router's view of each replica was when sampled (once a second in the
+    window: p50, p99, max over every replica's samples) and its polls' latencies over its
+    life (the worst replica's p50 and p99, from the last sample)."""
+    ages = sorted(r["view_age_s"] for s in samples if s for r in s["replicas"]
+                  if r.get("view_age_s") is not None)
+    polls = [r for r in (last or {}).get("replicas", []) if r.get("poll_p50_s") is not None]
+
+    def at(q: float) -> float | None:
+        return ages[min(len(ages) - 1, int(q * len(ages)))] if ages else None
+
+    return {"router_view_age_p50_s": at(0.5), "router_view_age_p99_s": at(0.99),
+            "router_view_age_max_s": ages[-1] if ages else None,
+            "router_poll_p50_s": max((r["poll_p50_s"] for r in polls), default=None),
+            "router_poll_p99_s": max((r["poll_p99_s"] for r in polls), default=None)}

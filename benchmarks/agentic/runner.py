@@ -145,6 +145,7 @@ async def play_point(url: str, system: System, args, n: int, replayed, scheds,
     label = f"{args.mode} N={n} {system.name}"
     marks: dict = {}
     usage: list = []
+    views: list = []  # our router's GET /router/replicas, sampled with the usage
 
     async def mark(key: str, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -159,6 +160,8 @@ async def play_point(url: str, system: System, args, n: int, replayed, scheds,
         await asyncio.sleep(args.warmup if args.mode != "rollout" else 0)
         while True:
             usage.append(await fleet.kv_usage(player.http, replica_urls))
+            if system.front == "router":
+                views.append(await fleet.router_view(player.http, url))
             await asyncio.sleep(1.0)
 
     sampler = asyncio.create_task(sample_usage()) if len(replica_urls) > 1 else None
@@ -184,6 +187,8 @@ async def play_point(url: str, system: System, args, n: int, replayed, scheds,
             sampler.cancel()
         await player.aclose()
     (m0, cpu0, r0), (m1, cpu1, r1) = marks["start"], marks["end"]
+    if system.front == "router":
+        figures = {**figures, **fleet.staleness(views, last_sample(views))}
     if len(replica_urls) > 1:
         figures = {**figures, **fleet.imbalance(usage),
                    "migrations": (r1 or {}).get("migrations", 0) - (r0 or {}).get("migrations", 0)
@@ -194,6 +199,11 @@ async def play_point(url: str, system: System, args, n: int, replayed, scheds,
             "calls": [dataclasses.astuple(c) for c in rec.calls],
             "programs": [dataclasses.astuple(p) for p in rec.programs],
             **({"kv_usage_samples": usage} if len(replica_urls) > 1 else {})}
+
+
+def last_sample(views: list) -> dict | None:
+    """The last sample that came back."""
+    return next((v for v in reversed(views) if v), None)
 
 
 async def router_counters(http, url: str, system: System) -> dict | None:

@@ -110,3 +110,18 @@ def test_a_metrics_sample_waits_for_the_schedulers_fresh_figures():
             return await sample_metrics(http, "http://server")
 
     assert asyncio.run(go()) == {"thunderagent_pauses_total": 7.0}
+
+
+def test_the_routers_staleness_is_read_from_its_sampled_view_ages_and_last_poll_latencies():
+    from benchmarks.agentic.fleet import staleness
+
+    def sample(a, b, p50=0.01, p99=0.2):
+        return {"replicas": [{"view_age_s": a, "poll_p50_s": p50, "poll_p99_s": p99},
+                             {"view_age_s": b, "poll_p50_s": p50 / 2, "poll_p99_s": 1.5}]}
+
+    samples = [sample(0.1, 0.3), None, sample(0.2, None), sample(0.4, 2.5, p50=0.03)]
+    got = staleness(samples, samples[-1])
+    assert got == {"router_view_age_p50_s": 0.3, "router_view_age_p99_s": 2.5,
+                   "router_view_age_max_s": 2.5, "router_poll_p50_s": 0.03,
+                   "router_poll_p99_s": 1.5}
+    assert staleness([], None) == {k: None for k in got}
