@@ -334,6 +334,22 @@ CORE_RESET = Symbol(
     "the whole tree is dropped (flush_cache)",
     "(self) -> 'None'",
 )
+CORE_EVICT_DEVICE_START = Symbol(
+    "sglang.srt.mem_cache.unified_cache.unified_tree_core:UnifiedTreeCore.evict_device_start",
+    "a device eviction walk starts: each program's rank is computed once until it ends",
+    "(self, component_type: 'ComponentType', request_cnt: 'int') -> 'None'",
+)
+CORE_EVICT_DEVICE_END = Symbol(
+    "sglang.srt.mem_cache.unified_cache.unified_tree_core:UnifiedTreeCore.evict_device_end",
+    "the device eviction walk ends (called in a finally by SGLang's walk)",
+    "(self, component_type: 'ComponentType') -> 'None'",
+)
+CORE_DRIVE_HOST_EVICTION = Symbol(
+    "sglang.srt.mem_cache.unified_cache.unified_tree_core:UnifiedTreeCore.drive_host_eviction",
+    "a host eviction walk: ranked with each program's rank computed once",
+    "(self, component_type: 'ComponentType', num_tokens: 'int') -> "
+    "'DriveHostEvictionResult'",
+)
 CORE_NODE_BY_ID = Symbol(
     "sglang.srt.mem_cache.unified_cache.unified_tree_core:UnifiedTreeCore.node_by_id",
     "node ids (req.last_node, heads) back to nodes",

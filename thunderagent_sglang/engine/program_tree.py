@@ -247,6 +247,6 @@ class ProgramEvictionStrategy:
         if first is not None and tags == [first]:
             return (-1, 0.0, self.base.get_priority(node))
         keys = [key for key in map(self.program_key, tags) if key is not None]
-        if node.component_data[ComponentType.FULL].value is None:  # only in the host tier
+        if lengths(node)[0] == 0:  # only in the host tier: ranked for host eviction
             return (*host_node_key(bool(keys), retired), self.base.get_priority(node))
         return (*node_key(keys, retired), self.base.get_priority(node))
