@@ -244,13 +244,16 @@ async def router_view(http: httpx.AsyncClient, url: str) -> dict | None:
         return None
 
 
-def staleness(samples: list[dict | None], last: dict | None) -> dict:
+def staleness(samples: list[dict | None]) -> dict:
     """How old the router's view of each replica was when sampled (once a second in the
-    window: p50, p99, max over every replica's samples) and its polls' latencies over its
-    life (the worst replica's p50 and p99, from the last sample)."""
-    ages = sorted(r["view_age_s"] for s in samples if s for r in s["replicas"]
+    window: p50, p99, max over every replica's samples; a sample that did not come back is
+    None) and its polls' latencies over its life (the worst replica's p50 and p99, from the
+    last sample that came back)."""
+    answered = [s for s in samples if s]
+    ages = sorted(r["view_age_s"] for s in answered for r in s["replicas"]
                   if r.get("view_age_s") is not None)
-    polls = [r for r in (last or {}).get("replicas", []) if r.get("poll_p50_s") is not None]
+    last = answered[-1]["replicas"] if answered else []
+    polls = [r for r in last if r.get("poll_p50_s") is not None]
 
     def at(q: float) -> float | None:
         return ages[min(len(ages) - 1, int(q * len(ages)))] if ages else None

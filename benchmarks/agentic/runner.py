@@ -188,7 +188,7 @@ async def play_point(url: str, system: System, args, n: int, replayed, scheds,
         await player.aclose()
     (m0, cpu0, r0), (m1, cpu1, r1) = marks["start"], marks["end"]
     if system.front == "router":
-        figures = {**figures, **fleet.staleness(views, last_sample(views))}
+        figures = {**figures, **fleet.staleness(views)}
     if len(replica_urls) > 1:
         figures = {**figures, **fleet.imbalance(usage),
                    "migrations": (r1 or {}).get("migrations", 0) - (r0 or {}).get("migrations", 0)
@@ -201,18 +201,11 @@ async def play_point(url: str, system: System, args, n: int, replayed, scheds,
             **({"kv_usage_samples": usage} if len(replica_urls) > 1 else {})}
 
 
-def last_sample(views: list) -> dict | None:
-    """The last sample that came back."""
-    return next((v for v in reversed(views) if v), None)
-
-
 async def router_counters(http, url: str, system: System) -> dict | None:
     if system.front != "router":
         return None
-    try:
-        return (await http.get(f"{url}/router/replicas", timeout=10)).json()["counters"]
-    except Exception:  # noqa: BLE001 - a figure, not the run
-        return None
+    status = await fleet.router_view(http, url)
+    return status.get("counters") if status else None
 
 
 def run_point(system: System, args, n: int, model: Path, replayed) -> dict:

@@ -131,10 +131,7 @@ class Residency:
 
     def tags(self, node: int) -> frozenset[str]:
         """Programs tagging the node (empty if untagged). O(programs on the node)."""
-        rec = self._nodes.get(node)
-        if rec is None:
-            return frozenset()
-        return frozenset(p.name for p in rec.progs)
+        return frozenset(self.tag_names(node))
 
     def lengths(self, node: int) -> tuple[int, int] | None:
         """Last-known ``(device, host)`` tokens of a tagged node; None if untagged."""
