@@ -114,7 +114,12 @@ class Fleet:
             replica.stop()
 
 
+FRONT_BINARIES = {"smg": SMG, "proxy": PROXY}  # installed by benchmarks/fleet_baselines.sh
+
+
 def start(system: System, n: int, model_dir: Path, log_dir: Path, tag: str) -> Fleet:
+    if system.front in FRONT_BINARIES:  # before any replica starts, not after
+        _need(FRONT_BINARIES[system.front])
     log_dir.mkdir(parents=True, exist_ok=True)
     replicas = []
     shared = {}
@@ -150,13 +155,11 @@ def _front(system: System, urls: list[str], model_dir: Path, log_dir: Path, tag:
     port = free_port()
     log = open(log_dir / f"{system.front}-{tag}.log", "w")
     if system.front == "smg":
-        _need(SMG)
         cmd = [str(SMG), "launch", "--host", "127.0.0.1", "--port", str(port),
                "--worker-urls", *urls, "--policy", "cache_aware",
                "--model-alias", f"default={model_dir}", "--prometheus-port", str(free_port()),
                *SMG_CPU_FLAGS]
     elif system.front == "proxy":
-        _need(PROXY)
         cmd = [str(PROXY), "--backend-type", "sglang", "--backends", ",".join(urls),
                "--router", "tr", "--host", "127.0.0.1", "--port", str(port)]
     else:

@@ -54,3 +54,17 @@ def test_the_fleets_default_set_is_the_issues_and_the_tier_systems_run_when_name
     assert storage.front_args == ("--kv-storage-rate", fleet.STORAGE_RATE)
     assert (plain.front_args, offload.front_args) == ((), ())
     assert all(s.front == "router" and s.ours for s in (plain, offload, storage))
+
+
+def test_a_front_whose_baseline_is_not_installed_stops_before_any_replica_starts(
+        monkeypatch, tmp_path):
+    from benchmarks.agentic import fleet
+
+    proxy, = by_name(POOLS, ["proxy"])
+    monkeypatch.setitem(fleet.FRONT_BINARIES, "proxy", tmp_path / "not-installed")
+    started = []
+    monkeypatch.setattr(fleet, "Server", lambda *a, **k: started.append(a))
+    with pytest.raises(SystemExit, match="not-installed is missing: run "
+                                         "benchmarks/fleet_baselines.sh first"):
+        fleet.start(proxy, 1, tmp_path, tmp_path / "logs", "t")
+    assert started == []
